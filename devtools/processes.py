@@ -1,0 +1,153 @@
+"""Start, watch and stop the mesh's processes; shared by the launcher and the tests.
+
+Each process writes stdout and stderr to one log file. A pid file lets a later
+command (``make down``) find what an earlier one (``make up``) started.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devtools.topology import ROOT
+
+
+class StartupFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)  # added to os.environ
+    pid_path: Path | None = None
+    cwd: Path = ROOT
+    _popen: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self._popen = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives the launcher; not killed by its Ctrl-C
+            )
+        if self.pid_path:
+            self.pid_path.parent.mkdir(parents=True, exist_ok=True)
+            self.pid_path.write_text(f"{self._popen.pid}\n")
+
+    @property
+    def pid(self) -> int | None:
+        if self._popen is not None:
+            return self._popen.pid
+        if self.pid_path and self.pid_path.exists():
+            pid = int(self.pid_path.read_text())
+            return pid if _is_ours(pid, self.argv) else None
+        return None
+
+    def running(self) -> bool:
+        if self._popen is not None:
+            return self._popen.poll() is None
+        return self.pid is not None
+
+    def signal(self, signum: int) -> None:
+        pid = self.pid
+        if pid is not None and self.running():
+            os.kill(pid, signum)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, wait for a graceful exit, SIGKILL after ``timeout``."""
+        pid = self.pid
+        if pid is not None and self.running():
+            os.kill(pid, signal.SIGTERM)
+            if not self._wait_exit(timeout):
+                os.kill(pid, signal.SIGKILL)
+                self._wait_exit(5)
+        if self.pid_path:
+            self.pid_path.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL without warning: a crash, for fault tests."""
+        self.signal(signal.SIGKILL)
+        self._wait_exit(5)
+
+    def exit_code(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` for the exit; its code, or None if still running.
+
+        Only for a process this object started (the code of another is unknown).
+        """
+        assert self._popen is not None, "exit_code() needs a process started here"
+        try:
+            return self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _wait_exit(self, timeout: float) -> bool:
+        if self._popen is not None:
+            return self.exit_code(timeout) is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+        """Poll ``ready`` until it holds; fail early, with the log, if the process dies."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise StartupFailed(
+                    f"{self.name} exited before {what}. Last lines of {self.log_path}:\n"
+                    f"{self.log_tail()}"
+                )
+            if ready():
+                return
+            time.sleep(0.1)
+        raise StartupFailed(
+            f"{self.name}: no {what} after {timeout:.0f}s. Last lines of {self.log_path}:\n"
+            f"{self.log_tail()}"
+        )
+
+
+def _is_ours(pid: int, argv: list[str]) -> bool:
+    """True when ``pid`` is alive and still runs our command (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return cmdline.rstrip(b"\0").split(b"\0") == [arg.encode() for arg in argv]
+
+
+def grpc_serving(address: str, service: str = "") -> bool:
+    """One grpc.health.v1 check; False on any error."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=1
+            )
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]

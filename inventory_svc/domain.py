@@ -1,0 +1,143 @@
+"""Inventory rules, free of I/O: what a valid sale is and how replays are judged."""
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from meshkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+MAX_SALE_QUANTITY = 10_000
+MAX_RESTOCK_QUANTITY = 1_000_000
+MAX_STOCK = 2**31 - 1  # the stock is an int32 in the contract
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1_000
+ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Product:
+    product_id: int
+    name: str
+    stock: int
+
+
+@dataclass(frozen=True)
+class SaleRequest:
+    """A validated request to sell ``quantity`` units of a product for an order."""
+
+    order_id: str
+    product_id: int
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Sale:
+    """A committed sale, as recorded for its order id."""
+
+    order_id: str
+    product_id: int
+    quantity: int
+    remaining_stock: int
+
+
+@dataclass(frozen=True)
+class Page:
+    """Products with an id above ``after_product_id``, at most ``size`` of them."""
+
+    after_product_id: int
+    size: int
+
+
+class ProductNotFound(NotFound):
+    def __init__(self, product_id: int) -> None:
+        super().__init__(f"product {product_id} does not exist")
+
+
+class InsufficientStock(FailedPrecondition):
+    def __init__(self, product: Product, requested: int) -> None:
+        super().__init__(
+            f"insufficient stock for product {product.product_id} ({product.name}):"
+            f" {requested} requested, {product.stock} left"
+        )
+
+
+class OrderConflict(AlreadyExists):
+    def __init__(self, recorded: Sale) -> None:
+        super().__init__(
+            f"order {recorded.order_id} was already used to sell {recorded.quantity}"
+            f" unit(s) of product {recorded.product_id}; use a new order id for a new sale"
+        )
+
+
+class StockLimitExceeded(FailedPrecondition):
+    def __init__(self, product: Product, added: int) -> None:
+        super().__init__(
+            f"restocking product {product.product_id} by {added} would exceed the maximum"
+            f" stock of {MAX_STOCK} (it has {product.stock})"
+        )
+
+
+def valid_product_id(product_id: int) -> int:
+    if product_id <= 0:
+        raise InvalidArgument(f"product_id must be a positive integer, got {product_id}")
+    return product_id
+
+
+def sale_request(order_id: str, product_id: int, quantity: int) -> SaleRequest:
+    """Validate what a caller sent to DecreaseStock."""
+    valid_product_id(product_id)
+    if not 1 <= quantity <= MAX_SALE_QUANTITY:
+        raise InvalidArgument(f"quantity must be between 1 and {MAX_SALE_QUANTITY}, got {quantity}")
+    if not order_id:
+        raise InvalidArgument("order_id is required")
+    if not ORDER_ID.fullmatch(order_id):
+        raise InvalidArgument(
+            "order_id must be 1 to 64 characters from letters, digits and '-_.:',"
+            f" starting with a letter or digit, got {order_id[:80]!r}"
+        )
+    return SaleRequest(order_id=order_id, product_id=product_id, quantity=quantity)
+
+
+def replayed_sale(recorded: Sale, request: SaleRequest) -> Sale:
+    """The answer to an order id that was already sold: the same sale, or a conflict."""
+    if (recorded.product_id, recorded.quantity) != (request.product_id, request.quantity):
+        raise OrderConflict(recorded)
+    return recorded
+
+
+def restock_quantity(quantity: int) -> int:
+    if not 1 <= quantity <= MAX_RESTOCK_QUANTITY:
+        raise InvalidArgument(
+            f"quantity must be between 1 and {MAX_RESTOCK_QUANTITY}, got {quantity}"
+        )
+    return quantity
+
+
+def page(page_size: int, page_token: str) -> Page:
+    """Decode ListProducts paging; 0 means the default size, '' the first page."""
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size must be between 0 and {MAX_PAGE_SIZE}, got {page_size}")
+    after = 0
+    if page_token:
+        try:
+            prefix, _, value = base64.urlsafe_b64decode(page_token).decode().partition(":")
+            after = int(value) if prefix == "after" else -1
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            after = -1
+        if after < 0:
+            raise InvalidArgument("page_token is not one this service issued")
+    return Page(after_product_id=after, size=page_size or DEFAULT_PAGE_SIZE)
+
+
+def split_page(fetched: list[Product], requested: Page) -> tuple[list[Product], str]:
+    """The page to return and the token of the next one ('' on the last page).
+
+    ``fetched`` holds up to ``requested.size + 1`` products: one more than the page
+    tells whether another page exists without an empty last page.
+    """
+    products = fetched[: requested.size]
+    if len(fetched) <= requested.size:
+        return products, ""
+    token = base64.urlsafe_b64encode(f"after:{products[-1].product_id}".encode()).decode()
+    return products, token

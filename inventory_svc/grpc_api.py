@@ -1,0 +1,52 @@
+"""gRPC adapter: polyglot.inventory.v1.InventoryService on top of the use cases."""
+
+import polyglot.inventory.v1 as pb
+from inventory_svc import domain, use_cases
+from inventory_svc.use_cases import InventoryStore
+
+
+class InventoryApi(pb.InventoryServiceBase):
+    def __init__(self, store: InventoryStore) -> None:
+        self._store = store
+
+    async def get_stock(self, get_stock_request: pb.GetStockRequest) -> pb.GetStockResponse:
+        product = await use_cases.get_product(self._store, get_stock_request.product_id)
+        return pb.GetStockResponse(
+            product_id=product.product_id, name=product.name, stock=product.stock
+        )
+
+    async def list_products(
+        self, list_products_request: pb.ListProductsRequest
+    ) -> pb.ListProductsResponse:
+        products, next_token = await use_cases.list_products(
+            self._store, list_products_request.page_size, list_products_request.page_token
+        )
+        return pb.ListProductsResponse(
+            products=[
+                pb.Product(product_id=p.product_id, name=p.name, stock=p.stock) for p in products
+            ],
+            next_page_token=next_token,
+        )
+
+    async def decrease_stock(
+        self, decrease_stock_request: pb.DecreaseStockRequest
+    ) -> pb.DecreaseStockResponse:
+        request = domain.sale_request(
+            order_id=decrease_stock_request.order_id,
+            product_id=decrease_stock_request.product_id,
+            quantity=decrease_stock_request.quantity,
+        )
+        sale = await use_cases.decrease_stock(self._store, request)
+        return pb.DecreaseStockResponse(
+            product_id=sale.product_id, current_stock=sale.remaining_stock, order_id=sale.order_id
+        )
+
+    async def restock_product(
+        self, restock_product_request: pb.RestockProductRequest
+    ) -> pb.RestockProductResponse:
+        product = await use_cases.restock_product(
+            self._store, restock_product_request.product_id, restock_product_request.quantity
+        )
+        return pb.RestockProductResponse(
+            product_id=product.product_id, name=product.name, stock=product.stock
+        )

@@ -1,0 +1,38 @@
+"""Settings shared by every service, read from environment variables."""
+
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Base settings; each service subclasses it and sets its own defaults."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50051, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # How long in-flight RPCs may run on after SIGTERM before they are cancelled.
+    shutdown_grace_seconds: float = Field(default=10.0, gt=0, le=300)
+    # How often dependencies (database, broker) are probed for the health status.
+    health_probe_seconds: float = Field(default=2.0, gt=0, le=60)
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def load_settings(settings_type: type[SettingsT]) -> SettingsT:
+    """Read and validate settings; exit with a readable message when one is wrong."""
+    try:
+        return settings_type()
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            f" (got {error.get('input')!r})"
+            for error in exc.errors()
+        )
+        raise SystemExit(
+            f"{settings_type.__name__}: invalid settings in the environment:\n{problems}"
+        ) from None

@@ -1,0 +1,204 @@
+"""inventory_svc when things go wrong: database outages, shutdown, bad settings."""
+
+import asyncio
+import signal
+import subprocess
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import grpc
+import grpclib.client
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+import polyglot.inventory.v1 as pb
+from devtools.processes import ManagedProcess, grpc_serving, python_module
+from tests.conftest import FAST_HEALTH, start_mesh, stop_mesh
+from tests.support.inventory import stock_of
+from tests.support.net import TcpProxy, free_port
+
+
+@pytest.fixture
+def db_proxy(inventory_db_url):
+    target = urlsplit(inventory_db_url)
+    proxy = TcpProxy(target.hostname, target.port or 5432)
+    yield proxy, inventory_db_url.replace(f":{target.port}/", f":{proxy.port}/")
+    proxy.close()
+
+
+@pytest.fixture
+def mesh_behind_proxy(tmp_path, db_proxy, inventory_db):
+    """A private inventory_svc + Envoy whose database connection we can cut."""
+    proxy, url = db_proxy
+    mesh = start_mesh(tmp_path, {"DATABASE_URL": url, "DB_TIMEOUT_SECONDS": "2"})
+    yield proxy, mesh
+    stop_mesh(mesh.processes)
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+async def test_database_outage_is_503_and_unavailable_then_recovers(
+    mesh_behind_proxy, inventory_db, new_product
+):
+    import httpx
+
+    proxy, mesh = mesh_behind_proxy
+    product = await new_product(stock=10)
+    backend = mesh.grpc_target("inventory_svc")
+    async with httpx.AsyncClient(base_url=mesh.http_url, timeout=30) as http:
+        assert (await http.get(f"/inventory/{product}")).status_code == 200
+
+        proxy.cut()
+        started = time.monotonic()
+        reply = await http.post(
+            "/inventory/decrease",
+            json={"product_id": product, "quantity": 1, "order_id": f"O-{uuid.uuid4().hex}"},
+        )
+        assert reply.status_code == 503
+        assert reply.json() == {
+            "code": 14,
+            "message": "the inventory database is unavailable; try again later",
+            "details": [],
+        }
+        assert time.monotonic() - started < 5  # an answer, not a hang
+        await asyncio.to_thread(wait_for, lambda: not grpc_serving(backend))
+
+        channel = grpclib.client.Channel(*mesh.envoy_target.split(":"))
+        with pytest.raises(GRPCError) as raised:
+            await pb.InventoryServiceStub(channel).get_stock(pb.GetStockRequest(product_id=product))
+        channel.close()
+        assert raised.value.status is Status.UNAVAILABLE
+        assert await stock_of(inventory_db, product) == 10
+
+        proxy.restore()
+        await asyncio.to_thread(wait_for, lambda: grpc_serving(backend))
+        reply = await http.post(
+            "/inventory/decrease",
+            json={"product_id": product, "quantity": 1, "order_id": f"O-{uuid.uuid4().hex}"},
+        )
+        assert reply.status_code == 200
+        assert reply.json()["current_stock"] == 9
+
+
+def test_starts_not_serving_without_database_and_serves_once_it_appears(tmp_path, db_proxy):
+    proxy, url = db_proxy
+    proxy.cut()
+    port = free_port()
+    process = ManagedProcess(
+        "inventory_svc",
+        python_module("inventory_svc"),
+        tmp_path / "inventory.log",
+        env={**FAST_HEALTH, "DATABASE_URL": url, "GRPC_PORT": str(port)},
+    )
+    process.start()
+    try:
+        address = f"127.0.0.1:{port}"
+        # Up and answering health checks, but NOT_SERVING while PostgreSQL is away.
+        process.wait_until(lambda: health_status(address) == "NOT_SERVING", "NOT_SERVING health")
+        proxy.restore()
+        process.wait_until(lambda: grpc_serving(address), "SERVING health")
+        assert "dependencies not ready" in process.log_path.read_text()
+    finally:
+        process.stop()
+
+
+def health_status(address: str) -> str | None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+    except grpc.RpcError:
+        return None
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def test_sigterm_finishes_in_flight_calls_then_exits(
+    tmp_path, inventory_db_url, inventory_db, new_product
+):
+    product = await new_product(stock=10)
+    port = free_port()
+    process = ManagedProcess(
+        "inventory_svc",
+        python_module("inventory_svc"),
+        tmp_path / "inventory.log",
+        env={**FAST_HEALTH, "DATABASE_URL": inventory_db_url, "GRPC_PORT": str(port)},
+    )
+    process.start()
+    # grpcio as the client here: grpclib drops in-flight calls when the server
+    # sends GOAWAY, so it cannot show a graceful drain (Envoy and grpcio can).
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    decrease = channel.unary_unary(
+        "/polyglot.inventory.v1.InventoryService/DecreaseStock",
+        request_serializer=bytes,
+        response_deserializer=pb.DecreaseStockResponse.FromString,
+    )
+    try:
+        await asyncio.to_thread(
+            process.wait_until, lambda: grpc_serving(f"127.0.0.1:{port}"), "SERVING"
+        )
+        async with inventory_db.acquire() as blocker, blocker.transaction():
+            # Hold the product's row lock so the sale is in flight when SIGTERM lands.
+            await blocker.execute(
+                "SELECT 1 FROM products WHERE product_id = $1 FOR UPDATE", product
+            )
+            sale = asyncio.ensure_future(
+                decrease(pb.DecreaseStockRequest(product_id=product, quantity=3, order_id="O-d1"))
+            )
+            await wait_until_waiting_on_lock(inventory_db, product)
+            process.signal(signal.SIGTERM)
+            await asyncio.to_thread(
+                wait_for, lambda: "SIGTERM received" in process.log_path.read_text()
+            )
+            # No new calls once draining has begun.
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await decrease(
+                    pb.DecreaseStockRequest(product_id=product, quantity=1, order_id="O-d2"),
+                    timeout=5,
+                )
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        # Lock released: the in-flight sale completes and is answered.
+        assert (await sale).current_stock == 7
+        assert await asyncio.to_thread(process.exit_code, 15) == 0
+        assert "gRPC server stopped" in process.log_path.read_text()
+    finally:
+        await channel.close()
+        process.stop()
+    assert await stock_of(inventory_db, product) == 7
+
+
+async def wait_until_waiting_on_lock(db, product: int) -> None:
+    for _ in range(400):
+        waiting = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE products%'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"no sale of product {product} waited on the row lock")
+
+
+def test_invalid_settings_exit_with_a_clear_message():
+    result = subprocess.run(
+        python_module("inventory_svc"),
+        env={"PATH": "/usr/bin:/bin", "GRPC_PORT": "eighty", "DATABASE_URL": "mysql://x"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "InventorySettings: invalid settings in the environment" in result.stderr
+    assert "GRPC_PORT" in result.stderr and "DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr

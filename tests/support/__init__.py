@@ -1,0 +1,1 @@
+"""Helpers for the test suite: ports, throwaway databases, a cuttable TCP proxy."""
