@@ -137,16 +137,20 @@ def _is_ours(pid: int, argv: list[str]) -> bool:
     return cmdline.rstrip(b"\0").split(b"\0") == [arg.encode() for arg in argv]
 
 
-def grpc_serving(address: str, service: str = "") -> bool:
-    """One grpc.health.v1 check; False on any error."""
+def grpc_health(address: str, service: str = "") -> str | None:
+    """One grpc.health.v1 check: "SERVING", "NOT_SERVING", …; None when unreachable."""
     try:
         with grpc.insecure_channel(address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=1
             )
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
-        return False
+        return None
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def grpc_serving(address: str, service: str = "") -> bool:
+    return grpc_health(address, service) == "SERVING"
 
 
 def python_module(module: str, *args: str) -> list[str]:

@@ -14,7 +14,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 import polyglot.inventory.v1 as pb
-from devtools.processes import ManagedProcess, grpc_serving, python_module
+from devtools.processes import ManagedProcess, grpc_health, grpc_serving, python_module
 from tests.conftest import FAST_HEALTH, start_mesh, stop_mesh
 from tests.support.inventory import stock_of
 from tests.support.net import TcpProxy, free_port
@@ -35,6 +35,19 @@ def mesh_behind_proxy(tmp_path, db_proxy, inventory_db):
     mesh = start_mesh(tmp_path, {"DATABASE_URL": url, "DB_TIMEOUT_SECONDS": "2"})
     yield proxy, mesh
     stop_mesh(mesh.processes)
+
+
+def lone_inventory(tmp_path, database_url: str) -> tuple[ManagedProcess, str]:
+    """A started inventory_svc of its own (no Envoy) and its gRPC address."""
+    port = free_port()
+    process = ManagedProcess(
+        "inventory_svc",
+        python_module("inventory_svc"),
+        tmp_path / "inventory.log",
+        env={**FAST_HEALTH, "DATABASE_URL": database_url, "GRPC_PORT": str(port)},
+    )
+    process.start()
+    return process, f"127.0.0.1:{port}"
 
 
 def wait_for(condition, timeout: float = 20.0) -> None:
@@ -90,18 +103,10 @@ async def test_database_outage_is_503_and_unavailable_then_recovers(
 def test_starts_not_serving_without_database_and_serves_once_it_appears(tmp_path, db_proxy):
     proxy, url = db_proxy
     proxy.cut()
-    port = free_port()
-    process = ManagedProcess(
-        "inventory_svc",
-        python_module("inventory_svc"),
-        tmp_path / "inventory.log",
-        env={**FAST_HEALTH, "DATABASE_URL": url, "GRPC_PORT": str(port)},
-    )
-    process.start()
+    process, address = lone_inventory(tmp_path, url)
     try:
-        address = f"127.0.0.1:{port}"
         # Up and answering health checks, but NOT_SERVING while PostgreSQL is away.
-        process.wait_until(lambda: health_status(address) == "NOT_SERVING", "NOT_SERVING health")
+        process.wait_until(lambda: grpc_health(address) == "NOT_SERVING", "NOT_SERVING health")
         proxy.restore()
         process.wait_until(lambda: grpc_serving(address), "SERVING health")
         assert "dependencies not ready" in process.log_path.read_text()
@@ -109,44 +114,21 @@ def test_starts_not_serving_without_database_and_serves_once_it_appears(tmp_path
         process.stop()
 
 
-def health_status(address: str) -> str | None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    try:
-        with grpc.insecure_channel(address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-    except grpc.RpcError:
-        return None
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-
 async def test_sigterm_finishes_in_flight_calls_then_exits(
     tmp_path, inventory_db_url, inventory_db, new_product
 ):
     product = await new_product(stock=10)
-    port = free_port()
-    process = ManagedProcess(
-        "inventory_svc",
-        python_module("inventory_svc"),
-        tmp_path / "inventory.log",
-        env={**FAST_HEALTH, "DATABASE_URL": inventory_db_url, "GRPC_PORT": str(port)},
-    )
-    process.start()
+    process, address = lone_inventory(tmp_path, inventory_db_url)
     # grpcio as the client here: grpclib drops in-flight calls when the server
     # sends GOAWAY, so it cannot show a graceful drain (Envoy and grpcio can).
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.aio.insecure_channel(address)
     decrease = channel.unary_unary(
         "/polyglot.inventory.v1.InventoryService/DecreaseStock",
         request_serializer=bytes,
         response_deserializer=pb.DecreaseStockResponse.FromString,
     )
     try:
-        await asyncio.to_thread(
-            process.wait_until, lambda: grpc_serving(f"127.0.0.1:{port}"), "SERVING"
-        )
+        await asyncio.to_thread(process.wait_until, lambda: grpc_serving(address), "SERVING")
         async with inventory_db.acquire() as blocker, blocker.transaction():
             # Hold the product's row lock so the sale is in flight when SIGTERM lands.
             await blocker.execute(

@@ -1,7 +1,6 @@
 """Native gRPC through Envoy's single port, with the betterproto (grpclib) client."""
 
 import asyncio
-import uuid
 from collections import Counter
 
 import pytest
@@ -9,11 +8,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 import polyglot.inventory.v1 as pb
-from tests.support.inventory import inventory_state, stock_of
-
-
-def order() -> str:
-    return f"ORD-{uuid.uuid4().hex[:12]}"
+from tests.support.inventory import inventory_state, order, stock_of
 
 
 async def test_get_stock_of_a_seed_product(inventory_via_envoy):

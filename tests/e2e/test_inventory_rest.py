@@ -1,16 +1,11 @@
 """The REST/JSON face of InventoryService, through a real Envoy transcoder."""
 
 import asyncio
-import uuid
 from collections import Counter
 
 import pytest
 
-from tests.support.inventory import inventory_state, stock_of
-
-
-def order() -> str:
-    return f"ORD-{uuid.uuid4().hex[:12]}"
+from tests.support.inventory import inventory_state, order, stock_of
 
 
 def error_body(code: int, message_part: str):

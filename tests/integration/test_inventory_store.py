@@ -1,7 +1,6 @@
 """inventory_svc's store and use cases against a real PostgreSQL."""
 
 import asyncio
-import uuid
 from collections import Counter
 
 import pytest
@@ -10,7 +9,7 @@ from inventory_svc import use_cases
 from inventory_svc.domain import InsufficientStock, Sale, SaleRequest, StockLimitExceeded
 from inventory_svc.store import PostgresInventory, apply_migrations
 from meshkit.errors import AlreadyExists, NotFound, Unavailable
-from tests.support.inventory import inventory_state, stock_of
+from tests.support.inventory import inventory_state, order, stock_of
 from tests.support.net import TcpProxy
 
 
@@ -20,10 +19,6 @@ async def store(inventory_db_url, inventory_db):
     await store.ready()
     yield store
     await store.close()
-
-
-def order() -> str:
-    return f"ORD-{uuid.uuid4().hex[:12]}"
 
 
 async def test_migrations_apply_once_and_seed_the_catalogue(inventory_db):

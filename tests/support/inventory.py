@@ -1,4 +1,11 @@
+import uuid
+
 import asyncpg
+
+
+def order() -> str:
+    """A fresh order id, so a test never replays another test's order."""
+    return f"ORD-{uuid.uuid4().hex[:12]}"
 
 
 async def inventory_state(db: asyncpg.Pool) -> tuple[list, list]:
