@@ -1,9 +1,10 @@
 """Run the whole mesh natively: ``python -m devtools.launcher up|down|status``.
 
-``up`` checks the infrastructure (PostgreSQL, …), creates the databases, applies
-migrations, starts every backend and Envoy in the background with logs under
-.run/logs/, waits for their health checks and prints where everything is.
-``down`` stops what ``up`` started. Both are safe to repeat.
+``up`` checks the infrastructure (PostgreSQL, RabbitMQ, MongoDB — starting an
+embedded MongoDB-compatible server when no MONGO_URL is given), creates the
+databases, applies migrations, starts every backend and Envoy in the background
+with logs under .run/logs/, waits for their health checks and prints where
+everything is. ``down`` stops what ``up`` started. Both are safe to repeat.
 """
 
 import asyncio
@@ -11,15 +12,20 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
 import asyncpg
 
-from devtools.mesh import MeshPlan, native_plan
-from devtools.processes import StartupFailed, python_module
+from devtools.mesh import MeshPlan, mongo_answers, native_plan
+from devtools.processes import ManagedProcess, StartupFailed, python_module
 from devtools.topology import backends
 from inventory_svc.settings import InventorySettings
 from meshkit.settings import load_settings
+from notify_svc.settings import NotifySettings
+
+EMBEDDED_MONGO_PORT = 27017
 
 
 class InfrastructureMissing(RuntimeError):
@@ -31,7 +37,7 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-async def ensure_database(database_url: str) -> None:
+async def ensure_database(database_url: str, env_var: str) -> None:
     """Create the service's database when the server has none by that name."""
     parts = urlsplit(database_url)
     name = parts.path.lstrip("/")
@@ -43,8 +49,8 @@ async def ensure_database(database_url: str) -> None:
             f"PostgreSQL is not reachable at {parts.hostname}:{parts.port or 5432} ({exc}).\n"
             "  Start it: sudo pg_ctlcluster $(ls /etc/postgresql) main start\n"
             "  Install it (Debian/Ubuntu): sudo apt-get install -y postgresql\n"
-            "  Or use another server: DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/"
-            f"{name} make up"
+            f"  Or use another server: {env_var}=postgresql://USER:PASSWORD@HOST:5432/{name}"
+            " make up"
         ) from exc
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
@@ -54,28 +60,57 @@ async def ensure_database(database_url: str) -> None:
         await conn.close()
 
 
+async def check_rabbitmq(amqp_url: str) -> None:
+    parts = urlsplit(amqp_url)
+    try:
+        connection = await aio_pika.connect(amqp_url, timeout=5)
+        await connection.close()
+    except Exception as exc:  # aio-pika raises several types for "cannot connect"
+        raise InfrastructureMissing(
+            f"RabbitMQ is not reachable at {parts.hostname}:{parts.port or 5672} ({exc}).\n"
+            "  Start it: sudo rabbitmq-server -detached\n"
+            "  Install it (Debian/Ubuntu): sudo apt-get install -y rabbitmq-server\n"
+            "  Or use another broker: AMQP_URL=amqp://USER:PASSWORD@HOST:5672/VHOST make up"
+        ) from exc
+
+
+def mongo_url(plan: MeshPlan) -> str:
+    """MONGO_URL when given (checked), else an embedded server under .run/mongo."""
+    if url := os.environ.get("MONGO_URL"):
+        if not mongo_answers(url):
+            raise InfrastructureMissing(f"MongoDB does not answer at MONGO_URL={url}.")
+        return url
+    url = f"mongodb://127.0.0.1:{EMBEDDED_MONGO_PORT}"
+    mongo = plan.embedded_mongo(EMBEDDED_MONGO_PORT)
+    _start(mongo, EMBEDDED_MONGO_PORT, lambda: mongo_answers(url))
+    return url
+
+
 def up(plan: MeshPlan) -> None:
-    inventory = load_settings(InventorySettings)
-    asyncio.run(ensure_database(str(inventory.database_url)))
-    subprocess.run(python_module("inventory_svc", "migrate"), check=True, env=os.environ)
+    inventory, notify = load_settings(InventorySettings), load_settings(NotifySettings)
+    asyncio.run(ensure_database(str(inventory.inventory_database_url), "INVENTORY_DATABASE_URL"))
+    asyncio.run(ensure_database(str(notify.notify_database_url), "NOTIFY_DATABASE_URL"))
+    asyncio.run(check_rabbitmq(str(inventory.amqp_url)))
+    plan = MeshPlan(**{**plan.__dict__, "env": {**plan.env, "MONGO_URL": mongo_url(plan)}})
+    for service in ("inventory_svc", "notify_svc"):
+        subprocess.run(python_module(service, "migrate"), check=True)
 
     for name in backends():
-        _start(
-            plan, plan.backend(name), plan.grpc_ports[name], lambda n=name: plan.backend_ready(n)
-        )
-    _start(plan, plan.envoy(), plan.http_port, plan.envoy_ready)
+        _start(plan.backend(name), plan.grpc_ports[name], lambda n=name: plan.backend_ready(n))
+    _start(plan.envoy(), plan.http_port, plan.envoy_ready)
     print(
         "\nPolyglotMicro is up.\n"
         f"  REST and gRPC (Envoy):  http://localhost:{plan.http_port}\n"
         f"    curl localhost:{plan.http_port}/inventory/1\n"
-        f"    grpcurl -plaintext localhost:{plan.http_port} list\n"
+        f"    .venv/bin/grpcurl -plaintext localhost:{plan.http_port} list\n"
         f"  Envoy admin:            http://127.0.0.1:{plan.admin_port}\n"
+        f"  MongoDB:                {plan.env['MONGO_URL']} (analytics_db.sales_events)\n"
         f"  Logs:                   {plan.run_dir / 'logs'}/\n"
         "  Stop with:              make down"
     )
 
 
-def _start(plan: MeshPlan, process, port: int, ready) -> None:  # noqa: ANN001
+def _start(process: ManagedProcess, port: int, ready: Callable[[], bool]) -> None:
     if process.running():
         print(f"{process.name} already running (pid {process.pid})")
         return
@@ -89,8 +124,17 @@ def _start(plan: MeshPlan, process, port: int, ready) -> None:  # noqa: ANN001
     process.wait_until(ready, "a passing health check")
 
 
+def _all(plan: MeshPlan) -> list[ManagedProcess]:
+    """Everything `up` may start, in start order."""
+    return [
+        plan.embedded_mongo(EMBEDDED_MONGO_PORT),
+        *(plan.backend(name) for name in backends()),
+        plan.envoy(),
+    ]
+
+
 def down(plan: MeshPlan) -> None:
-    for process in [plan.envoy(), *(plan.backend(n) for n in reversed(backends()))]:
+    for process in reversed(_all(plan)):
         if process.running():
             print(f"stopping {process.name} (pid {process.pid})")
         process.stop()
@@ -98,7 +142,7 @@ def down(plan: MeshPlan) -> None:
 
 
 def status(plan: MeshPlan) -> None:
-    for process in [*(plan.backend(n) for n in backends()), plan.envoy()]:
+    for process in _all(plan):
         state = f"running (pid {process.pid})" if process.running() else "stopped"
         print(f"{process.name:15} {state:22} log: {process.log_path}")
 
@@ -108,11 +152,12 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in commands:
         print(f"usage: python -m devtools.launcher {'|'.join(commands)}", file=sys.stderr)
         return 2
-    plan = native_plan(env={})
     try:
-        commands[argv[0]](plan)
+        commands[argv[0]](native_plan(env={}))
     except (InfrastructureMissing, StartupFailed) as problem:
         print(f"\n{problem}", file=sys.stderr)
+        if argv[0] == "up":
+            print("(`make down` stops whatever did start.)", file=sys.stderr)
         return 1
     except subprocess.CalledProcessError as failed:
         print(f"\n{' '.join(failed.cmd)} failed (exit {failed.returncode})", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The processes of one mesh (backends + Envoy) and how to tell they are ready.
+"""The processes of one mesh (backends, Envoy, an embedded MongoDB) and their health.
 
 The native launcher runs one plan with the default ports under .run/; the tests
 run another with free ports under a temporary folder. Both start the very same
@@ -10,8 +10,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
 from devtools.processes import ManagedProcess, grpc_serving, python_module
 from devtools.topology import GRPC_PORTS, ROOT, backends
+
+BIN = Path(sys.executable).parent
 
 
 @dataclass(frozen=True)
@@ -21,7 +26,7 @@ class MeshPlan:
     http_port: int = 8080
     admin_port: int = 9901
     grpc_ports: dict[str, int] = field(default_factory=lambda: dict(GRPC_PORTS))
-    # Settings passed to every backend (DATABASE_URL, AMQP_URL, MONGO_URL, …).
+    # Settings for every backend (INVENTORY_DATABASE_URL, AMQP_URL, MONGO_URL, …).
     env: dict[str, str] = field(default_factory=dict)
 
     def process(
@@ -40,16 +45,32 @@ class MeshPlan:
         return self.process(name, python_module(name), env)
 
     def envoy(self) -> ManagedProcess:
-        envoy_binary = str(Path(sys.executable).parent / "envoy")
         return self.process(
             "envoy",
             [
-                envoy_binary,
+                str(BIN / "envoy"),
                 "-c",
                 str(self.envoy_config),
                 "--disable-hot-restart",
                 "--log-level",
                 "warn",
+            ],
+        )
+
+    def embedded_mongo(self, port: int) -> ManagedProcess:
+        """SecantusDB: a MongoDB wire-protocol server, data under run_dir/mongo."""
+        return self.process(
+            "mongodb",
+            [
+                str(BIN / "secantusd-py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--storage-path",
+                str(self.run_dir / "mongo"),
+                "--log-level",
+                "WARNING",
             ],
         )
 
@@ -69,6 +90,15 @@ class MeshPlan:
             f"{name}::127.0.0.1:{self.grpc_ports[name]}::health_flags::healthy" in clusters
             for name in backends()
         )
+
+
+def mongo_answers(url: str) -> bool:
+    try:
+        with MongoClient(url, serverSelectionTimeoutMS=500) as client:
+            client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
 
 
 def native_plan(env: dict[str, str]) -> MeshPlan:

@@ -1,10 +1,9 @@
 """Inventory rules, free of I/O: what a valid sale is and how replays are judged."""
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
 
+from meshkit import paging
 from meshkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 MAX_SALE_QUANTITY = 10_000
@@ -116,18 +115,9 @@ def restock_quantity(quantity: int) -> int:
 
 def page(page_size: int, page_token: str) -> Page:
     """Decode ListProducts paging; 0 means the default size, '' the first page."""
-    if page_size < 0 or page_size > MAX_PAGE_SIZE:
-        raise InvalidArgument(f"page_size must be between 0 and {MAX_PAGE_SIZE}, got {page_size}")
-    after = 0
-    if page_token:
-        try:
-            prefix, _, value = base64.urlsafe_b64decode(page_token).decode().partition(":")
-            after = int(value) if prefix == "after" else -1
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            after = -1
-        if after < 0:
-            raise InvalidArgument("page_token is not one this service issued")
-    return Page(after_product_id=after, size=page_size or DEFAULT_PAGE_SIZE)
+    size = paging.page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
+    after = paging.decode_cursor(page_token, int)[0] if page_token else 0
+    return Page(after_product_id=int(after), size=size)
 
 
 def split_page(fetched: list[Product], requested: Page) -> tuple[list[Product], str]:
@@ -139,5 +129,4 @@ def split_page(fetched: list[Product], requested: Page) -> tuple[list[Product], 
     products = fetched[: requested.size]
     if len(fetched) <= requested.size:
         return products, ""
-    token = base64.urlsafe_b64encode(f"after:{products[-1].product_id}".encode()).decode()
-    return products, token
+    return products, paging.encode_cursor(products[-1].product_id)

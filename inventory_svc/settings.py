@@ -5,9 +5,16 @@ from meshkit.settings import ServiceSettings
 
 class InventorySettings(ServiceSettings):
     grpc_port: int = Field(default=50051, ge=1, le=65535)
-    database_url: PostgresDsn = PostgresDsn("postgresql://postgres@127.0.0.1:5432/inventory_db")
+    inventory_database_url: PostgresDsn = PostgresDsn(
+        "postgresql://postgres@127.0.0.1:5432/inventory_db"
+    )
     # Connections kept open to PostgreSQL; each in-flight RPC holds one briefly.
     db_pool_size: int = Field(default=10, ge=1, le=200)
     # Upper bound for one statement or for waiting on a pooled connection: past it
     # the caller gets UNAVAILABLE instead of a hang.
     db_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # Outbox relay: rows per publishing transaction, the polling fallback when no
+    # NOTIFY arrives, and how long published rows are kept before clean-up.
+    outbox_batch_size: int = Field(default=200, ge=1, le=5000)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    outbox_retention_hours: float = Field(default=24.0, ge=0)

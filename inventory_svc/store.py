@@ -1,101 +1,126 @@
-"""PostgreSQL adapter: products, sales and schema migrations, through an asyncpg pool."""
+"""PostgreSQL adapter: products, sales and the outbox, through an asyncpg pool."""
 
+import json
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 
 import asyncpg
 
 from inventory_svc.domain import MAX_STOCK, Page, Product, Sale, SaleRequest
-from meshkit.errors import Unavailable
+from meshkit.events import PRODUCT_SOLD
+from meshkit.postgres import DATABASE_DOWN, PostgresDatabase
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "the database is not there right now", as opposed to a bug.
-DATABASE_DOWN = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.InterfaceError,
-)
-MIGRATIONS_LOCK = 0x1A7E57  # pg_advisory lock id: one migrator at a time
+MIGRATIONS = resources.files(__package__) / "migrations"
 
-# One statement, so one round trip and one implicit transaction: the stock update
-# only matches when enough stock is left, and the sale row for the order id is
-# inserted from its result. If the order id was already sold the primary key
-# rejects the insert and the whole statement, stock update included, rolls back.
+# One statement, so one round trip and one implicit transaction:
+# - the stock update only matches when enough stock is left;
+# - the sale row for the order id is inserted from its result; if the order id
+#   was already sold, the primary key rejects it and the whole statement (stock
+#   update included) rolls back;
+# - the ProductSold event goes into the outbox in the same transaction, so
+#   there is an event exactly for every committed sale.
 RECORD_SALE = """
 WITH sold AS (
     UPDATE products SET stock = stock - $3, updated_at = now()
     WHERE product_id = $2 AND stock >= $3
-    RETURNING product_id, stock
+    RETURNING product_id, name, stock
 ), sale AS (
     INSERT INTO sales (order_id, product_id, quantity, remaining_stock)
     SELECT $1, product_id, $3, stock FROM sold
+    RETURNING sold_at
+), event AS (
+    INSERT INTO outbox (event_id, routing_key, ordering_key, payload)
+    SELECT $4::uuid, $5, sold.product_id::text, jsonb_build_object(
+        'event_id', $4::uuid::text,
+        'order_id', $1::text,
+        'product_id', sold.product_id,
+        'product_name', sold.name,
+        'quantity', $3::integer,
+        'remaining_stock', sold.stock,
+        'occurred_at', sale.sold_at)
+    FROM sold, sale
 )
 SELECT stock FROM sold
 """
 
+# Claim the oldest unpublished events that no other relay holds (SKIP LOCKED),
+# leaving out any event whose product has an earlier event held elsewhere, so
+# events of one product are published in order even with several relays.
+CLAIM_OUTBOX = """
+WITH claimed AS (
+    SELECT position, ordering_key FROM outbox
+    WHERE published_at IS NULL
+    ORDER BY position
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+SELECT o.position, o.event_id, o.routing_key, o.payload::text AS payload,
+       o.headers::text AS headers, o.created_at
+FROM outbox o JOIN claimed c USING (position)
+WHERE NOT EXISTS (
+    SELECT 1 FROM outbox earlier
+    WHERE earlier.published_at IS NULL
+      AND earlier.ordering_key = c.ordering_key
+      AND earlier.position < c.position
+      AND earlier.position NOT IN (SELECT position FROM claimed)
+)
+ORDER BY o.position
+"""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    position: int
+    event_id: uuid.UUID
+    routing_key: str
+    payload: dict
+    headers: dict
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class OutboxBacklog:
+    unpublished: int
+    oldest: datetime | None
+
 
 class PostgresInventory:
     def __init__(self, dsn: str, *, pool_size: int, timeout_seconds: float) -> None:
-        self._dsn = dsn
-        self._pool_size = pool_size
-        self._timeout = timeout_seconds
-        self._pool: asyncpg.Pool | None = None
+        self.db = PostgresDatabase(
+            dsn,
+            label="inventory database",
+            migrations=MIGRATIONS,
+            pool_size=pool_size,
+            timeout_seconds=timeout_seconds,
+        )
 
     async def ready(self) -> None:
-        """Connect and migrate on first use, then prove the database answers.
-
-        Raises while the database is unreachable; the health watcher calls it
-        until it passes and keeps calling it to notice outages.
-        """
-        if self._pool is None:
-            pool = await asyncpg.create_pool(
-                self._dsn,
-                min_size=self._pool_size,
-                max_size=self._pool_size,
-                command_timeout=self._timeout,
-                timeout=self._timeout,
-            )
-            try:
-                async with pool.acquire() as conn:
-                    await apply_migrations(conn)
-            except BaseException:
-                await pool.close()
-                raise
-            self._pool = pool
-        async with self._connection() as conn:
-            await conn.fetchval("SELECT 1")
+        await self.db.ready()
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        if self._pool is None:
-            raise Unavailable("the inventory database is not reachable yet; try again shortly")
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                yield conn
-        except DATABASE_DOWN as exc:
-            log.warning("database unavailable: %s", exc)
-            raise Unavailable("the inventory database is unavailable; try again later") from exc
+        await self.db.close()
 
     async def record_sale(self, request: SaleRequest) -> Sale | None:
-        """Commit the sale, or return None when nothing was written.
+        """Commit the sale and its event, or return None when nothing was written.
 
         Nothing is written when the product is unknown, its stock is too low, or
         the order id already has a sale; ``find_sale``/``find_product`` tell which.
         """
-        async with self._connection() as conn:
+        async with self.db.connection() as conn:
             try:
                 remaining = await conn.fetchval(
-                    RECORD_SALE, request.order_id, request.product_id, request.quantity
+                    RECORD_SALE,
+                    request.order_id,
+                    request.product_id,
+                    request.quantity,
+                    uuid.uuid4(),
+                    PRODUCT_SOLD,
                 )
             except asyncpg.UniqueViolationError:
                 return None
@@ -104,7 +129,7 @@ class PostgresInventory:
         return Sale(request.order_id, request.product_id, request.quantity, remaining)
 
     async def find_sale(self, order_id: str) -> Sale | None:
-        async with self._connection() as conn:
+        async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 "SELECT order_id, product_id, quantity, remaining_stock"
                 " FROM sales WHERE order_id = $1",
@@ -113,7 +138,7 @@ class PostgresInventory:
         return Sale(**row) if row else None
 
     async def find_product(self, product_id: int) -> Product | None:
-        async with self._connection() as conn:
+        async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 "SELECT product_id, name, stock FROM products WHERE product_id = $1", product_id
             )
@@ -121,7 +146,7 @@ class PostgresInventory:
 
     async def list_products(self, page: Page) -> list[Product]:
         """Up to ``page.size + 1`` products after the page's cursor (see ``split_page``)."""
-        async with self._connection() as conn:
+        async with self.db.connection() as conn:
             rows = await conn.fetch(
                 "SELECT product_id, name, stock FROM products WHERE product_id > $1"
                 " ORDER BY product_id LIMIT $2",
@@ -132,7 +157,7 @@ class PostgresInventory:
 
     async def restock(self, product_id: int, quantity: int) -> Product | None:
         """Add stock; None when the product is unknown or would exceed the maximum."""
-        async with self._connection() as conn:
+        async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 "UPDATE products SET stock = stock + $2, updated_at = now()"
                 " WHERE product_id = $1 AND stock <= $3::integer - $2::integer"
@@ -144,34 +169,83 @@ class PostgresInventory:
         return Product(**row) if row else None
 
 
-async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
-    """Apply the SQL files in migrations/ that this database has not seen yet.
+class PostgresOutbox:
+    """The outbox side of the inventory database, for the OutboxRelay."""
 
-    Each file runs once, in name order, in one transaction with its bookkeeping
-    row; the advisory lock lets several replicas start at once safely.
-    """
-    applied: list[str] = []
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATIONS_LOCK)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        files = sorted(
-            (
-                f
-                for f in (resources.files(__package__) / "migrations").iterdir()
-                if f.name.endswith(".sql")
-            ),
-            key=lambda f: f.name,
-        )
-        for file in files:
-            version = file.name.removesuffix(".sql")
-            if version in done:
-                continue
-            await conn.execute(file.read_text())
-            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-            applied.append(version)
-            log.info("applied migration %s", version)
-    return applied
+    def __init__(self, db: PostgresDatabase) -> None:
+        self._db = db
+        self._listener: asyncpg.Connection | None = None
+
+    async def publish_pending(
+        self, limit: int, publish: Callable[[OutboxEntry], Awaitable[None]]
+    ) -> int:
+        """Hand up to ``limit`` claimed events to ``publish`` in order; mark the confirmed.
+
+        Stops at the first failure (later events of that product must wait for
+        it), still commits the marks of those confirmed before it, then re-raises.
+        If the process dies between a confirm and the commit, the event is
+        published again later: delivery is at least once, consumers deduplicate.
+        """
+        failure: Exception | None = None
+        published: list[int] = []
+        async with self._db.connection() as conn, conn.transaction():
+            for row in await conn.fetch(CLAIM_OUTBOX, limit):
+                entry = OutboxEntry(
+                    position=row["position"],
+                    event_id=row["event_id"],
+                    routing_key=row["routing_key"],
+                    payload=json.loads(row["payload"]),
+                    headers=json.loads(row["headers"]),
+                    created_at=row["created_at"],
+                )
+                try:
+                    await publish(entry)
+                except Exception as exc:
+                    failure = exc
+                    break
+                published.append(entry.position)
+            if published:
+                await conn.execute(
+                    "UPDATE outbox SET published_at = now() WHERE position = ANY($1::bigint[])",
+                    published,
+                )
+        if failure is not None:
+            raise failure
+        return len(published)
+
+    async def backlog(self) -> OutboxBacklog:
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS unpublished, min(created_at) AS oldest"
+                " FROM outbox WHERE published_at IS NULL"
+            )
+        return OutboxBacklog(row["unpublished"], row["oldest"])
+
+    async def delete_published(self, older_than_seconds: float) -> int:
+        async with self._db.connection() as conn:
+            status = await conn.execute(
+                "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
+                older_than_seconds,
+            )
+        return int(status.split()[-1])
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Make sure a LISTEN connection calls ``wake`` on every committed event.
+
+        Cheap when already listening; after a lost connection it reconnects. When
+        it cannot, the relay falls back to polling, so this never raises for a
+        database outage.
+        """
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            self._listener = await asyncpg.connect(self._db.dsn, timeout=5)
+            await self._listener.add_listener("outbox", lambda *_: wake())
+        except DATABASE_DOWN as exc:
+            log.debug("outbox LISTEN not available (%s); polling", exc)
+            self._listener = None
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None

@@ -75,8 +75,10 @@ def api_handlers(servicer: ServiceBase) -> list[grpc.GenericRpcHandler]:
 class GrpcServer:
     """A grpc.aio server with our APIs, grpc.health.v1 and server reflection (whole mesh).
 
-    Health starts NOT_SERVING for every API; the service flips it with
-    ``set_serving`` once its dependencies answer (see ``watch_readiness``).
+    Health starts NOT_SERVING. ``watch_readiness`` probes dependencies and sets the
+    overall status ("") and every API's; a background component (the outbox
+    relay, an event consumer) reports under its own name, so a broker outage is
+    visible without taking the API out of Envoy's rotation.
     """
 
     def __init__(self, settings: ServiceSettings, servicers: Iterable[ServiceBase]) -> None:
@@ -90,7 +92,7 @@ class GrpcServer:
                 self._server.add_generic_rpc_handlers((handler,))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(mesh_reflection(), self._server)
-        self.serving = False
+        self.serving: dict[str, bool] = {}
 
     @property
     def address(self) -> str:
@@ -102,23 +104,26 @@ class GrpcServer:
         await self._server.start()
         log.info("gRPC listening on %s (%s)", self.address, ", ".join(self._api_names))
 
-    async def set_serving(self, serving: bool) -> None:
+    async def set_serving(self, serving: bool, component: str | None = None) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ["", *self._api_names]:
+        for name in [component] if component else ["", *self._api_names]:
             await self._health.set(name, status)
-        self.serving = serving
+        self.serving[component or ""] = serving
 
-    async def watch_readiness(self, probe: Callable[[], Awaitable[object]]) -> None:
-        """Probe the dependencies forever; SERVING while the probe passes.
+    async def watch_readiness(
+        self, probe: Callable[[], Awaitable[object]], component: str | None = None
+    ) -> None:
+        """Probe forever; SERVING while the probe passes, NOT_SERVING while it raises.
 
-        The probe raises (or times out) when a dependency is down; transitions are
-        logged once, not on every probe.
+        Without ``component`` the probe decides the overall and API statuses.
+        Transitions are logged once, not on every probe.
         """
         every = self._settings.health_probe_seconds
+        label = component or "dependencies"
         first = True
         while True:
             try:
@@ -126,13 +131,18 @@ class GrpcServer:
                 healthy, reason = True, ""
             except Exception as exc:  # any failure means "not ready"
                 healthy, reason = False, str(exc) or type(exc).__name__
-            if healthy != self.serving or first:
-                first = False
+            if first or healthy != self.serving.get(component or ""):
                 if healthy:
-                    log.info("dependencies ready: SERVING")
-                else:
-                    log.warning("dependencies not ready (%s): NOT_SERVING", reason)
-                await self.set_serving(healthy)
+                    log.info("%s ready: SERVING", label)
+                else:  # expected while starting; a warning once it was ready
+                    log.log(
+                        logging.INFO if first else logging.WARNING,
+                        "%s not ready (%s): NOT_SERVING",
+                        label,
+                        reason,
+                    )
+                first = False
+                await self.set_serving(healthy, component)
             await asyncio.sleep(every)
 
     async def stop(self) -> None:

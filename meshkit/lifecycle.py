@@ -1,9 +1,15 @@
-"""Process lifecycle: run a service until SIGTERM/SIGINT, then let it shut down."""
+"""Process lifecycle: run a service until SIGTERM/SIGINT, then shut it down gracefully."""
 
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from meshkit.grpc_server import GrpcServer
+from meshkit.logs import configure_logging
+from meshkit.settings import SettingsT, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -30,3 +36,75 @@ def _request_stop(stop: asyncio.Event, signum: int) -> None:
     if not stop.is_set():
         log.info("%s received: shutting down", signal.Signals(signum).name)
         stop.set()
+
+
+class Component(Protocol):
+    """A background part of a service (outbox relay, event consumer)."""
+
+    health_name: str  # reported in grpc.health.v1 under this name
+
+    async def run(self) -> None:
+        """Start working; may return once started or run until ``stop``."""
+
+    async def check(self) -> None:
+        """Health probe: raise while the component cannot do its work."""
+
+    async def stop(self) -> None:
+        """Finish the work in hand and stop (called after the gRPC server stopped)."""
+
+
+async def serve_until_stopped(
+    stop: asyncio.Event,
+    server: GrpcServer,
+    *,
+    ready: Callable[[], Awaitable[object]],
+    components: Sequence[Component] = (),
+    close: Sequence[Callable[[], Awaitable[object]]] = (),
+) -> None:
+    """The life of every service, from start to a graceful exit.
+
+    ``ready`` probes what the APIs need (their database): it decides the overall
+    health. Each component reports under its own health name, so (say) a broker
+    outage shows without taking the API out of Envoy's rotation. On ``stop``:
+    the gRPC server drains, components finish their work, then ``close`` runs.
+    """
+    await server.start()
+    watchers = [asyncio.create_task(server.watch_readiness(ready))]
+    watchers += [
+        asyncio.create_task(server.watch_readiness(c.check, c.health_name)) for c in components
+    ]
+    running = [asyncio.create_task(c.run(), name=c.health_name) for c in components]
+    await stop.wait()
+
+    await server.stop()
+    for component, task in zip(components, running, strict=True):
+        await component.stop()
+        task.cancel()
+    for task in [*running, *watchers]:
+        task.cancel()
+    results = await asyncio.gather(*running, *watchers, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            log.error("background task failed: %r", result)
+    for release in close:
+        await release()
+
+
+def service_main(
+    name: str,
+    settings_type: type[SettingsT],
+    serve: Callable[[SettingsT, asyncio.Event], Awaitable[None]],
+    commands: dict[str, Callable[[SettingsT], Awaitable[None]]] | None = None,
+) -> None:
+    """``python -m <name> [serve|<command>]``: settings, logging, then run."""
+    argv = sys.argv[1:]
+    command = argv[0] if argv else "serve"
+    known = ["serve", *(commands or {})]
+    if len(argv) > 1 or command not in known:
+        sys.exit(f"usage: python -m {name} [{'|'.join(known)}]")
+    settings = load_settings(settings_type)
+    configure_logging(name, settings.log_level)
+    if command == "serve":
+        run_until_signalled(lambda stop: serve(settings, stop))
+    else:
+        asyncio.run((commands or {})[command](settings))

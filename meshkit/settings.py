@@ -2,7 +2,7 @@
 
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import AmqpDsn, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,8 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, gt=0, le=300)
     # How often dependencies (database, broker) are probed for the health status.
     health_probe_seconds: float = Field(default=2.0, gt=0, le=60)
+    # The event backbone (every service publishes or subscribes).
+    amqp_url: AmqpDsn = AmqpDsn("amqp://guest:guest@127.0.0.1:5672/")
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

@@ -1,0 +1,33 @@
+"""Wiring: the one place that decides what analytics_svc runs and with what."""
+
+import asyncio
+
+from analytics_svc.events import router
+from analytics_svc.grpc_api import AnalyticsApi
+from analytics_svc.settings import AnalyticsSettings
+from analytics_svc.store import MongoSales
+from meshkit.events import EventConsumer, rabbit_broker
+from meshkit.grpc_server import GrpcServer
+from meshkit.lifecycle import serve_until_stopped
+
+
+async def serve(settings: AnalyticsSettings, stop: asyncio.Event) -> None:
+    sales = MongoSales(
+        str(settings.mongo_url),
+        settings.analytics_database,
+        timeout_seconds=settings.mongo_timeout_seconds,
+    )
+    broker = rabbit_broker(
+        str(settings.amqp_url),
+        prefetch=settings.consumer_prefetch,
+        graceful_timeout=settings.shutdown_grace_seconds,
+    )
+    broker.include_router(router)
+    broker.context.set_global("sales", sales)
+    await serve_until_stopped(
+        stop,
+        GrpcServer(settings, [AnalyticsApi(sales)]),
+        ready=sales.ready,
+        components=[EventConsumer(broker, health_name="analytics_svc.consumer")],
+        close=[sales.close],
+    )

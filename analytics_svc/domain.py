@@ -1,0 +1,87 @@
+"""Analytics rules, free of I/O: what a recordable sale is, windows and paging."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from meshkit import paging
+from meshkit.errors import InvalidArgument
+from polyglot.events.v1 import ProductSold
+
+DEFAULT_WINDOW = timedelta(hours=24)
+MAX_WINDOW = timedelta(days=366)
+DEFAULT_TOP_PRODUCTS, MAX_TOP_PRODUCTS = 5, 100
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+
+
+@dataclass(frozen=True)
+class ProductSales:
+    product_id: int
+    product_name: str
+    units_sold: int
+    orders: int
+    last_sold_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SummaryWindow:
+    start: datetime  # inclusive
+    end: datetime  # exclusive
+    top_products: int
+
+
+@dataclass(frozen=True)
+class SalesSummary:
+    window: SummaryWindow
+    units_sold: int
+    orders: int
+    top_products: list[ProductSales]
+
+
+@dataclass(frozen=True)
+class EventsPage:
+    """Events older than ``after`` (occurred_at, event_id), newest first."""
+
+    size: int
+    after: tuple[datetime, str] | None
+    product_id: int  # 0: every product
+
+
+def valid_product_id(product_id: int) -> int:
+    if product_id <= 0:
+        raise InvalidArgument(f"product_id must be a positive integer, got {product_id}")
+    return product_id
+
+
+def summary_window(
+    start: datetime | None, end: datetime | None, top_products: int, now: datetime
+) -> SummaryWindow:
+    end = end or now
+    start = start or end - DEFAULT_WINDOW
+    if start >= end:
+        raise InvalidArgument(
+            f"start_time ({start.isoformat()}) must be before end_time ({end.isoformat()})"
+        )
+    if end - start > MAX_WINDOW:
+        raise InvalidArgument(f"the window may span at most {MAX_WINDOW.days} days")
+    if not 0 <= top_products <= MAX_TOP_PRODUCTS:
+        raise InvalidArgument(
+            f"top_products must be between 0 and {MAX_TOP_PRODUCTS}, got {top_products}"
+        )
+    return SummaryWindow(start, end, top_products or DEFAULT_TOP_PRODUCTS)
+
+
+def events_page(page_size: int, page_token: str, product_id: int) -> EventsPage:
+    size = paging.page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
+    if product_id < 0:
+        raise InvalidArgument(f"product_id must not be negative, got {product_id}")
+    return EventsPage(size, paging.decode_time_cursor(page_token), product_id)
+
+
+def split_events_page(
+    fetched: list[ProductSold], page: EventsPage
+) -> tuple[list[ProductSold], str]:
+    """The page and the next token; ``fetched`` holds up to ``page.size + 1`` events."""
+    events = fetched[: page.size]
+    if len(fetched) <= page.size:
+        return events, ""
+    return events, paging.encode_time_cursor(events[-1].occurred_at, events[-1].event_id)

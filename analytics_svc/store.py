@@ -1,0 +1,198 @@
+"""MongoDB adapter (Beanie): one document per sale event in analytics_db.sales_events.
+
+Documents keep the event's snake_case field names, so they read naturally in a
+MongoDB viewer. A unique index on event_id makes recording idempotent: a
+redelivered event is a duplicate key, not a second sale. Totals are computed by
+MongoDB aggregation pipelines.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from beanie import Document, init_beanie
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
+
+from analytics_svc.domain import EventsPage, ProductSales, SalesSummary, SummaryWindow
+from meshkit.errors import Unavailable
+from polyglot.events.v1 import ProductSold
+
+log = logging.getLogger(__name__)
+
+NEWEST_FIRST = [("occurred_at", DESCENDING), ("event_id", DESCENDING)]
+
+
+class SaleEvent(Document):
+    event_id: str
+    order_id: str
+    product_id: int
+    product_name: str
+    quantity: int
+    remaining_stock: int
+    occurred_at: datetime
+    recorded_at: datetime
+
+    class Settings:
+        name = "sales_events"
+        indexes = [  # noqa: RUF012 - Beanie reads this class attribute
+            IndexModel([("event_id", ASCENDING)], unique=True, name="event_id_unique"),
+            IndexModel(NEWEST_FIRST, name="newest_first"),
+            IndexModel([("product_id", ASCENDING), *NEWEST_FIRST], name="product_newest_first"),
+        ]
+
+    def to_event(self) -> ProductSold:
+        return ProductSold(
+            event_id=self.event_id,
+            order_id=self.order_id,
+            product_id=self.product_id,
+            product_name=self.product_name,
+            quantity=self.quantity,
+            remaining_stock=self.remaining_stock,
+            occurred_at=self.occurred_at,
+        )
+
+
+def _product_totals(limit: int | None = None) -> list[dict]:
+    """Pipeline stages: per-product totals, best sellers first."""
+    stages: list[dict] = [
+        {"$sort": {"occurred_at": -1, "event_id": -1}},  # so $first is the latest sale
+        {
+            "$group": {
+                "_id": "$product_id",
+                "product_name": {"$first": "$product_name"},
+                "units_sold": {"$sum": "$quantity"},
+                "orders": {"$sum": 1},
+                "last_sold_at": {"$first": "$occurred_at"},
+            }
+        },
+        {"$sort": {"units_sold": -1, "_id": 1}},
+    ]
+    return [*stages, {"$limit": limit}] if limit else stages
+
+
+def _product_sales(row: dict) -> ProductSales:
+    return ProductSales(
+        product_id=row["_id"],
+        product_name=row["product_name"],
+        units_sold=row["units_sold"],
+        orders=row["orders"],
+        last_sold_at=row["last_sold_at"],
+    )
+
+
+class MongoSales:
+    def __init__(self, url: str, database: str, *, timeout_seconds: float) -> None:
+        self._url = url
+        self._database = database
+        self._timeout_ms = int(timeout_seconds * 1000)
+        self._client: AsyncMongoClient | None = None
+
+    async def ready(self) -> None:
+        """Connect and create the indexes on first use, then prove MongoDB answers."""
+        if self._client is None:
+            client: AsyncMongoClient = AsyncMongoClient(
+                self._url,
+                tz_aware=True,
+                serverSelectionTimeoutMS=self._timeout_ms,
+                connectTimeoutMS=self._timeout_ms,
+                timeoutMS=self._timeout_ms,
+            )
+            try:
+                await init_beanie(database=client[self._database], document_models=[SaleEvent])
+            except BaseException:
+                await client.close()
+                raise
+            self._client = client
+        async with self._mongo():
+            await self._client.admin.command("ping")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    @asynccontextmanager
+    async def _mongo(self) -> AsyncIterator[None]:
+        if self._client is None:
+            raise Unavailable("the analytics database is not reachable yet; try again shortly")
+        try:
+            yield
+        except (ConnectionFailure, TimeoutError) as exc:
+            log.warning("analytics database unavailable: %s", exc)
+            raise Unavailable("the analytics database is unavailable; try again later") from exc
+
+    async def record(self, event: ProductSold) -> bool:
+        """Store the event; False when it was already recorded (a redelivery)."""
+        document = SaleEvent(
+            event_id=event.event_id,
+            order_id=event.order_id,
+            product_id=event.product_id,
+            product_name=event.product_name,
+            quantity=event.quantity,
+            remaining_stock=event.remaining_stock,
+            occurred_at=event.occurred_at,
+            recorded_at=datetime.now(UTC),
+        )
+        async with self._mongo():
+            try:
+                await document.insert()
+            except DuplicateKeyError:
+                return False
+        return True
+
+    async def product_sales(self, product_id: int) -> ProductSales:
+        async with self._mongo():
+            rows = (
+                await SaleEvent.find(SaleEvent.product_id == product_id)
+                .aggregate(_product_totals())
+                .to_list()
+            )
+        if not rows:
+            return ProductSales(product_id, "", 0, 0, None)
+        return _product_sales(rows[0])
+
+    async def summary(self, window: SummaryWindow) -> SalesSummary:
+        in_window = {"occurred_at": {"$gte": window.start, "$lt": window.end}}
+        pipeline = [
+            {"$match": in_window},
+            {
+                "$facet": {
+                    "totals": [
+                        {
+                            "$group": {
+                                "_id": None,
+                                "units": {"$sum": "$quantity"},
+                                "orders": {"$sum": 1},
+                            }
+                        }
+                    ],
+                    "top": _product_totals(window.top_products),
+                }
+            },
+        ]
+        async with self._mongo():
+            [result] = await SaleEvent.aggregate(pipeline).to_list()
+        totals = result["totals"][0] if result["totals"] else {"units": 0, "orders": 0}
+        return SalesSummary(
+            window=window,
+            units_sold=totals["units"],
+            orders=totals["orders"],
+            top_products=[_product_sales(row) for row in result["top"]],
+        )
+
+    async def recent(self, page: EventsPage) -> list[ProductSold]:
+        """Up to ``page.size + 1`` events after the page's cursor, newest first."""
+        query: dict = {"product_id": page.product_id} if page.product_id else {}
+        if page.after:
+            occurred_at, event_id = page.after
+            query["$or"] = [
+                {"occurred_at": {"$lt": occurred_at}},
+                {"occurred_at": occurred_at, "event_id": {"$lt": event_id}},
+            ]
+        async with self._mongo():
+            documents = (
+                await SaleEvent.find(query).sort(NEWEST_FIRST).limit(page.size + 1).to_list()
+            )
+        return [document.to_event() for document in documents]

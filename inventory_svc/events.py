@@ -1,0 +1,171 @@
+"""Broker adapter: the events inventory_svc publishes, and the relay that sends them.
+
+Sales write their ProductSold event into the outbox table in the same
+transaction (store.py). The OutboxRelay moves committed rows to RabbitMQ:
+
+- woken by LISTEN/NOTIFY at commit time, polling as a fallback;
+- publishes oldest first with publisher confirms, persistent and mandatory
+  (an unroutable message is an error, not a silent drop);
+- marks a row published only after RabbitMQ confirmed it, so a crash or an
+  outage delays events but never loses one; a crash between confirm and mark
+  re-publishes it, and consumers deduplicate by event id;
+- while the broker is down it retries with backoff and catches up afterwards.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+
+from faststream.rabbit import RabbitBroker, RabbitRouter
+from faststream.rabbit.publisher import RabbitPublisher
+
+from inventory_svc.store import OutboxEntry, PostgresOutbox
+from meshkit.events import (
+    EVENT_TYPES,
+    EXCHANGE,
+    PRODUCT_SOLD,
+    ProductSold,
+    broker_reachable,
+    connect_when_reachable,
+    event_json,
+)
+from meshkit.resilience import Backoff
+
+log = logging.getLogger(__name__)
+
+router = RabbitRouter()
+product_sold = router.publisher(
+    exchange=EXCHANGE,
+    routing_key=PRODUCT_SOLD,
+    persist=True,
+    mandatory=True,
+    schema=ProductSold,
+    title="inventory.product_sold",
+    description=(
+        "inventory_svc publishes one ProductSold per committed sale, from its"
+        " transactional outbox (at least once; deduplicate by event_id)."
+    ),
+)
+PUBLISHERS: dict[str, RabbitPublisher] = {PRODUCT_SOLD: product_sold}
+
+PUBLISH_TIMEOUT_SECONDS = 10.0  # a confirm that takes longer counts as a failure
+REPORT_EVERY_SECONDS = 30.0
+CLEAN_UP_EVERY_SECONDS = 300.0
+
+
+class OutboxRelay:
+    health_name = "inventory_svc.outbox_relay"
+
+    def __init__(
+        self,
+        outbox: PostgresOutbox,
+        broker: RabbitBroker,
+        *,
+        batch_size: int,
+        poll_seconds: float,
+        retention_seconds: float,
+    ) -> None:
+        self._outbox = outbox
+        self._broker = broker
+        self._batch_size = batch_size
+        self._poll_seconds = poll_seconds
+        self._retention_seconds = retention_seconds
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self.last_error: str | None = "not started"
+        self.published_total = 0
+
+    async def run(self) -> None:
+        """Connect, then publish until ``stop()``."""
+        try:
+            await connect_when_reachable(self._broker, what=self.health_name)
+            await self._relay()
+        finally:
+            self._stopped.set()
+
+    async def _relay(self) -> None:
+        backoff = Backoff(first=0.2, cap=5.0)
+        self._next_report = self._next_clean_up = time.monotonic()
+        while not self._stopping:
+            try:
+                published = await self._step()
+            except Exception as exc:  # broker or database away: wait, then retry
+                if self.last_error is None:
+                    log.warning("outbox relay: publishing paused (%s)", exc)
+                self.last_error = str(exc) or type(exc).__name__
+                await backoff.wait()
+                continue
+            if self.last_error is not None:
+                log.info("outbox relay: publishing")
+                self.last_error = None
+            backoff.reset()
+            if published < self._batch_size:  # caught up: sleep until woken
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+
+    async def _step(self) -> int:
+        await self._outbox.listen(self._wake.set)
+        self._wake.clear()
+        published = await self._outbox.publish_pending(self._batch_size, self._publish)
+        self.published_total += published
+        now = time.monotonic()
+        if now >= self._next_report:
+            self._next_report = now + REPORT_EVERY_SECONDS
+            await self._report()
+        if now >= self._next_clean_up:
+            self._next_clean_up = now + CLEAN_UP_EVERY_SECONDS
+            await self._clean_up()
+        return published
+
+    async def stop(self) -> None:
+        """Finish the batch in progress (bounded), then close the broker connection."""
+        self._stopping = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), PUBLISH_TIMEOUT_SECONDS)
+        await self._broker.stop()
+
+    async def check(self) -> None:
+        """Health probe: raises while events cannot be published."""
+        if self.last_error is not None:
+            raise ConnectionError(f"outbox relay cannot publish: {self.last_error}")
+        await broker_reachable(self._broker)
+
+    async def _publish(self, entry: OutboxEntry) -> None:
+        # Validate against the contract before anything leaves the service.
+        event = EVENT_TYPES[entry.routing_key]().from_dict(entry.payload)
+        await asyncio.wait_for(
+            PUBLISHERS[entry.routing_key].publish(
+                event_json(event),
+                message_id=str(entry.event_id),
+                correlation_id=str(entry.event_id),
+                timestamp=entry.created_at,
+                content_type="application/json",
+                message_type=type(event).__name__,
+                headers=entry.headers,
+            ),
+            PUBLISH_TIMEOUT_SECONDS,
+        )
+
+    async def _report(self) -> None:
+        backlog = await self._outbox.backlog()
+        age = (
+            f", oldest {(datetime.now(UTC) - backlog.oldest).total_seconds():.1f}s"
+            if backlog.oldest
+            else ""
+        )
+        log.info(
+            "outbox relay: %d published so far, backlog %d%s, broker %s",
+            self.published_total,
+            backlog.unpublished,
+            age,
+            "reachable" if await self._broker.ping(timeout=1.0) else "unreachable",
+        )
+
+    async def _clean_up(self) -> None:
+        deleted = await self._outbox.delete_published(self._retention_seconds)
+        if deleted:
+            log.info("outbox relay: deleted %d published rows", deleted)

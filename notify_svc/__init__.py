@@ -1,0 +1,1 @@
+"""notify_svc: one order-confirmation e-mail per ProductSold event."""

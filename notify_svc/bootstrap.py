@@ -1,0 +1,48 @@
+"""Wiring: the one place that decides what notify_svc runs and with what."""
+
+import asyncio
+
+from meshkit import postgres
+from meshkit.events import EventConsumer, rabbit_broker
+from meshkit.grpc_server import GrpcServer
+from meshkit.lifecycle import serve_until_stopped
+from notify_svc.events import Notifier, router
+from notify_svc.grpc_api import NotificationApi
+from notify_svc.mailer import Mailer
+from notify_svc.settings import NotifySettings
+from notify_svc.store import MIGRATIONS, PostgresNotifications
+
+
+async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
+    store = PostgresNotifications(
+        str(settings.notify_database_url),
+        pool_size=settings.db_pool_size,
+        timeout_seconds=settings.db_timeout_seconds,
+    )
+    mailer = Mailer(
+        str(settings.smtp_url) if settings.smtp_url else None,
+        timeout_seconds=settings.smtp_timeout_seconds,
+    )
+    broker = rabbit_broker(
+        str(settings.amqp_url),
+        prefetch=settings.consumer_prefetch,
+        graceful_timeout=settings.shutdown_grace_seconds,
+    )
+    broker.include_router(router)
+    broker.context.set_global(
+        "notifier", Notifier(store, mailer, settings.mail_from, settings.logistics_email)
+    )
+    await serve_until_stopped(
+        stop,
+        GrpcServer(settings, [NotificationApi(store)]),
+        ready=store.ready,
+        components=[EventConsumer(broker, health_name="notify_svc.consumer")],
+        close=[store.close],
+    )
+
+
+async def migrate(settings: NotifySettings) -> None:
+    """``python -m notify_svc migrate``"""
+    await postgres.migrate(
+        str(settings.notify_database_url), MIGRATIONS, timeout_seconds=settings.db_timeout_seconds
+    )

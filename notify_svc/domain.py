@@ -1,0 +1,87 @@
+"""Notification rules, free of I/O: what the order confirmation says, and paging."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from meshkit import paging
+from polyglot.events.v1 import ProductSold
+
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+MESSAGE_ID_DOMAIN = "polyglotmicro.local"
+
+
+@dataclass(frozen=True)
+class OrderConfirmation:
+    """The e-mail for one sale; its Message-ID is derived from the event id."""
+
+    event_id: str
+    order_id: str
+    product_id: int
+    sender: str
+    recipient: str
+    subject: str
+    body: str
+    message_id: str
+    sent_for: datetime  # the sale time, used as the e-mail's Date
+
+
+@dataclass(frozen=True)
+class Notification:
+    event_id: str
+    order_id: str
+    product_id: int
+    recipient: str
+    subject: str
+    message_id: str
+    channel: str
+    status: str  # 'sending' | 'sent'
+    created_at: datetime
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NotificationsPage:
+    """Notifications older than ``after`` (created_at, event_id), newest first."""
+
+    size: int
+    after: tuple[datetime, str] | None
+    order_id: str  # '' for every order
+
+
+def order_confirmation(sale: ProductSold, *, sender: str, recipient: str) -> OrderConfirmation:
+    sold_at = sale.occurred_at.astimezone(UTC)
+    return OrderConfirmation(
+        event_id=sale.event_id,
+        order_id=sale.order_id,
+        product_id=sale.product_id,
+        sender=sender,
+        recipient=recipient,
+        subject=f"Order {sale.order_id} confirmed: {sale.quantity} x {sale.product_name}",
+        body=(
+            f"Order {sale.order_id} is confirmed. Please prepare the shipment.\n"
+            "\n"
+            f"Product:    {sale.product_name} (id {sale.product_id})\n"
+            f"Quantity:   {sale.quantity}\n"
+            f"Stock left: {sale.remaining_stock}\n"
+            f"Sold at:    {sold_at:%Y-%m-%d %H:%M:%S} UTC\n"
+            "\n"
+            "-- PolyglotMicro notify_svc\n"
+        ),
+        message_id=f"<{sale.event_id}@{MESSAGE_ID_DOMAIN}>",
+        sent_for=sold_at,
+    )
+
+
+def notifications_page(page_size: int, page_token: str, order_id: str) -> NotificationsPage:
+    size = paging.page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
+    return NotificationsPage(size, paging.decode_time_cursor(page_token), order_id)
+
+
+def split_notifications_page(
+    fetched: list[Notification], page: NotificationsPage
+) -> tuple[list[Notification], str]:
+    """The page and the next token; ``fetched`` holds up to ``page.size + 1`` items."""
+    items = fetched[: page.size]
+    if len(fetched) <= page.size:
+        return items, ""
+    return items, paging.encode_time_cursor(items[-1].created_at, items[-1].event_id)
