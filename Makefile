@@ -56,17 +56,19 @@ BREAKING_AGAINST ?= .git\#branch=main,ref=HEAD~1
 breaking: tools
 	$(BUF) breaking --against '$(BREAKING_AGAINST)'
 
-# Regenerate everything derived from the contracts.
+# Regenerate everything derived from the contracts and the code: messages,
+# descriptor set, Envoy config, AsyncAPI document.
 generate: venv tools
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BUF) generate
 	rm -rf gen/python/google gen/python/__init__.py
 	$(BUF) build --as-file-descriptor-set -o gen/python/polyglot/mesh.binpb
 	$(BIN)/python -m devtools.envoy_config
+	$(BIN)/faststream docs gen devtools.asyncapi:docs --yaml --out docs/asyncapi.yaml >/dev/null
 
 # Fails when the committed generated files differ from a fresh `make generate`.
 drift: generate
-	@git add -N gen envoy >/dev/null 2>&1 || true
-	@git diff --exit-code --stat -- gen envoy || \
+	@git add -N gen envoy docs >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- gen envoy docs || \
 	  { echo "Generated files are stale: run 'make generate' and commit the result."; exit 1; }
 
 envoy-validate: venv

@@ -160,9 +160,11 @@ def envoy_config(site: EnvoySite, descriptor_set: Path = DESCRIPTOR_SET) -> Conf
     services = grpc_services(descriptor_set)
     backends = sorted({s.backend for s in services}, key=lambda b: GRPC_PORTS[b])
     routes = [_route(f"/{s.full_name}/", s.backend) for s in services]
-    # Reflection and health: every backend serves the whole mesh's descriptors,
-    # so any healthy one may answer.
-    routes += [_route("/grpc.reflection.", "mesh_any"), _route("/grpc.health.v1.", "mesh_any")]
+    # Reflection: every backend serves the whole mesh's descriptors, so any
+    # healthy one may answer. Health: a backend only knows its own services, and
+    # a path cannot say which one is asked about, so the front door's
+    # (inventory_svc) answers; Envoy's admin /clusters shows every backend.
+    routes += [_route("/grpc.reflection.", "mesh_any"), _route("/grpc.health.v1.", backends[0])]
     clusters = [
         _cluster(b, *site.backends[b], next(s.full_name for s in services if s.backend == b), site)
         for b in backends

@@ -77,8 +77,8 @@ class MeshPlan:
     def backend_ready(self, name: str) -> bool:
         return grpc_serving(f"127.0.0.1:{self.grpc_ports[name]}")
 
-    def envoy_ready(self) -> bool:
-        """Envoy is live and has seen every backend pass its health check."""
+    def envoy_ready(self, names: list[str] | None = None) -> bool:
+        """Envoy is live and has seen the backends (default: all) pass their health check."""
         try:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.admin_port}/clusters", timeout=1
@@ -88,7 +88,7 @@ class MeshPlan:
             return False
         return all(
             f"{name}::127.0.0.1:{self.grpc_ports[name]}::health_flags::healthy" in clusters
-            for name in backends()
+            for name in (names or backends())
         )
 
 

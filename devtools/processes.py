@@ -134,7 +134,9 @@ def _is_ours(pid: int, argv: list[str]) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return cmdline.rstrip(b"\0").split(b"\0") == [arg.encode() for arg in argv]
+    # A script with a shebang runs as [interpreter, script, args...]: compare the tail.
+    expected = [arg.encode() for arg in argv]
+    return cmdline.rstrip(b"\0").split(b"\0")[-len(expected) :] == expected
 
 
 def grpc_health(address: str, service: str = "") -> str | None:

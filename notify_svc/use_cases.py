@@ -41,7 +41,7 @@ async def notify_sale(
         return False
     if attempt > 1:
         log.warning(
-            "order %s: e-mail %s may have been sent before a crash; sending again (attempt %d)",
+            "order %s: sending e-mail %s again (attempt %d; an earlier one did not finish)",
             email.order_id,
             email.message_id,
             attempt,

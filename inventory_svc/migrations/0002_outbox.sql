@@ -19,14 +19,18 @@ CREATE INDEX outbox_unpublished_by_key ON outbox (ordering_key, position) WHERE 
 -- What the clean-up deletes.
 CREATE INDEX outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL;
 
--- Wake the relay at commit time instead of making it poll (NOTIFY is
--- transactional: a rolled-back sale sends nothing).
+-- Wake the relay at commit time instead of making it poll. NOTIFY is
+-- transactional (a rolled-back sale sends nothing), and a refused sale inserts
+-- no row, so it sends nothing either.
 CREATE FUNCTION outbox_wake_relay() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('outbox', '');
+    IF EXISTS (SELECT FROM inserted) THEN
+        PERFORM pg_notify('outbox', '');
+    END IF;
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER outbox_wake_relay AFTER INSERT ON outbox
+    REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_wake_relay();

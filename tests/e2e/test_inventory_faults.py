@@ -15,7 +15,7 @@ from grpclib.exceptions import GRPCError
 
 import polyglot.inventory.v1 as pb
 from devtools.processes import ManagedProcess, grpc_health, grpc_serving, python_module
-from tests.conftest import FAST_HEALTH, start_mesh, stop_mesh
+from tests.conftest import FAST, start_mesh, stop_mesh
 from tests.support.inventory import stock_of
 from tests.support.net import TcpProxy, free_port
 
@@ -29,22 +29,23 @@ def db_proxy(inventory_db_url):
 
 
 @pytest.fixture
-def mesh_behind_proxy(tmp_path, db_proxy, inventory_db):
+def mesh_behind_proxy(tmp_path, db_proxy, inventory_db, mesh_env):
     """A private inventory_svc + Envoy whose database connection we can cut."""
     proxy, url = db_proxy
-    mesh = start_mesh(tmp_path, {"DATABASE_URL": url, "DB_TIMEOUT_SECONDS": "2"})
+    env = {**mesh_env, "INVENTORY_DATABASE_URL": url, "DB_TIMEOUT_SECONDS": "2"}
+    mesh = start_mesh(tmp_path, env, only=["inventory_svc"])
     yield proxy, mesh
     stop_mesh(mesh.processes)
 
 
-def lone_inventory(tmp_path, database_url: str) -> tuple[ManagedProcess, str]:
+def lone_inventory(tmp_path, database_url: str, env: dict) -> tuple[ManagedProcess, str]:
     """A started inventory_svc of its own (no Envoy) and its gRPC address."""
     port = free_port()
     process = ManagedProcess(
         "inventory_svc",
         python_module("inventory_svc"),
         tmp_path / "inventory.log",
-        env={**FAST_HEALTH, "DATABASE_URL": database_url, "GRPC_PORT": str(port)},
+        env={**FAST, **env, "INVENTORY_DATABASE_URL": database_url, "GRPC_PORT": str(port)},
     )
     process.start()
     return process, f"127.0.0.1:{port}"
@@ -100,10 +101,12 @@ async def test_database_outage_is_503_and_unavailable_then_recovers(
         assert reply.json()["current_stock"] == 9
 
 
-def test_starts_not_serving_without_database_and_serves_once_it_appears(tmp_path, db_proxy):
+def test_starts_not_serving_without_database_and_serves_once_it_appears(
+    tmp_path, db_proxy, mesh_env
+):
     proxy, url = db_proxy
     proxy.cut()
-    process, address = lone_inventory(tmp_path, url)
+    process, address = lone_inventory(tmp_path, url, mesh_env)
     try:
         # Up and answering health checks, but NOT_SERVING while PostgreSQL is away.
         process.wait_until(lambda: grpc_health(address) == "NOT_SERVING", "NOT_SERVING health")
@@ -115,10 +118,10 @@ def test_starts_not_serving_without_database_and_serves_once_it_appears(tmp_path
 
 
 async def test_sigterm_finishes_in_flight_calls_then_exits(
-    tmp_path, inventory_db_url, inventory_db, new_product
+    tmp_path, inventory_db_url, inventory_db, new_product, mesh_env
 ):
     product = await new_product(stock=10)
-    process, address = lone_inventory(tmp_path, inventory_db_url)
+    process, address = lone_inventory(tmp_path, inventory_db_url, mesh_env)
     # grpcio as the client here: grpclib drops in-flight calls when the server
     # sends GOAWAY, so it cannot show a graceful drain (Envoy and grpcio can).
     channel = grpc.aio.insecure_channel(address)
@@ -176,7 +179,7 @@ async def wait_until_waiting_on_lock(db, product: int) -> None:
 def test_invalid_settings_exit_with_a_clear_message():
     result = subprocess.run(
         python_module("inventory_svc"),
-        env={"PATH": "/usr/bin:/bin", "GRPC_PORT": "eighty", "DATABASE_URL": "mysql://x"},
+        env={"PATH": "/usr/bin:/bin", "GRPC_PORT": "eighty", "INVENTORY_DATABASE_URL": "mysql://x"},
         capture_output=True,
         text=True,
         timeout=30,
@@ -184,5 +187,5 @@ def test_invalid_settings_exit_with_a_clear_message():
     )
     assert result.returncode != 0
     assert "InventorySettings: invalid settings in the environment" in result.stderr
-    assert "GRPC_PORT" in result.stderr and "DATABASE_URL" in result.stderr
+    assert "GRPC_PORT" in result.stderr and "INVENTORY_DATABASE_URL" in result.stderr
     assert "Traceback" not in result.stderr

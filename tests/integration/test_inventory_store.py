@@ -7,8 +7,9 @@ import pytest
 
 from inventory_svc import use_cases
 from inventory_svc.domain import InsufficientStock, Sale, SaleRequest, StockLimitExceeded
-from inventory_svc.store import PostgresInventory, apply_migrations
+from inventory_svc.store import MIGRATIONS, PostgresInventory
 from meshkit.errors import AlreadyExists, NotFound, Unavailable
+from meshkit.postgres import apply_migrations
 from tests.support.inventory import inventory_state, order, stock_of
 from tests.support.net import TcpProxy
 
@@ -23,7 +24,7 @@ async def store(inventory_db_url, inventory_db):
 
 async def test_migrations_apply_once_and_seed_the_catalogue(inventory_db):
     async with inventory_db.acquire() as conn:
-        assert await apply_migrations(conn) == []  # already applied by the fixture
+        assert await apply_migrations(conn, MIGRATIONS) == []  # already applied by the fixture
     rows = await inventory_db.fetch(
         "SELECT product_id, name FROM products WHERE product_id IN (1, 2) ORDER BY product_id"
     )

@@ -1,0 +1,86 @@
+"""analytics_svc's store on a real MongoDB wire server (the embedded one)."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from analytics_svc import use_cases
+from analytics_svc.store import MongoSales
+from meshkit.errors import InvalidArgument
+from meshkit.events import ProductSold, UnusableEvent
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+async def sales(mongo_url):
+    store = MongoSales(mongo_url, f"analytics_test_{uuid.uuid4().hex[:8]}", timeout_seconds=5)
+    await store.ready()
+    yield store
+    await store.close()
+
+
+def sale(product_id: int, quantity: int, at: datetime, name: str = "Widget") -> ProductSold:
+    return ProductSold(
+        event_id=str(uuid.uuid4()),
+        order_id=f"ORD-{uuid.uuid4().hex[:8]}",
+        product_id=product_id,
+        product_name=name,
+        quantity=quantity,
+        remaining_stock=10,
+        occurred_at=at,
+    )
+
+
+async def test_a_redelivered_event_is_recorded_once(sales):
+    event = sale(1, 2, T0)
+    assert await use_cases.record_sale(sales, event) is True
+    assert await use_cases.record_sale(sales, event) is False
+    totals = await use_cases.product_sales(sales, 1)
+    assert (totals.units_sold, totals.orders) == (2, 1)
+
+
+async def test_an_unusable_event_is_not_recorded(sales):
+    with pytest.raises(UnusableEvent):
+        await use_cases.record_sale(sales, ProductSold(event_id="nope"))
+
+
+async def test_product_totals_and_latest_name(sales):
+    for quantity, minutes, name in [(1, 0, "Mouse"), (4, 5, "Mouse"), (2, 10, "Mouse Pro")]:
+        await use_cases.record_sale(sales, sale(2, quantity, T0 + timedelta(minutes=minutes), name))
+    totals = await use_cases.product_sales(sales, 2)
+    assert (totals.units_sold, totals.orders, totals.product_name) == (7, 3, "Mouse Pro")
+    assert totals.last_sold_at == T0 + timedelta(minutes=10)
+    nothing = await use_cases.product_sales(sales, 999)
+    assert (nothing.units_sold, nothing.orders, nothing.last_sold_at) == (0, 0, None)
+
+
+async def test_summary_counts_only_the_window_and_ranks_products(sales):
+    day = datetime(2026, 10, 5, tzinfo=UTC)
+    for product_id, quantity, hour in [(10, 1, 1), (11, 5, 2), (12, 5, 3), (10, 1, 4), (11, 1, 30)]:
+        await use_cases.record_sale(sales, sale(product_id, quantity, day + timedelta(hours=hour)))
+    summary = await use_cases.sales_summary(sales, day, day + timedelta(hours=24), top_products=2)
+    assert (summary.units_sold, summary.orders) == (12, 4)
+    assert [(p.product_id, p.units_sold, p.orders) for p in summary.top_products] == [
+        (11, 5, 1),
+        (12, 5, 1),  # tie on units: lower product id first
+    ]
+    with pytest.raises(InvalidArgument, match="must be before end_time"):
+        await use_cases.sales_summary(sales, day, day, top_products=0)
+
+
+async def test_recent_events_page_newest_first_without_gaps_or_repeats(sales):
+    day = datetime(2026, 9, 1, tzinfo=UTC)
+    recorded = [sale(20, 1, day + timedelta(seconds=s)) for s in (1, 2, 2, 3, 4)]
+    for event in recorded:
+        await use_cases.record_sale(sales, event)
+    seen, token = [], ""
+    while True:
+        page, token = await use_cases.recent_sale_events(sales, 2, token, product_id=20)
+        assert len(page) <= 2
+        seen += page
+        if not token:
+            break
+    assert sorted(e.event_id for e in seen) == sorted(e.event_id for e in recorded)
+    assert [e.occurred_at for e in seen] == sorted((e.occurred_at for e in seen), reverse=True)

@@ -1,0 +1,84 @@
+"""notify_svc's use case on a real PostgreSQL and a real SMTP server."""
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from meshkit.errors import Unavailable
+from meshkit.events import ProductSold
+from notify_svc import use_cases
+from notify_svc.mailer import Mailer
+from notify_svc.store import PostgresNotifications
+from tests.conftest import PG_SERVER_URL
+from tests.support.postgres import create_database, drop_database
+
+
+@pytest.fixture(scope="module")
+async def notifications():
+    url = await create_database(PG_SERVER_URL, "polyglot_test_notify_uc")
+    store = PostgresNotifications(url, pool_size=2, timeout_seconds=5)
+    await store.ready()
+    yield store
+    await store.close()
+    await drop_database(url)
+
+
+def sale() -> ProductSold:
+    return ProductSold(
+        event_id=str(uuid.uuid4()),
+        order_id=f"ORD-{uuid.uuid4().hex[:8]}",
+        product_id=1,
+        product_name="Laptop Gamer",
+        quantity=1,
+        remaining_stock=5,
+        occurred_at=datetime.now(UTC),
+    )
+
+
+async def notify(store, mailer, event) -> bool:
+    return await use_cases.notify_sale(
+        store, mailer, event, sender="orders@test.local", recipient="logistics@test.local"
+    )
+
+
+async def test_one_email_per_event_even_when_redelivered(notifications, mail, caplog):
+    mailer = Mailer(mail.url, timeout_seconds=5)
+    event = sale()
+    with caplog.at_level("INFO", logger="notify_svc.mailer"):
+        assert await notify(notifications, mailer, event) is True
+        assert await notify(notifications, mailer, event) is False
+    [message] = mail.messages(event.order_id)
+    assert message["To"] == "logistics@test.local"
+    assert message["Message-ID"] == f"<{event.event_id}@polyglotmicro.local>"
+    assert [r.getMessage() for r in caplog.records].count(
+        f"[EMAIL] order {event.order_id}: 'Order {event.order_id} confirmed: 1 x Laptop Gamer'"
+        f" to logistics@test.local via smtp (Message-ID <{event.event_id}@polyglotmicro.local>)"
+    ) == 1
+    [listed], _ = await use_cases.recent_notifications(notifications, 10, "", event.order_id)
+    assert (listed.status, listed.channel, listed.sent_at is not None) == ("sent", "smtp", True)
+
+
+async def test_without_smtp_the_log_line_is_the_email(notifications, caplog):
+    event = sale()
+    with caplog.at_level("INFO", logger="notify_svc.mailer"):
+        assert await notify(notifications, Mailer(None, timeout_seconds=5), event)
+    assert any(
+        r.getMessage().startswith(f"[EMAIL] order {event.order_id}:") for r in caplog.records
+    )
+
+
+async def test_a_mail_server_outage_is_unavailable_and_the_retry_sends(notifications, mail):
+    event = sale()
+    mail.refusing = True
+    try:
+        with pytest.raises(Unavailable, match="refused for now"):
+            await notify(notifications, Mailer(mail.url, timeout_seconds=5), event)
+    finally:
+        mail.refusing = False
+    with pytest.raises(Unavailable, match="unreachable"):
+        await notify(notifications, Mailer("smtp://127.0.0.1:1", timeout_seconds=5), event)
+    assert await notify(notifications, Mailer(mail.url, timeout_seconds=5), event) is True
+    assert len(mail.messages(event.order_id)) == 1
+    [listed], _ = await use_cases.recent_notifications(notifications, 10, "", event.order_id)
+    assert listed.status == "sent"

@@ -1,0 +1,170 @@
+"""The transactional outbox on a real PostgreSQL: what a sale writes, how the relay claims.
+
+These tests use a database of their own: the session mesh's relay must not
+publish (and so mark) the rows they inspect.
+"""
+
+import asyncio
+import uuid
+
+import pytest
+
+from inventory_svc import use_cases
+from inventory_svc.domain import InsufficientStock, SaleRequest
+from inventory_svc.store import OutboxEntry, PostgresInventory, PostgresOutbox
+from meshkit.events import PRODUCT_SOLD, ProductSold
+from tests.conftest import PG_SERVER_URL
+from tests.support.inventory import order
+from tests.support.postgres import create_database, drop_database
+from tests.support.waiting import eventually
+
+
+@pytest.fixture(scope="module")
+async def outbox_db_url():
+    url = await create_database(PG_SERVER_URL, "polyglot_test_outbox")
+    yield url
+    await drop_database(url)
+
+
+@pytest.fixture
+async def inventory(outbox_db_url):
+    store = PostgresInventory(outbox_db_url, pool_size=4, timeout_seconds=5)
+    await store.ready()
+    outbox = PostgresOutbox(store.db)
+    async with store.db.connection() as conn:  # every test starts from an empty outbox
+        await conn.execute("DELETE FROM outbox")
+    yield store, outbox
+    await outbox.close()
+    await store.close()
+
+
+async def add_product(store: PostgresInventory, stock: int = 100) -> int:
+    async with store.db.connection() as conn:
+        return await conn.fetchval(
+            "INSERT INTO products (product_id, name, stock)"
+            " SELECT coalesce(max(product_id), 0) + 1, 'Outbox test', $1 FROM products"
+            " RETURNING product_id",
+            stock,
+        )
+
+
+async def sell(store: PostgresInventory, product: int, quantity: int = 1, order_id: str = ""):
+    return await use_cases.decrease_stock(
+        store, SaleRequest(order_id or order(), product, quantity)
+    )
+
+
+async def drain(outbox: PostgresOutbox, limit: int = 100) -> list[OutboxEntry]:
+    published: list[OutboxEntry] = []
+
+    async def publish(entry: OutboxEntry) -> None:
+        published.append(entry)
+
+    await outbox.publish_pending(limit, publish)
+    return published
+
+
+async def test_a_sale_writes_one_event_a_replay_or_refusal_none(inventory):
+    store, outbox = inventory
+    product = await add_product(store, stock=5)
+    sale = await sell(store, product, 2, order_id="ORD-outbox-1")
+    await sell(store, product, 2, order_id="ORD-outbox-1")  # replay
+    with pytest.raises(InsufficientStock):
+        await sell(store, product, 50)
+    [entry] = await drain(outbox)
+    assert entry.routing_key == PRODUCT_SOLD
+    event = ProductSold().from_dict(entry.payload)
+    assert uuid.UUID(event.event_id) == entry.event_id
+    assert (event.order_id, event.product_id, event.quantity, event.remaining_stock) == (
+        "ORD-outbox-1",
+        product,
+        2,
+        sale.remaining_stock,
+    )
+    assert event.product_name == "Outbox test"
+    assert event.occurred_at is not None
+
+
+async def test_events_are_published_oldest_first_and_only_once(inventory):
+    store, outbox = inventory
+    products = [await add_product(store) for _ in range(3)]
+    orders = [(await sell(store, p)).order_id for p in products * 2]
+    first = await drain(outbox)
+    assert [e.payload["order_id"] for e in first] == orders
+    assert [e.position for e in first] == sorted(e.position for e in first)
+    assert await drain(outbox) == []
+    assert (await outbox.backlog()).unpublished == 0
+
+
+async def test_a_failed_publish_keeps_the_confirmed_and_stops(inventory):
+    store, outbox = inventory
+    product = await add_product(store)
+    orders = [(await sell(store, product)).order_id for _ in range(4)]
+    confirmed: list[str] = []
+
+    async def broker_dies_on_third(entry: OutboxEntry) -> None:
+        if len(confirmed) == 2:
+            raise ConnectionError("broker gone")
+        confirmed.append(entry.payload["order_id"])
+
+    with pytest.raises(ConnectionError):
+        await outbox.publish_pending(10, broker_dies_on_third)
+    assert (await outbox.backlog()).unpublished == 2  # the first two were marked
+    assert [e.payload["order_id"] for e in await drain(outbox)] == orders[2:]
+
+
+async def test_two_relays_share_the_work_and_keep_each_products_order(inventory):
+    """Relay A holds the first events of products 1 and 2 (FOR UPDATE) while relay B
+    runs: B skips them (SKIP LOCKED), and also the later events of those products,
+    which must wait for A; it publishes only product 3's event."""
+    store, outbox = inventory
+    p1, p2, p3 = [await add_product(store) for _ in range(3)]
+    for product in (p1, p2, p1, p2, p3):
+        await sell(store, product)
+
+    a_published: list[OutboxEntry] = []
+    a_holding, a_may_go_on = asyncio.Event(), asyncio.Event()
+
+    async def relay_a(entry: OutboxEntry) -> None:
+        a_holding.set()
+        await a_may_go_on.wait()
+        a_published.append(entry)
+
+    a = asyncio.create_task(outbox.publish_pending(2, relay_a))
+    await a_holding.wait()
+    b_published = await drain(outbox)
+    assert [e.payload["product_id"] for e in b_published] == [p3]
+    a_may_go_on.set()
+    assert await a == 2
+    assert [e.payload["product_id"] for e in a_published] == [p1, p2]
+    rest = await drain(outbox)
+    assert [e.payload["product_id"] for e in rest] == [p1, p2]
+    every = [e.event_id for e in a_published + b_published + rest]
+    assert len(every) == len(set(every)) == 5
+
+
+async def test_only_a_committed_sale_wakes_the_relay(inventory):
+    store, outbox = inventory
+    product = await add_product(store, stock=2)
+    await sell(store, product, 1, order_id="ORD-wake-1")
+    wakes: list[int] = []
+    await outbox.listen(lambda: wakes.append(1))
+    with pytest.raises(InsufficientStock):
+        await sell(store, product, 5)  # refused: inserts no event
+    await sell(store, product, 1, order_id="ORD-wake-1")  # replay: rolled back
+    await sell(store, product, 1)
+    await eventually(lambda: wakes, what="a NOTIFY for the committed sale")
+    # Notifications arrive in commit order: one from the refusal or the replay
+    # would have come first.
+    assert wakes == [1]
+
+
+async def test_clean_up_removes_only_published_rows(inventory):
+    store, outbox = inventory
+    product = await add_product(store)
+    await sell(store, product)
+    await drain(outbox)
+    await sell(store, product)  # stays unpublished
+    assert await outbox.delete_published(older_than_seconds=0) == 1
+    backlog = await outbox.backlog()
+    assert backlog.unpublished == 1 and backlog.oldest is not None

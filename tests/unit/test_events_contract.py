@@ -1,0 +1,95 @@
+"""The ProductSold contract as it travels: JSON shape, validation, rendering."""
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from meshkit import paging
+from meshkit.errors import InvalidArgument
+from meshkit.events import ProductSold, UnusableEvent, checked_product_sold, event_json
+from notify_svc.domain import order_confirmation
+
+SOLD_AT = datetime(2026, 11, 28, 9, 30, 15, 123456, tzinfo=UTC)
+
+
+def sale(**changes) -> ProductSold:
+    fields = dict(
+        event_id=str(uuid.UUID(int=1)),
+        order_id="ORD-2024-001",
+        product_id=1,
+        product_name="Laptop Gamer",
+        quantity=2,
+        remaining_stock=98,
+        occurred_at=SOLD_AT,
+    )
+    return ProductSold(**{**fields, **changes})
+
+
+def test_wire_body_is_proto3_json_with_proto_field_names():
+    assert json.loads(event_json(sale())) == {
+        "event_id": "00000000-0000-0000-0000-000000000001",
+        "order_id": "ORD-2024-001",
+        "product_id": 1,
+        "product_name": "Laptop Gamer",
+        "quantity": 2,
+        "remaining_stock": 98,
+        "occurred_at": "2026-11-28T09:30:15.123456Z",
+    }
+
+
+def test_wire_body_round_trips_through_the_generated_class():
+    parsed = ProductSold().from_dict(json.loads(event_json(sale())))
+    assert parsed == sale()
+    assert parsed.occurred_at == SOLD_AT
+
+
+def test_outbox_payload_from_postgres_parses():
+    """The outbox stores to_jsonb(timestamptz), with an offset instead of Z."""
+    payload = json.loads(event_json(sale()))
+    payload["occurred_at"] = "2026-11-28T09:30:15.123456+00:00"
+    assert ProductSold().from_dict(payload).occurred_at == SOLD_AT
+
+
+def test_a_real_sale_is_usable():
+    assert checked_product_sold(sale()) == sale()
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (sale(event_id="not-a-uuid"), "event_id 'not-a-uuid' is not a UUID"),
+        (sale(order_id=""), "order_id is empty"),
+        (sale(product_id=0), "product_id 0 is not positive"),
+        (sale(quantity=0), "quantity 0 is not positive"),
+        (sale(remaining_stock=-1), "remaining_stock -1 is negative"),
+        (
+            ProductSold(event_id=str(uuid.uuid4()), order_id="o", product_id=1, quantity=1),
+            "occurred_at is missing",
+        ),
+        (ProductSold(), "order_id is empty"),
+    ],
+)
+def test_unusable_events_are_refused_with_the_reason(event, reason):
+    with pytest.raises(UnusableEvent, match=reason):
+        checked_product_sold(event)
+
+
+def test_order_confirmation_names_the_order_and_is_stable_per_event():
+    email = order_confirmation(sale(), sender="orders@x.test", recipient="logistics@x.test")
+    assert email.subject == "Order ORD-2024-001 confirmed: 2 x Laptop Gamer"
+    assert email.recipient == "logistics@x.test"
+    assert email.message_id == "<00000000-0000-0000-0000-000000000001@polyglotmicro.local>"
+    assert "Stock left: 98" in email.body and "2026-11-28 09:30:15 UTC" in email.body
+    again = order_confirmation(sale(), sender="orders@x.test", recipient="logistics@x.test")
+    assert again == email
+
+
+def test_time_cursor_round_trip_and_foreign_tokens():
+    token = paging.encode_time_cursor(SOLD_AT, "abc")
+    assert paging.decode_time_cursor(token) == (SOLD_AT, "abc")
+    assert paging.decode_time_cursor("") is None
+    for foreign in ["xyz", paging.encode_cursor(1, 2), paging.encode_cursor("yesterday", "a")]:
+        with pytest.raises(InvalidArgument, match="page_token is not one this service issued"):
+            paging.decode_time_cursor(foreign)
