@@ -71,6 +71,8 @@ drift: generate
 	@git diff --exit-code --stat -- gen envoy docs || \
 	  { echo "Generated files are stale: run 'make generate' and commit the result."; exit 1; }
 
+# The compose config names other hosts and container paths; it is checked
+# statically (structure) here, and by compose-check against compose.yaml.
 envoy-validate: venv
 	$(BIN)/envoy --mode validate -c envoy/envoy.yaml --disable-hot-restart --log-level warn
 

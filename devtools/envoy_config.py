@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from devtools.topology import DESCRIPTOR_SET, GRPC_PORTS, ROOT, grpc_services
+from devtools.topology import DESCRIPTOR_SET, DOCS_SITE, GRPC_PORTS, ROOT, grpc_services
 
 Config = dict[str, Any]
 
@@ -23,6 +23,25 @@ ACCESS_LOG_FORMAT = (
     ' %PROTOCOL%" %RESPONSE_CODE% grpc=%GRPC_STATUS% %DURATION%ms'
     " upstream=%UPSTREAM_CLUSTER% %RESPONSE_CODE_DETAILS%\n"
 )
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".yaml": "application/yaml; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".txt": "text/plain; charset=utf-8",
+}
+TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+# Per-route: not an API call, so the transcoder (which would answer "no such
+# method") stays out of the way.
+NOT_AN_API = {
+    TRANSCODER: {
+        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+        "disabled": True,
+    }
+}
 LOCAL_REPLY_CODES = {400: 3, 404: 5, 405: 12, 413: 8, 415: 3, 503: 14, 504: 4}
 
 
@@ -39,6 +58,8 @@ class EnvoySite:
         default_factory=lambda: {name: ("127.0.0.1", port) for name, port in GRPC_PORTS.items()}
     )
     health_check_seconds: float = 2.0
+    # Where Envoy finds the docs site (built into docs/site by `make docs`).
+    docs_dir: str = str(DOCS_SITE.relative_to(ROOT))
 
 
 def _seconds(value: float) -> str:
@@ -156,10 +177,50 @@ def _route(prefix: str, cluster: str) -> Config:
     }
 
 
-def envoy_config(site: EnvoySite, descriptor_set: Path = DESCRIPTOR_SET) -> Config:
+def _static_file(path: str, file: str, content_type: str) -> Config:
+    return {
+        "match": {"path": path},
+        "direct_response": {"status": 200, "body": {"filename": file}},
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": content_type},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "typed_per_filter_config": NOT_AN_API,
+    }
+
+
+def _docs_routes(site: EnvoySite, docs_site: Path) -> list[Config]:
+    """/docs/…: every file of the built docs site, served by Envoy itself.
+
+    Envoy reads each file once, at start (direct responses); the site is static.
+    """
+    routes = []
+    for file in sorted(p for p in docs_site.rglob("*") if p.is_file()):
+        relative = file.relative_to(docs_site).as_posix()
+        content_type = CONTENT_TYPES.get(file.suffix, "application/octet-stream")
+        paths = [f"/docs/{relative}"]
+        if file.name == "index.html":
+            paths.append(f"/docs/{relative.removesuffix('index.html')}")
+        routes += [_static_file(p, f"{site.docs_dir}/{relative}", content_type) for p in paths]
+    return routes + [
+        {
+            "match": {"path": p},
+            "redirect": {"path_redirect": "/docs/"},
+            "typed_per_filter_config": NOT_AN_API,
+        }
+        for p in ("/", "/docs")
+    ]
+
+
+def envoy_config(
+    site: EnvoySite, descriptor_set: Path = DESCRIPTOR_SET, docs_site: Path = DOCS_SITE
+) -> Config:
     services = grpc_services(descriptor_set)
     backends = sorted({s.backend for s in services}, key=lambda b: GRPC_PORTS[b])
-    routes = [_route(f"/{s.full_name}/", s.backend) for s in services]
+    routes = _docs_routes(site, docs_site)
+    routes += [_route(f"/{s.full_name}/", s.backend) for s in services]
     # Reflection: every backend serves the whole mesh's descriptors, so any
     # healthy one may answer. Health: a backend only knows its own services, and
     # a path cannot say which one is asked about, so the front door's
@@ -212,11 +273,13 @@ def _http_connection_manager(site: EnvoySite, services: list, routes: list[Confi
             },
             "route_config": {
                 "name": "mesh",
+                # The docs' vendored JavaScript is served as direct responses.
+                "max_direct_response_body_size_bytes": 16 * 1024 * 1024,
                 "virtual_hosts": [{"name": "mesh", "domains": ["*"], "routes": routes}],
             },
             "http_filters": [
                 {
-                    "name": "envoy.filters.http.grpc_json_transcoder",
+                    "name": TRANSCODER,
                     "typed_config": _typed(
                         "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
                         proto_descriptor=site.descriptor_path,
@@ -252,9 +315,17 @@ def render(site: EnvoySite, descriptor_set: Path = DESCRIPTOR_SET) -> str:
     return header + yaml.safe_dump(envoy_config(site, descriptor_set), sort_keys=False, width=100)
 
 
-# The checked-in configs: what `make up` runs natively, and what compose mounts.
+# The checked-in configs: what `make up` runs natively, and what compose mounts
+# (compose.yaml: backends by service name, contracts and docs under /etc/envoy).
+COMPOSE_SITE = EnvoySite(
+    listen_address="0.0.0.0",
+    descriptor_path="/etc/envoy/mesh.binpb",
+    docs_dir="/etc/envoy/docs",
+    backends={name: (name.replace("_", "-"), port) for name, port in GRPC_PORTS.items()},
+)
 CHECKED_IN = {
     ROOT / "envoy" / "envoy.yaml": EnvoySite(),
+    ROOT / "envoy" / "envoy.compose.yaml": COMPOSE_SITE,
 }
 
 

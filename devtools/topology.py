@@ -13,6 +13,7 @@ from google.protobuf.descriptor_pb2 import FileDescriptorSet
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR_SET = ROOT / "gen" / "python" / "polyglot" / "mesh.binpb"
+DOCS_SITE = ROOT / "docs" / "site"  # the built docs site Envoy serves at /docs/
 
 # Default gRPC port of each backend when run natively.
 GRPC_PORTS = {"inventory_svc": 50051, "analytics_svc": 50052, "notify_svc": 50053}
