@@ -11,10 +11,11 @@ import aio_pika
 import pytest
 
 from devtools.processes import grpc_health
+from devtools.sandbox import rabbitmqctl
 from meshkit.events import EXCHANGE, PRODUCT_SOLD, SUBSCRIPTIONS
 from tests.support.inventory import order
 from tests.support.pipeline import PipelineView
-from tests.support.rabbit import rabbitmqctl, take_messages
+from tests.support.rabbit import take_messages
 from tests.support.waiting import eventually
 
 

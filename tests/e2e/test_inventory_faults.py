@@ -15,7 +15,7 @@ from grpclib.exceptions import GRPCError
 
 import polyglot.inventory.v1 as pb
 from devtools.processes import ManagedProcess, grpc_health, grpc_serving, python_module
-from tests.conftest import FAST, start_mesh, stop_mesh
+from tests.conftest import FAST, start_test_mesh
 from tests.support.inventory import stock_of
 from tests.support.net import TcpProxy, free_port
 
@@ -33,9 +33,9 @@ def mesh_behind_proxy(tmp_path, db_proxy, inventory_db, mesh_env):
     """A private inventory_svc + Envoy whose database connection we can cut."""
     proxy, url = db_proxy
     env = {**mesh_env, "INVENTORY_DATABASE_URL": url, "DB_TIMEOUT_SECONDS": "2"}
-    mesh = start_mesh(tmp_path, env, only=["inventory_svc"])
+    mesh = start_test_mesh(tmp_path, env, only=["inventory_svc"])
     yield proxy, mesh
-    stop_mesh(mesh.processes)
+    mesh.stop()
 
 
 def lone_inventory(tmp_path, database_url: str, env: dict) -> tuple[ManagedProcess, str]:

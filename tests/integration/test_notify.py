@@ -5,13 +5,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from devtools.sandbox import create_database, drop_database
 from meshkit.errors import Unavailable
 from meshkit.events import ProductSold
 from notify_svc import use_cases
 from notify_svc.mailer import Mailer
 from notify_svc.store import PostgresNotifications
 from tests.conftest import PG_SERVER_URL
-from tests.support.postgres import create_database, drop_database
 
 
 @pytest.fixture(scope="module")

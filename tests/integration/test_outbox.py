@@ -9,13 +9,13 @@ import uuid
 
 import pytest
 
+from devtools.sandbox import create_database, drop_database
 from inventory_svc import use_cases
 from inventory_svc.domain import InsufficientStock, SaleRequest
 from inventory_svc.store import OutboxEntry, PostgresInventory, PostgresOutbox
 from meshkit.events import PRODUCT_SOLD, ProductSold
 from tests.conftest import PG_SERVER_URL
 from tests.support.inventory import order
-from tests.support.postgres import create_database, drop_database
 from tests.support.waiting import eventually
 
 

@@ -1,14 +1,8 @@
 import asyncio
-import socket
 import threading
 from contextlib import suppress
 
-
-def free_port() -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from devtools.sandbox import free_port
 
 
 class TcpProxy:

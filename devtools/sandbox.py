@@ -1,0 +1,157 @@
+"""Private infrastructure for the tests and the benchmarks.
+
+Throwaway PostgreSQL databases, a RabbitMQ virtual host, an embedded MongoDB
+wire server and a whole mesh on free ports — so neither ever touches a mesh
+started with `make up`.
+"""
+
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from devtools.envoy_config import EnvoySite, render
+from devtools.mesh import MeshPlan, mongo_answers
+from devtools.processes import ManagedProcess
+from devtools.topology import DESCRIPTOR_SET, backends
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- PostgreSQL ---------------------------------------------------------------
+
+
+def database_url(server_url: str, name: str) -> str:
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+async def create_database(server_url: str, prefix: str) -> str:
+    """A new, empty database on the server; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(database_url(server_url, "postgres"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return database_url(server_url, name)
+
+
+async def drop_database(url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    conn = await asyncpg.connect(database_url(url, "postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+# --- RabbitMQ -----------------------------------------------------------------
+
+
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
+
+
+def create_vhost(server_url: str, prefix: str) -> str:
+    """A RabbitMQ virtual host of our own (guest may use it); returns its AMQP URL."""
+    vhost = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    return f"{server_url.rstrip('/')}/{vhost}"
+
+
+def delete_vhost(amqp_url: str) -> None:
+    rabbitmqctl("delete_vhost", urlsplit(amqp_url).path.lstrip("/"))
+
+
+# --- MongoDB ------------------------------------------------------------------
+
+
+def start_mongo(run_dir: Path) -> tuple[ManagedProcess, str]:
+    """The embedded MongoDB wire server on a free port, data under ``run_dir``."""
+    port = free_port()
+    url = f"mongodb://127.0.0.1:{port}"
+    mongo = MeshPlan(run_dir, run_dir / "unused").embedded_mongo(port)
+    mongo.start()
+    try:
+        mongo.wait_until(lambda: mongo_answers(url), "a MongoDB ping answer")
+    except Exception:
+        mongo.stop()
+        raise
+    return mongo, url
+
+
+# --- a whole mesh ---------------------------------------------------------------
+
+
+@dataclass
+class Mesh:
+    plan: MeshPlan
+    processes: dict[str, ManagedProcess]
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.plan.http_port}"
+
+    @property
+    def envoy_target(self) -> str:
+        return f"127.0.0.1:{self.plan.http_port}"
+
+    def grpc_target(self, backend: str) -> str:
+        return f"127.0.0.1:{self.plan.grpc_ports[backend]}"
+
+    def start(self, name: str) -> None:
+        process = self.processes[name] = self.processes.get(name) or self.plan.backend(name)
+        process.start()
+        process.wait_until(lambda: self.plan.backend_ready(name), "SERVING health")
+
+    def restart(self, name: str) -> None:
+        self.processes[name].stop()
+        self.start(name)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes.values()):
+            process.stop()
+
+
+def start_mesh(run_dir: Path, env: dict[str, str], only: list[str] | None = None) -> Mesh:
+    """Backends (all, or ``only`` these) and an Envoy in front of them, on free ports."""
+    names = only or backends()
+    grpc_ports = {name: free_port() for name in backends()}
+    http_port, admin_port = free_port(), free_port()
+    config = run_dir / "envoy.yaml"
+    site = EnvoySite(
+        listen_port=http_port,
+        admin_port=admin_port,
+        descriptor_path=str(DESCRIPTOR_SET),
+        backends={name: ("127.0.0.1", port) for name, port in grpc_ports.items()},
+        health_check_seconds=0.5,
+    )
+    config.write_text(render(site))
+    mesh = Mesh(MeshPlan(run_dir, config, http_port, admin_port, grpc_ports, env=env), {})
+    try:
+        for name in names:
+            mesh.processes[name] = mesh.plan.backend(name)
+            mesh.processes[name].start()
+        for name in names:
+            mesh.processes[name].wait_until(
+                lambda n=name: mesh.plan.backend_ready(n), "SERVING health"
+            )
+        mesh.processes["envoy"] = mesh.plan.envoy()
+        mesh.processes["envoy"].start()
+        mesh.processes["envoy"].wait_until(lambda: mesh.plan.envoy_ready(names), "healthy clusters")
+    except Exception:
+        mesh.stop()
+        raise
+    return mesh
