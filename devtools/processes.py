@@ -64,17 +64,20 @@ class ManagedProcess:
         return self.pid is not None
 
     def signal(self, signum: int) -> None:
+        """Signal the process and everything it started (its own process group)."""
         pid = self.pid
         if pid is not None and self.running():
-            os.kill(pid, signum)
+            try:
+                os.killpg(pid, signum)
+            except ProcessLookupError:
+                os.kill(pid, signum)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, wait for a graceful exit, SIGKILL after ``timeout``."""
-        pid = self.pid
-        if pid is not None and self.running():
-            os.kill(pid, signal.SIGTERM)
+        if self.running():
+            self.signal(signal.SIGTERM)
             if not self._wait_exit(timeout):
-                os.kill(pid, signal.SIGKILL)
+                self.signal(signal.SIGKILL)
                 self._wait_exit(5)
         if self.pid_path:
             self.pid_path.unlink(missing_ok=True)

@@ -79,9 +79,13 @@ class OutboxEntry:
     position: int
     event_id: uuid.UUID
     routing_key: str
-    payload: dict
+    body: bytes  # the event's JSON, exactly as RECORD_SALE wrote it
     headers: dict
     created_at: datetime
+
+    @property
+    def payload(self) -> dict:
+        return json.loads(self.body)
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,7 @@ class PostgresOutbox:
                     position=row["position"],
                     event_id=row["event_id"],
                     routing_key=row["routing_key"],
-                    payload=json.loads(row["payload"]),
+                    body=row["payload"].encode(),
                     headers=json.loads(row["headers"]),
                     created_at=row["created_at"],
                 )

@@ -18,7 +18,6 @@ A message a subscriber fails to handle is redelivered; past ``DELIVERY_LIMIT``
 deliveries its queue dead-letters it into the subscriber's own DLQ.
 """
 
-import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -137,14 +136,6 @@ async def declare_topology(broker: RabbitBroker) -> None:
         await queue.bind(exchange, routing_key=subscription.routing_key)
         dlq = await broker.declare_queue(dead_letter_queue(subscription))
         await dlq.bind(dead_letters, routing_key=subscription.queue)
-
-
-def event_json(event: betterproto.Message) -> bytes:
-    """The wire body: proto3 JSON mapping with the proto (snake_case) field names."""
-    return json.dumps(
-        event.to_dict(casing=betterproto.Casing.SNAKE, include_default_values=True),
-        separators=(",", ":"),
-    ).encode()
 
 
 def rabbit_broker(

@@ -83,7 +83,9 @@ class GrpcServer:
 
     def __init__(self, settings: ServiceSettings, servicers: Iterable[ServiceBase]) -> None:
         self._settings = settings
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # SO_REUSEPORT only for several workers: a second mesh on a taken port
+        # should fail loudly, not share it.
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
         self._health = health.aio.HealthServicer()
         self._api_names: list[str] = []
         for servicer in servicers:

@@ -1,7 +1,9 @@
 """Process lifecycle: run a service until SIGTERM/SIGINT, then shut it down gracefully."""
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,7 +16,9 @@ from meshkit.settings import SettingsT, load_settings
 log = logging.getLogger(__name__)
 
 
-def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+def run_until_signalled(
+    serve: Callable[[asyncio.Event], Awaitable[None]], *, event_loop: str = "asyncio"
+) -> None:
     """Run ``serve(stop)``; ``stop`` is set on SIGTERM or SIGINT.
 
     ``serve`` owns its graceful shutdown: it waits on ``stop``, then drains and
@@ -29,7 +33,52 @@ def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> No
             loop.add_signal_handler(signum, _request_stop, stop, signum)
         await serve(stop)
 
+    if event_loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(main())
+
+
+def run_workers(workers: int, run: Callable[[], None]) -> None:
+    """Run ``run`` in ``workers`` forked processes sharing the gRPC port.
+
+    A Python process serves gRPC on one core; several workers bound to the same
+    port (SO_REUSEPORT, the kernel spreads connections) use more. The parent only
+    forwards SIGTERM/SIGINT and waits; if a worker dies, it stops the others and
+    exits with that worker's status, so whatever supervises the service sees it.
+    Fork happens before any event loop, thread or gRPC object exists.
+    """
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                run()
+                code = 0
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    status = 0
+    while children:
+        pid, wait_status = os.wait()
+        children.remove(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code != 0 and status == 0:
+            status = code if code > 0 else 128 - code
+            log.error("worker %d exited with %d: stopping the others", pid, code)
+            forward(signal.SIGTERM, None)
+    sys.exit(status)
 
 
 def _request_stop(stop: asyncio.Event, signum: int) -> None:
@@ -105,6 +154,13 @@ def service_main(
     settings = load_settings(settings_type)
     configure_logging(name, settings.log_level)
     if command == "serve":
-        run_until_signalled(lambda stop: serve(settings, stop))
+
+        def run() -> None:
+            run_until_signalled(lambda stop: serve(settings, stop), event_loop=settings.event_loop)
+
+        if settings.workers == 1:
+            run()
+        else:
+            run_workers(settings.workers, run)
     else:
         asyncio.run((commands or {})[command](settings))

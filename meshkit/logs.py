@@ -6,7 +6,7 @@ import logging
 def configure_logging(service: str, level: str) -> None:
     logging.basicConfig(
         level=level,
-        format=f"%(asctime)s %(levelname)-7s {service} %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)-7s {service}[%(process)d] %(name)s: %(message)s",
         force=True,
     )
     # grpc and asyncio chatter at INFO is noise for our users.

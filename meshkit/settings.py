@@ -18,6 +18,10 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, gt=0, le=300)
     # How often dependencies (database, broker) are probed for the health status.
     health_probe_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Processes serving the same gRPC port (each one uses about one core).
+    workers: int = Field(default=1, ge=1, le=64)
+    # uvloop: a faster event loop (libuv) for asyncpg, aio-pika and FastStream.
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     # The event backbone (every service publishes or subscribes).
     amqp_url: AmqpDsn = AmqpDsn("amqp://guest:guest@127.0.0.1:5672/")
 

@@ -5,6 +5,7 @@ publish (and so mark) the rows they inspect.
 """
 
 import asyncio
+import dataclasses
 import uuid
 
 import pytest
@@ -73,6 +74,8 @@ async def test_a_sale_writes_one_event_a_replay_or_refusal_none(inventory):
         await sell(store, product, 50)
     [entry] = await drain(outbox)
     assert entry.routing_key == PRODUCT_SOLD
+    # The body is published as stored: proto3 JSON with the proto field names.
+    assert set(entry.payload) == {f.name for f in dataclasses.fields(ProductSold)}
     event = ProductSold().from_dict(entry.payload)
     assert uuid.UUID(event.event_id) == entry.event_id
     assert (event.order_id, event.product_id, event.quantity, event.remaining_stock) == (
