@@ -26,6 +26,9 @@ from meshkit.settings import load_settings
 from notify_svc.settings import NotifySettings
 
 EMBEDDED_MONGO_PORT = 27017
+RABBITMQ_MANAGEMENT = "rabbitmq_management"
+RABBITMQ_UI_URL = "http://localhost:15672"
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 class InfrastructureMissing(RuntimeError):
@@ -74,6 +77,38 @@ async def check_rabbitmq(amqp_url: str) -> None:
         ) from exc
 
 
+def rabbitmq_management(amqp_url: str) -> str:
+    """Enables RabbitMQ's management UI on a local broker when it can (root, or the
+    broker's own user); returns what the summary says about it. Never fails `up`."""
+    host = urlsplit(amqp_url).hostname
+    if host not in LOCAL_HOSTS:
+        return f"http://{host}:15672 if that broker has the management plugin"
+    try:
+        if _rabbitmq_plugins("is_enabled").returncode != 0:
+            enabling = _rabbitmq_plugins("enable")
+            if enabling.returncode != 0:
+                reason = (enabling.stderr or enabling.stdout).strip().splitlines()
+                raise OSError(reason[-1] if reason else f"exit {enabling.returncode}")
+            print(f"enabled the RabbitMQ plugin {RABBITMQ_MANAGEMENT}")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(
+            f"note: RabbitMQ management UI not enabled ({exc}); to enable it:"
+            f" sudo rabbitmq-plugins enable {RABBITMQ_MANAGEMENT}"
+        )
+        return "not enabled (see the note above)"
+    return f"{RABBITMQ_UI_URL} (guest/guest)"
+
+
+def _rabbitmq_plugins(command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["rabbitmq-plugins", "-q", command, RABBITMQ_MANAGEMENT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def mongo_url(plan: MeshPlan) -> str:
     """MONGO_URL when given (checked), else an embedded server under .run/mongo."""
     if url := os.environ.get("MONGO_URL"):
@@ -91,6 +126,7 @@ def up(plan: MeshPlan) -> None:
     asyncio.run(ensure_database(str(inventory.inventory_database_url), "INVENTORY_DATABASE_URL"))
     asyncio.run(ensure_database(str(notify.notify_database_url), "NOTIFY_DATABASE_URL"))
     asyncio.run(check_rabbitmq(str(inventory.amqp_url)))
+    rabbitmq_ui = rabbitmq_management(str(inventory.amqp_url))
     plan = MeshPlan(**{**plan.__dict__, "env": {**plan.env, "MONGO_URL": mongo_url(plan)}})
     for service in ("inventory_svc", "notify_svc"):
         subprocess.run(python_module(service, "migrate"), check=True)
@@ -103,8 +139,11 @@ def up(plan: MeshPlan) -> None:
         f"  REST and gRPC (Envoy):  http://localhost:{plan.http_port}\n"
         f"    curl localhost:{plan.http_port}/inventory/1\n"
         f"    .venv/bin/grpcurl -plaintext localhost:{plan.http_port} list\n"
+        f"  Docs:                   http://localhost:{plan.http_port}/docs/\n"
         f"  Envoy admin:            http://127.0.0.1:{plan.admin_port}\n"
+        f"  RabbitMQ management:    {rabbitmq_ui}\n"
         f"  MongoDB:                {plan.env['MONGO_URL']} (analytics_db.sales_events)\n"
+        "    browse it: make mongo-ui (Mongo Express on http://localhost:8081, admin/pass)\n"
         f"  Logs:                   {plan.run_dir / 'logs'}/\n"
         "  Stop with:              make down"
     )

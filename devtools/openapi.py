@@ -1,0 +1,288 @@
+"""The REST API as an OpenAPI 3.0 document, generated from the contracts.
+
+Paths come from the ``google.api.http`` rules, schemas from the messages, shaped
+as Envoy's transcoder prints them (proto3 JSON mapping with proto field names:
+int64 as strings, Timestamps as RFC 3339 strings, enums by name). Error responses
+carry the JSON status body Envoy produces. Built by ``python -m devtools.docs_site``.
+"""
+
+import re
+from typing import Any
+
+from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
+
+from devtools.contracts import Contracts, Field, HttpRoute, Message, Rpc, Service, summary
+
+Schema = dict[str, Any]
+
+SCALARS: dict[int, Schema] = {
+    F.TYPE_DOUBLE: {"type": "number", "format": "double"},
+    F.TYPE_FLOAT: {"type": "number", "format": "float"},
+    F.TYPE_INT32: {"type": "integer", "format": "int32"},
+    F.TYPE_SINT32: {"type": "integer", "format": "int32"},
+    F.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
+    F.TYPE_UINT32: {"type": "integer", "format": "int64", "minimum": 0},
+    F.TYPE_FIXED32: {"type": "integer", "format": "int64", "minimum": 0},
+    # 64-bit integers are JSON strings in the proto3 mapping (JavaScript loses precision).
+    F.TYPE_INT64: {"type": "string", "format": "int64", "example": "0"},
+    F.TYPE_SINT64: {"type": "string", "format": "int64", "example": "0"},
+    F.TYPE_SFIXED64: {"type": "string", "format": "int64", "example": "0"},
+    F.TYPE_UINT64: {"type": "string", "format": "uint64", "example": "0"},
+    F.TYPE_FIXED64: {"type": "string", "format": "uint64", "example": "0"},
+    F.TYPE_BOOL: {"type": "boolean"},
+    F.TYPE_STRING: {"type": "string"},
+    F.TYPE_BYTES: {"type": "string", "format": "byte"},
+}
+# Well-known types have their own JSON form; any other google.* type fails the build.
+WELL_KNOWN: dict[str, Schema] = {
+    "google.protobuf.Timestamp": {
+        "type": "string",
+        "format": "date-time",
+        "example": "2026-11-28T09:30:15Z",
+    },
+    "google.protobuf.Duration": {"type": "string", "example": "1.5s"},
+    "google.protobuf.Empty": {"type": "object"},
+}
+
+STATUS_SCHEMA: Schema = {
+    "type": "object",
+    "description": "A gRPC status (google.rpc.Status) as JSON. Every error has this body,"
+    " whether the service or Envoy itself produced it.",
+    "properties": {
+        "code": {"type": "integer", "format": "int32", "description": "The gRPC status code."},
+        "message": {"type": "string", "description": "What went wrong, for a human."},
+        "details": {
+            "type": "array",
+            "description": "Always empty in this API.",
+            "items": {"type": "object"},
+        },
+    },
+    "required": ["code", "message", "details"],
+}
+
+
+def _status(code: int, message: str) -> dict[str, Any]:
+    return {"value": {"code": code, "message": message, "details": []}}
+
+
+# HTTP status → (response name, description, examples). Envoy maps the gRPC codes.
+ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
+    400: (
+        "BadRequest",
+        "INVALID_ARGUMENT (code 3): a value out of range, malformed JSON, a path value"
+        " that is not a number, an unknown query parameter. FAILED_PRECONDITION (code 9):"
+        " the request is valid but the state does not allow it (e.g. not enough stock).",
+        {
+            "INVALID_ARGUMENT": _status(3, "quantity must be between 1 and 10000, got 0"),
+            "FAILED_PRECONDITION": _status(
+                9, "insufficient stock for product 2 (Mouse Wireless): 60 requested, 50 left"
+            ),
+        },
+    ),
+    404: (
+        "NotFound",
+        "NOT_FOUND (code 5): the resource does not exist.",
+        {"NOT_FOUND": _status(5, "product 999 does not exist")},
+    ),
+    409: (
+        "Conflict",
+        "ALREADY_EXISTS (code 6): the idempotency key was already used for another request.",
+        {
+            "ALREADY_EXISTS": _status(
+                6,
+                "order ORD-2024-001 was already used to sell 2 unit(s) of product 1;"
+                " use a new order id for a new sale",
+            )
+        },
+    ),
+    503: (
+        "Unavailable",
+        "UNAVAILABLE (code 14): the service or its database is unreachable right now;"
+        " retry later. Nothing was changed.",
+        {"UNAVAILABLE": _status(14, "the inventory database is unavailable; try again later")},
+    ),
+}
+# Every route can answer 400 (Envoy validates the request) and 503 (a backend or its
+# database is down); 404 and 409 where the RPC's doc comment names the gRPC code.
+ALWAYS = (400, 503)
+NAMED_IN_COMMENT = {404: "NOT_FOUND", 409: "ALREADY_EXISTS"}
+
+
+def schema_name(full_name: str) -> str:
+    """Component name of a message or enum: its full name without ``polyglot.``."""
+    return full_name.removeprefix("polyglot.")
+
+
+def operation_id(service: Service, rpc: Rpc) -> str:
+    return f"{service.name}-{rpc.name}"
+
+
+def swagger_anchor(service: Service, rpc: Rpc) -> str:
+    """Swagger UI's deep link (``rest.html#…``) to the operation of ``rpc``."""
+    return f"#/{service.name}/{operation_id(service, rpc)}"
+
+
+def markdown(comment: str) -> str:
+    """A doc comment as CommonMark: underscores outside `code` stay literal
+    (Swagger UI would read ALREADY_EXISTS. FAILED_PRECONDITION as emphasis)."""
+    parts = comment.split("`")
+    parts[::2] = [text.replace("_", "\\_") for text in parts[::2]]
+    return "`".join(parts)
+
+
+def _ref(full_name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{schema_name(full_name)}"}
+
+
+def _value_schema(contracts: Contracts, field: Field) -> Schema:
+    """The JSON schema of one (non-repeated) value of ``field``'s type."""
+    if field.type in SCALARS:
+        return dict(SCALARS[field.type])
+    if field.type_name in WELL_KNOWN:
+        return dict(WELL_KNOWN[field.type_name])
+    if field.type_name in contracts.messages or field.type_name in contracts.enums:
+        return _ref(field.type_name)
+    raise ValueError(f"{field.name}: no JSON mapping for {field.type_name} in the generator")
+
+
+def field_schema(contracts: Contracts, field: Field) -> Schema:
+    if entry := contracts.map_entry(field):
+        key, value = entry.fields
+        schema: Schema = {
+            "type": "object",
+            "additionalProperties": _value_schema(contracts, value),
+            "description": f"Keys: {key.scalar_name}. ",
+        }
+    elif field.repeated:
+        schema = {"type": "array", "items": _value_schema(contracts, field)}
+    else:
+        schema = _value_schema(contracts, field)
+    description = (schema.pop("description", "") + markdown(field.comment)).strip()
+    if "$ref" in schema:  # OpenAPI 3.0 ignores siblings of $ref
+        schema = {"allOf": [schema]}
+    return {**schema, "description": description} if description else schema
+
+
+def message_schema(contracts: Contracts, message: Message, skip: tuple[str, ...] = ()) -> Schema:
+    properties = {f.name: field_schema(contracts, f) for f in message.fields if f.name not in skip}
+    description = markdown(message.comment)
+    return {"type": "object", "description": description, "properties": properties}
+
+
+def _components(contracts: Contracts) -> dict[str, Any]:
+    schemas: dict[str, Schema] = {}
+    for message in contracts.messages.values():
+        if not message.map_entry:
+            schemas[schema_name(message.full_name)] = message_schema(contracts, message)
+    for enum in contracts.enums.values():
+        values = "\n".join(f"- `{v.name}`: {markdown(v.comment)}" for v in enum.values)
+        schemas[schema_name(enum.full_name)] = {
+            "type": "string",
+            "enum": [v.name for v in enum.values],
+            "description": f"{markdown(enum.comment)}\n\n{values}",
+        }
+    schemas["Status"] = STATUS_SCHEMA
+    responses = {
+        name: {
+            "description": description,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/Status"},
+                    "examples": examples,
+                }
+            },
+        }
+        for name, description, examples in ERRORS.values()
+    }
+    return {"schemas": schemas, "responses": responses}
+
+
+def error_codes(rpc: Rpc) -> list[int]:
+    """HTTP error statuses of ``rpc``: the general ones, and those its comment names.
+
+    "no NOT_FOUND" in a comment says that code does not happen.
+    """
+    named = [
+        status
+        for status, code in NAMED_IN_COMMENT.items()
+        if re.search(rf"(?<!no )\b{code}\b", rpc.comment)
+    ]
+    return sorted([*ALWAYS, *named])
+
+
+def _parameter(contracts: Contracts, field: Field, where: str) -> dict[str, Any]:
+    schema = field_schema(contracts, field)
+    description = schema.pop("description", "")
+    schema.pop("example", None)  # Swagger UI would pre-fill "Try it out" with it
+    parameter = {"name": field.name, "in": where, "required": where == "path", "schema": schema}
+    return {**parameter, "description": description} if description else parameter
+
+
+def _request(contracts: Contracts, rpc: Rpc, route: HttpRoute) -> dict[str, Any]:
+    """Parameters and request body: path fields, then the body or the query."""
+    request = contracts.messages[rpc.request]
+    by_name = {f.name: f for f in request.fields}
+    bound = tuple(route.path_params)
+    if unknown := [p for p in bound if p not in by_name]:
+        raise ValueError(f"{rpc.name}: path parameters {unknown} are not request fields")
+    parameters = [_parameter(contracts, by_name[p], "path") for p in bound]
+    if not route.body:
+        parameters += [
+            _parameter(contracts, f, "query") for f in request.fields if f.name not in bound
+        ]
+        return {"parameters": parameters}
+    if route.body != "*":
+        raise ValueError(f"{rpc.name}: body {route.body!r} (one field) is not documented yet")
+    schema = message_schema(contracts, request, skip=bound) if bound else _ref(rpc.request)
+    body = {"required": True, "content": {"application/json": {"schema": schema}}}
+    return {"parameters": parameters, "requestBody": body}
+
+
+def _operation(contracts: Contracts, service: Service, rpc: Rpc, route: HttpRoute) -> Schema:
+    grpc_name = f"{service.full_name}/{rpc.name}"
+    response = contracts.messages[rpc.response]
+    responses: dict[str, Any] = {
+        "200": {
+            "description": markdown(response.comment) or "OK",
+            "content": {"application/json": {"schema": _ref(rpc.response)}},
+        }
+    }
+    for status in error_codes(rpc):
+        responses[str(status)] = {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
+    return {
+        "tags": [service.name],
+        "operationId": operation_id(service, rpc),
+        "summary": summary(rpc.comment).replace("`", ""),  # plain text in Swagger UI
+        "description": f"{markdown(rpc.comment)}\n\ngRPC: `{grpc_name}`",
+        **_request(contracts, rpc, route),
+        "responses": responses,
+    }
+
+
+def openapi(contracts: Contracts) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for service in contracts.services:
+        for rpc in service.rpcs:
+            if rpc.route:
+                operation = _operation(contracts, service, rpc, rpc.route)
+                paths.setdefault(rpc.route.path, {})[rpc.route.method.lower()] = operation
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "PolyglotMicro REST API",
+            "version": "v1",
+            "description": (
+                "REST/JSON view of the mesh's gRPC services, transcoded by Envoy from the"
+                " `google.api.http` annotations of the contracts (proto/polyglot/*/v1)."
+                " JSON uses the proto field names (snake_case); every field is printed,"
+                " zeros included; int64 values are strings. Errors are gRPC status codes"
+                ' mapped to HTTP, with the body `{"code", "message", "details"}`. This'
+                " document is generated from the contracts (`make docs`)."
+            ),
+        },
+        # Same origin: "Try it out" calls the Envoy that serves these docs.
+        "servers": [{"url": "/", "description": "the Envoy serving this page"}],
+        "tags": [{"name": s.name, "description": markdown(s.comment)} for s in contracts.services],
+        "paths": paths,
+        "components": _components(contracts),
+    }

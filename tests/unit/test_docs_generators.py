@@ -1,0 +1,209 @@
+"""The docs generators: OpenAPI and the gRPC reference from the descriptor set.
+
+Fast and offline (no Node, no mesh); the pages themselves are checked in a real
+browser by tests/e2e/test_docs_pages.py.
+"""
+
+import json
+import re
+
+import pytest
+
+from devtools.contracts import Contracts, load_contracts
+from devtools.docs_site import doc_html, render_pages
+from devtools.openapi import openapi
+from devtools.topology import DOCS_SITE, grpc_services
+
+# Rendering the AsyncAPI page: see devtools/asyncapi.py for why this warning is harmless.
+pytestmark = pytest.mark.filterwarnings("ignore:Default value .* is not JSON serializable")
+
+ROUTES = {
+    "InventoryService-GetStock": ("get", "/inventory/{product_id}"),
+    "InventoryService-ListProducts": ("get", "/inventory"),
+    "InventoryService-DecreaseStock": ("post", "/inventory/decrease"),
+    "InventoryService-RestockProduct": ("post", "/inventory/{product_id}/restock"),
+    "AnalyticsService-GetProductSales": ("get", "/analytics/products/{product_id}/sales"),
+    "AnalyticsService-GetSalesSummary": ("get", "/analytics/summary"),
+    "AnalyticsService-ListSaleEvents": ("get", "/analytics/sales"),
+    "NotificationService-ListNotifications": ("get", "/notifications"),
+}
+
+
+@pytest.fixture(scope="module")
+def contracts() -> Contracts:
+    return load_contracts()
+
+
+@pytest.fixture(scope="module")
+def spec(contracts: Contracts) -> dict:
+    return openapi(contracts)
+
+
+@pytest.fixture(scope="module")
+def pages(contracts: Contracts) -> dict[str, str]:
+    return render_pages(contracts)
+
+
+def operations(spec: dict) -> dict[str, tuple[str, str, dict]]:
+    """operationId → (method, path, operation)."""
+    return {
+        op["operationId"]: (method, path, op)
+        for path, methods in spec["paths"].items()
+        for method, op in methods.items()
+    }
+
+
+def test_every_rpc_of_the_descriptor_set_has_its_http_route(contracts, spec):
+    services = {s.full_name for s in grpc_services()}
+    assert {s.full_name for s in contracts.services} == services
+    rpcs = {f"{s.name}-{r.name}" for s in contracts.services for r in s.rpcs}
+    assert rpcs == set(ROUTES)
+    assert {op_id: (m, p) for op_id, (m, p, _) in operations(spec).items()} == ROUTES
+
+
+def test_same_origin_server_and_one_tag_per_service(spec):
+    assert spec["openapi"] == "3.0.3"
+    assert spec["servers"] == [{"url": "/", "description": "the Envoy serving this page"}]
+    tags = [t["name"] for t in spec["tags"]]
+    assert tags == ["AnalyticsService", "InventoryService", "NotificationService"]
+    for op_id, (_, _, op) in operations(spec).items():
+        assert op["tags"] == [op_id.split("-")[0]]
+
+
+@pytest.mark.parametrize(
+    ("op_id", "errors"),
+    [
+        ("InventoryService-DecreaseStock", ["400", "404", "409", "503"]),
+        ("InventoryService-GetStock", ["400", "404", "503"]),
+        ("InventoryService-ListProducts", ["400", "503"]),
+        # Its comment says "there is no NOT_FOUND".
+        ("AnalyticsService-GetProductSales", ["400", "503"]),
+    ],
+)
+def test_error_responses_are_the_ones_the_rpc_can_return(spec, op_id, errors):
+    responses = operations(spec)[op_id][2]["responses"]
+    assert sorted(responses) == ["200", *errors]
+
+
+def test_error_responses_carry_the_json_status_body(spec):
+    components = spec["components"]
+    status = components["schemas"]["Status"]
+    assert status["required"] == ["code", "message", "details"]
+    for name, response in components["responses"].items():
+        body = response["content"]["application/json"]
+        assert body["schema"] == {"$ref": "#/components/schemas/Status"}, name
+        for example in body["examples"].values():
+            assert set(example["value"]) == {"code", "message", "details"}
+    grpc_codes = {
+        name: {e["value"]["code"] for e in r["content"]["application/json"]["examples"].values()}
+        for name, r in components["responses"].items()
+    }
+    assert grpc_codes == {
+        "BadRequest": {3, 9},
+        "NotFound": {5},
+        "Conflict": {6},
+        "Unavailable": {14},
+    }
+
+
+def test_parameters_follow_the_http_rule(spec):
+    ops = operations(spec)
+    get_stock = ops["InventoryService-GetStock"][2]
+    assert get_stock["parameters"] == [
+        {
+            "name": "product_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer", "format": "int32"},
+            "description": "Product id (positive).",
+        }
+    ]
+    listing = ops["InventoryService-ListProducts"][2]
+    assert [(p["name"], p["in"]) for p in listing["parameters"]] == [
+        ("page_size", "query"),
+        ("page_token", "query"),
+    ]
+    summary = ops["AnalyticsService-GetSalesSummary"][2]["parameters"][0]
+    assert summary["schema"] == {"type": "string", "format": "date-time"}
+
+
+def test_request_bodies_hold_the_fields_not_bound_in_the_path(spec):
+    ops = operations(spec)
+    decrease = ops["InventoryService-DecreaseStock"][2]["requestBody"]
+    assert decrease["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/inventory.v1.DecreaseStockRequest"
+    }
+    restock = ops["InventoryService-RestockProduct"][2]
+    body = restock["requestBody"]["content"]["application/json"]["schema"]
+    assert list(body["properties"]) == ["quantity"]
+    assert [p["name"] for p in restock["parameters"]] == ["product_id"]
+
+
+def test_schemas_follow_the_proto3_json_mapping_envoy_prints(spec):
+    schemas = spec["components"]["schemas"]
+    sales = schemas["analytics.v1.ProductSales"]["properties"]
+    assert sales["units_sold"]["type"] == "string"  # int64
+    assert sales["units_sold"]["format"] == "int64"
+    assert sales["last_sold_at"]["format"] == "date-time"  # Timestamp
+    assert sales["product_id"]["type"] == "integer"
+    summary = schemas["analytics.v1.GetSalesSummaryResponse"]["properties"]["top_products"]
+    assert summary["type"] == "array"
+    assert summary["items"] == {"$ref": "#/components/schemas/analytics.v1.ProductSales"}
+    status = schemas["notify.v1.Notification"]["properties"]["status"]
+    assert status["allOf"] == [{"$ref": "#/components/schemas/notify.v1.NotificationStatus"}]
+    assert schemas["notify.v1.NotificationStatus"]["enum"] == [
+        "NOTIFICATION_STATUS_UNSPECIFIED",
+        "NOTIFICATION_STATUS_SENDING",
+        "NOTIFICATION_STATUS_SENT",
+    ]
+    assert (
+        "Caller's order id"
+        in (schemas["inventory.v1.DecreaseStockRequest"]["properties"]["order_id"]["description"])
+    )
+
+
+def test_every_ref_resolves(spec):
+    refs = re.findall(r'"\$ref": "#/components/(\w+)/([\w.]+)"', json.dumps(spec))
+    assert refs
+    for kind, name in refs:
+        assert name in spec["components"][kind], f"{kind}/{name}"
+
+
+def test_grpc_reference_documents_each_element_with_its_comment(contracts, pages):
+    html = pages["grpc.html"]
+    for service in contracts.services:
+        assert f'id="{service.full_name}"' in html
+        for rpc in service.rpcs:
+            assert f'id="{service.full_name}.{rpc.name}"' in html
+    for name in [*contracts.messages, *contracts.enums]:
+        assert f'id="{name}"' in html
+    decrease = html.split('id="polyglot.inventory.v1.InventoryService.DecreaseStock"')[1]
+    assert re.search(r"verb-POST\">POST</span>\s*<code>/inventory/decrease</code>", decrease)
+    assert 'href="rest.html#/InventoryService/InventoryService-DecreaseStock"' in decrease
+    assert "Caller&#39;s order id, the idempotency key" in html
+    assert "Claimed for sending; the e-mail may or may not have left yet." in html
+
+
+def test_doc_comments_are_escaped_and_keep_code_spans():
+    assert doc_html("a <b> & `x<y`\nnext line\n\nsecond") == (
+        "<p>a &lt;b&gt; &amp; <code>x&lt;y</code> next line</p><p>second</p>"
+    )
+
+
+def test_pages_load_nothing_from_other_origins(pages):
+    for name, html in pages.items():
+        assets = re.findall(r'<(?:script|link)\b[^>]*(?:src|href)="([^"]*)"', html)
+        assert assets, name
+        assert [a for a in assets if re.match(r"(https?:)?//", a)] == [], name
+
+
+@pytest.mark.parametrize(
+    "name", ["openapi.json", "grpc.html", "index.html", "rest.html", "asyncapi.html"]
+)
+def test_committed_site_matches_the_generators(spec, pages, name):
+    """docs/site is what Envoy serves; `make drift` (with Node) checks all of it."""
+    committed = (DOCS_SITE / name).read_text(encoding="utf-8")
+    fresh = (
+        json.dumps(spec, indent=2, ensure_ascii=False) if name.endswith(".json") else pages[name]
+    )
+    assert committed.rstrip("\n") == fresh.rstrip("\n"), "stale: run `make docs`"
