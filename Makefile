@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BUF    := node_modules/.bin/buf
 
-.PHONY: up down status test check generate lint lint-proto breaking drift envoy-validate clean
+.PHONY: up down status test check generate docs mongo-ui lint lint-proto breaking drift envoy-validate compose-check bench bench-smoke clean
 
 ## Environments ------------------------------------------------------------
 
@@ -39,6 +39,26 @@ down: venv
 status: venv
 	$(BIN)/python -m devtools.launcher status
 
+# Mongo Express (npm, fetched on first use; not a build dependency) on
+# http://localhost:8081 (admin/pass, loopback only) for the MongoDB of `make up`,
+# or MONGO_URL; in the foreground, Ctrl-C stops it.
+mongo-ui:
+	ME_CONFIG_MONGODB_URL='$(or $(MONGO_URL),mongodb://127.0.0.1:27017)' \
+	  ME_CONFIG_MONGODB_ENABLE_ADMIN=true PORT=8081 \
+	  ME_CONFIG_BASICAUTH_USERNAME=admin ME_CONFIG_BASICAUTH_PASSWORD=pass \
+	  npm exec --yes --package=mongo-express@1.0.0 -- mongo-express
+
+## Benchmarks (need pgbench and wrk: sudo apt-get install -y postgresql-client wrk) ---
+
+# The full run (≈ 15 min) rewrites BENCHMARKS.md; BENCH_ARGS passes options,
+# e.g. BENCH_ARGS="--clients 32 --service-env WORKERS=2".
+bench: venv
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Seconds, not minutes: proves the harness works (CI); report in test-artifacts/.
+bench-smoke: venv
+	$(BIN)/python -m bench.run --smoke
+
 ## Tests and checks --------------------------------------------------------
 
 test: venv
@@ -57,13 +77,19 @@ breaking: tools
 	$(BUF) breaking --against '$(BREAKING_AGAINST)'
 
 # Regenerate everything derived from the contracts and the code: messages,
-# descriptor set, Envoy config, AsyncAPI document.
+# descriptor set, AsyncAPI document, docs site, Envoy config.
 generate: venv tools
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BUF) generate
 	rm -rf gen/python/google gen/python/__init__.py
 	$(BUF) build --as-file-descriptor-set -o gen/python/polyglot/mesh.binpb
-	$(BIN)/python -m devtools.envoy_config
 	$(BIN)/faststream docs gen devtools.asyncapi:docs --yaml --out docs/asyncapi.yaml >/dev/null
+	@$(MAKE) --no-print-directory docs
+
+# The docs site (docs/site, served by Envoy at /docs/) from the descriptor set,
+# docs/asyncapi.yaml and node_modules; then Envoy's config, which lists its files.
+docs: venv tools
+	$(BIN)/python -m devtools.docs_site
+	$(BIN)/python -m devtools.envoy_config
 
 # Fails when the committed generated files differ from a fresh `make generate`.
 drift: generate
@@ -76,7 +102,12 @@ drift: generate
 envoy-validate: venv
 	$(BIN)/envoy --mode validate -c envoy/envoy.yaml --disable-hot-restart --log-level warn
 
-check: lint lint-proto drift envoy-validate
+# compose.yaml, the Dockerfile and Envoy's compose config, checked without a Docker
+# engine (schema, references, envoy --mode validate, hadolint); see devtools/compose_check.py.
+compose-check: venv
+	$(BIN)/python -m devtools.compose_check
+
+check: lint lint-proto drift envoy-validate compose-check
 
 clean: down
 	rm -rf .run

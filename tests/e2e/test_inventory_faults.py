@@ -1,10 +1,12 @@
 """inventory_svc when things go wrong: database outages, shutdown, bad settings."""
 
 import asyncio
+import os
 import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
@@ -51,11 +53,13 @@ def lone_inventory(tmp_path, database_url: str, env: dict) -> tuple[ManagedProce
     return process, f"127.0.0.1:{port}"
 
 
-def wait_for(condition, timeout: float = 20.0) -> None:
+def wait_for(condition, timeout: float = 20.0):
+    """Poll ``condition`` until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (result := condition()):
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
+    return result
 
 
 async def test_database_outage_is_503_and_unavailable_then_recovers(
@@ -189,3 +193,49 @@ def test_invalid_settings_exit_with_a_clear_message():
     assert "InventorySettings: invalid settings in the environment" in result.stderr
     assert "GRPC_PORT" in result.stderr and "INVENTORY_DATABASE_URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _worker_pids(parent: int) -> list[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+async def test_several_workers_share_the_port_and_stop_together(
+    tmp_path, inventory_db_url, inventory_db, mesh_env
+):
+    process, address = lone_inventory(tmp_path, inventory_db_url, {**mesh_env, "WORKERS": "2"})
+    try:
+        await asyncio.to_thread(process.wait_until, lambda: grpc_serving(address), "SERVING")
+        workers = await asyncio.to_thread(
+            wait_for,
+            lambda: len(_worker_pids(process.pid)) == 2 and _worker_pids(process.pid),
+        )
+        # Both workers bound the one port and serve (the kernel spreads connections).
+        listening = [
+            line for line in process.log_path.read_text().splitlines() if "gRPC listening" in line
+        ]
+        for pid in workers:
+            assert any(f"inventory_svc[{pid}]" in line for line in listening)
+        process.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.exit_code, 20) == 0
+    finally:
+        process.stop()
+
+
+async def test_a_dead_worker_takes_the_service_down_for_its_supervisor(
+    tmp_path, inventory_db_url, inventory_db, mesh_env
+):
+    process, address = lone_inventory(tmp_path, inventory_db_url, {**mesh_env, "WORKERS": "2"})
+    try:
+        await asyncio.to_thread(process.wait_until, lambda: grpc_serving(address), "SERVING")
+        first, second = await asyncio.to_thread(
+            wait_for,
+            lambda: len(_worker_pids(process.pid)) == 2 and _worker_pids(process.pid),
+        )
+        os.kill(first, signal.SIGKILL)
+        # The parent stops the other worker gracefully and reports the failure.
+        assert await asyncio.to_thread(process.exit_code, 20) == 128 + signal.SIGKILL
+        with pytest.raises(ProcessLookupError):
+            os.kill(second, 0)
+    finally:
+        process.stop()

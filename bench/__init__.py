@@ -1,0 +1,4 @@
+"""Benchmarks of the mesh against the physical limit of its database (`make bench`).
+
+Not part of the services and not imported by them.
+"""

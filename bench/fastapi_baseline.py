@@ -1,0 +1,68 @@
+"""A baseline, not part of the mesh: what a Python developer would otherwise write.
+
+A minimal FastAPI + asyncpg app doing the same DecreaseStock transaction (the
+very statement of inventory_svc.store) and GetStock read, served by uvicorn with
+its standard extras (uvloop, httptools):
+
+    BENCH_DATABASE_URL=postgresql://… uvicorn bench.fastapi_baseline:app --port 8001
+"""
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from inventory_svc.store import RECORD_SALE
+from meshkit.events import PRODUCT_SOLD
+
+pool: asyncpg.Pool
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    global pool
+    pool = await asyncpg.create_pool(os.environ["BENCH_DATABASE_URL"], min_size=10, max_size=10)
+    yield
+    await pool.close()
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+class DecreaseStock(BaseModel):
+    product_id: int = Field(gt=0)
+    quantity: int = Field(gt=0, le=10_000)
+    order_id: str = Field(min_length=1, max_length=64)
+
+
+@app.post("/inventory/decrease")
+async def decrease_stock(body: DecreaseStock) -> dict:
+    async with pool.acquire() as conn:
+        try:
+            remaining = await conn.fetchval(
+                RECORD_SALE,
+                body.order_id,
+                body.product_id,
+                body.quantity,
+                uuid.uuid4(),
+                PRODUCT_SOLD,
+            )
+        except asyncpg.UniqueViolationError:
+            raise HTTPException(409, "order id already used") from None
+    if remaining is None:
+        raise HTTPException(400, "unknown product or insufficient stock")
+    return {"product_id": body.product_id, "current_stock": remaining, "order_id": body.order_id}
+
+
+@app.get("/inventory/{product_id}")
+async def get_stock(product_id: int) -> dict:
+    row = await pool.fetchrow(
+        "SELECT product_id, name, stock FROM products WHERE product_id = $1", product_id
+    )
+    if row is None:
+        raise HTTPException(404, "no such product")
+    return dict(row)

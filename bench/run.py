@@ -1,0 +1,462 @@
+"""`make bench`: the mesh against the physical limit of its database, in one run.
+
+    python -m bench.run            # full: 1, 8, 32 clients, repeated (≈ 15 min)
+    python -m bench.run --smoke    # seconds, for CI: proves the harness works
+
+Everything runs in a private sandbox (own databases, RabbitMQ vhost, MongoDB
+wire server, mesh on free ports). Each scenario is warmed up, then measured
+``--repeats`` times; the table shows medians. The baseline is pgbench running
+the very statement DecreaseStock runs (bench/pgbench_script.py) at the same
+concurrency on the same database; every row's "ratio to pgbench" compares with
+it. Absolute numbers on shared 2-core machines are noisy: the ratios measured in
+the same run are what we track.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aio_pika
+import asyncpg
+
+from bench.pgbench_script import decrease_stock_script, get_stock_script
+from bench.pipeline import run_pipeline
+from devtools import sandbox
+from devtools.processes import ManagedProcess
+from devtools.topology import ROOT
+from meshkit.events import SUBSCRIPTIONS
+
+PG_SERVER_URL = os.environ.get(
+    "BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+AMQP_SERVER_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+HOT_PRODUCT = 100_000  # one product every client fights over
+SPREAD = (100_001, 1_000)  # first id, count: contention spread over 1000 products
+BIG_STOCK = 2_000_000_000
+
+
+@dataclass
+class Row:
+    scenario: str
+    rpc: str  # decrease | get
+    products: str  # hot | spread
+    clients: int
+    tps: float
+    p50_ms: float
+    p99_ms: float
+    generator_cpu: float  # share of the machine's CPU the load generator used
+    errors: int
+    ratio: float = float("nan")
+
+
+@dataclass
+class Measurement:
+    tps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+Generator = Callable[[str, str, int, float], Measurement]  # rpc, products, clients, seconds
+
+
+def products_of(kind: str) -> tuple[int, int]:
+    return (HOT_PRODUCT, 1) if kind == "hot" else SPREAD
+
+
+def timed_child(argv: list[str], seconds: float) -> tuple[str, float]:
+    """Run a generator; its stdout and the share of all cores its processes used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=ROOT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {done.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return done.stdout, cpu / (seconds * (os.cpu_count() or 1))
+
+
+class Bench:
+    def __init__(self, work: Path, db_url: str, mesh: sandbox.Mesh, fastapi_port: int) -> None:
+        self.work, self.db_url, self.mesh, self.fastapi_port = work, db_url, mesh, fastapi_port
+        self.cpu_share = 0.0
+
+    # --- generators ---------------------------------------------------------
+
+    def pgbench(self, rpc: str, products: str, clients: int, seconds: float) -> Measurement:
+        first, count = products_of(products)
+        script = self.work / f"pgbench-{rpc}.sql"
+        make = decrease_stock_script if rpc == "decrease" else get_stock_script
+        script.write_text(make(first, count))
+        logs = self.work / "pgbench-log"
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir()
+        url = urlsplit(self.db_url)
+        out, self.cpu_share = timed_child(
+            [
+                "pgbench",
+                "-h",
+                url.hostname or "127.0.0.1",
+                "-p",
+                str(url.port or 5432),
+                "-U",
+                url.username or "postgres",
+                "-n",
+                "-M",
+                "prepared",
+                "-c",
+                str(clients),
+                "-j",
+                str(min(clients, 2)),
+                "-T",
+                str(max(1, round(seconds))),
+                "-f",
+                str(script),
+                "-l",
+                f"--log-prefix={logs}/tx",
+                url.path.lstrip("/"),
+            ],
+            seconds,
+        )
+        latencies = sorted(
+            int(line.split()[2]) / 1000
+            for log in logs.iterdir()
+            for line in log.read_text().splitlines()
+        )
+        tps = next(
+            float(line.split("=")[1].split()[0])
+            for line in out.splitlines()
+            if line.startswith("tps")
+        )
+        return Measurement(tps, _pct(latencies, 0.5), _pct(latencies, 0.99), 0)
+
+    def grpc(self, target: str) -> Generator:
+        def run(rpc: str, products: str, clients: int, seconds: float) -> Measurement:
+            first, count = products_of(products)
+            out, self.cpu_share = timed_child(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.grpc_load",
+                    "--target",
+                    target,
+                    "--rpc",
+                    rpc,
+                    "--clients",
+                    str(clients),
+                    "--seconds",
+                    str(seconds),
+                    "--first-product",
+                    str(first),
+                    "--products",
+                    str(count),
+                ],
+                seconds,
+            )
+            result = json.loads(out)
+            return Measurement(
+                result["tps"], result["p50_ms"], result["p99_ms"], sum(result["errors"].values())
+            )
+
+        return run
+
+    def wrk(self, base_url: str) -> Generator:
+        def run(rpc: str, products: str, clients: int, seconds: float) -> Measurement:
+            first, count = products_of(products)
+            out, self.cpu_share = timed_child(
+                [
+                    "wrk",
+                    "-t",
+                    str(min(clients, 2)),
+                    "-c",
+                    str(clients),
+                    "-d",
+                    f"{max(1, round(seconds))}s",
+                    "--timeout",
+                    "30s",
+                    "-s",
+                    str(ROOT / "bench" / "wrk" / f"{rpc}.lua"),
+                    base_url,
+                    "--",
+                    os.urandom(4).hex(),
+                    str(first),
+                    str(count),
+                ],
+                seconds,
+            )
+            result = json.loads(out.strip().splitlines()[-1])
+            seconds_run = result["duration_us"] / 1e6
+            ok = result["requests"] - result["non_2xx"]
+            return Measurement(
+                ok / seconds_run,
+                result["p50_us"] / 1000,
+                result["p99_us"] / 1000,
+                result["non_2xx"] + result["socket_errors"],
+            )
+
+        return run
+
+    def scenarios(self) -> dict[str, Generator]:
+        return {
+            "pgbench (same SQL)": self.pgbench,
+            "gRPC direct": self.grpc(self.mesh.grpc_target("inventory_svc")),
+            "gRPC via Envoy": self.grpc(self.mesh.envoy_target),
+            "REST via Envoy": self.wrk(self.mesh.http_url),
+            "FastAPI + asyncpg": self.wrk(f"http://127.0.0.1:{self.fastapi_port}"),
+        }
+
+
+def _pct(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+
+
+async def purge_event_queues(amqp_url: str) -> None:
+    """Throughput runs have no consumers: keep RabbitMQ from filling up between runs."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for subscription in SUBSCRIPTIONS.values():
+            await (await channel.declare_queue(subscription.queue, passive=True)).purge()
+
+
+async def quiesce(db_url: str, amqp_url: str) -> None:
+    """Let the relay publish what the throughput runs left, then empty the queues,
+    so the pipeline run starts from nothing queued."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if not await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+    await purge_event_queues(amqp_url)
+
+
+async def seed_products(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            "INSERT INTO products (product_id, name, stock)"
+            " SELECT g, 'Bench product ' || g, $1 FROM generate_series($2::int, $3::int) g"
+            " ON CONFLICT (product_id) DO UPDATE SET stock = excluded.stock",
+            BIG_STOCK,
+            HOT_PRODUCT,
+            SPREAD[0] + SPREAD[1] - 1,
+        )
+    finally:
+        await conn.close()
+
+
+def measure_all(bench: Bench, args: argparse.Namespace, amqp_url: str) -> list[Row]:
+    rows = []
+    for rpc, kinds in (("decrease", ["hot", "spread"]), ("get", ["spread"])):
+        for products in kinds:
+            for clients in args.clients:
+                for name, generator in bench.scenarios().items():
+                    generator(rpc, products, clients, args.warmup)
+                    runs, cpu = [], []
+                    for _ in range(args.repeats):
+                        runs.append(generator(rpc, products, clients, args.seconds))
+                        cpu.append(bench.cpu_share)
+                    asyncio.run(purge_event_queues(amqp_url))
+                    best = statistics.median_low(sorted(runs, key=lambda m: m.tps))
+                    rows.append(
+                        Row(
+                            name,
+                            rpc,
+                            products,
+                            clients,
+                            statistics.median(m.tps for m in runs),
+                            statistics.median(m.p50_ms for m in runs),
+                            statistics.median(m.p99_ms for m in runs),
+                            statistics.median(cpu),
+                            sum(m.errors for m in runs),
+                        )
+                    )
+                    print(
+                        f"{rpc:8} {products:6} c={clients:<3} {name:20} "
+                        f"{rows[-1].tps:8.0f} tps  p50 {rows[-1].p50_ms:6.2f} ms"
+                        f"  p99 {rows[-1].p99_ms:7.2f} ms  (median of {len(runs)};"
+                        f" best run {best.tps:.0f})",
+                        flush=True,
+                    )
+    baseline = {
+        (r.rpc, r.products, r.clients): r.tps for r in rows if r.scenario.startswith("pgbench")
+    }
+    for row in rows:
+        row.ratio = row.tps / baseline[(row.rpc, row.products, row.clients)]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="seconds, not minutes (CI)")
+    parser.add_argument("--clients", type=int, nargs="+", help="override the client counts")
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra setting for the services, e.g. WORKERS=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="markdown report (default BENCHMARKS.md; smoke: test-artifacts/)",
+    )
+    args = parser.parse_args()
+    chosen_clients = args.clients
+    if args.smoke:
+        args.clients, args.seconds, args.warmup, args.repeats = [8], 1.0, 0.5, 1
+        args.rate, args.pipeline_seconds = 100.0, 2.0
+    else:
+        args.clients, args.seconds, args.warmup, args.repeats = [1, 8, 32], 5.0, 2.0, 3
+        args.rate, args.pipeline_seconds = 300.0, 20.0
+    args.clients = chosen_clients or args.clients
+    output = args.output or (
+        ROOT / ("test-artifacts/bench-smoke.md" if args.smoke else "BENCHMARKS.md")
+    )
+    report = asyncio.run(run(args))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(report)
+    print(f"\nwrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+
+
+async def run(args: argparse.Namespace) -> str:
+    from bench.report import render
+
+    work = Path(tempfile.mkdtemp(prefix="polyglot-bench-"))
+    db_url = await sandbox.create_database(PG_SERVER_URL, "polyglot_bench_inventory")
+    notify_url = await sandbox.create_database(PG_SERVER_URL, "polyglot_bench_notify")
+    amqp_url = sandbox.create_vhost(AMQP_SERVER_URL, "polyglot_bench")
+    mongo, mongo_url = sandbox.start_mongo(work / "mongo")
+    env = {
+        "INVENTORY_DATABASE_URL": db_url,
+        "NOTIFY_DATABASE_URL": notify_url,
+        "AMQP_URL": amqp_url,
+        "MONGO_URL": mongo_url,
+        "LOG_LEVEL": "WARNING",
+        **dict(setting.split("=", 1) for setting in args.service_env),
+    }
+    mesh = None
+    fastapi = None
+    try:
+        mesh = sandbox.start_mesh(work, env, only=["inventory_svc"])
+        await seed_products(db_url)
+        fastapi_port = sandbox.free_port()
+        fastapi = ManagedProcess(
+            "fastapi",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.fastapi_baseline:app",
+                "--port",
+                str(fastapi_port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            work / "fastapi.log",
+            env={"BENCH_DATABASE_URL": db_url},
+        )
+        fastapi.start()
+        fastapi.wait_until(
+            lambda: _http_ok(f"http://127.0.0.1:{fastapi_port}/inventory/{HOT_PRODUCT}"), "HTTP 200"
+        )
+        rows = await asyncio.to_thread(
+            measure_all, Bench(work, db_url, mesh, fastapi_port), args, amqp_url
+        )
+        fastapi.stop()
+        await quiesce(db_url, amqp_url)
+        for worker in ("analytics_svc", "notify_svc"):
+            await asyncio.to_thread(mesh.start, worker)
+        pipeline = await run_pipeline(
+            inventory_target=mesh.grpc_target("inventory_svc"),
+            amqp_url=amqp_url,
+            inventory_db_url=db_url,
+            mongo_url=mongo_url,
+            rate=args.rate,
+            seconds=args.pipeline_seconds,
+            product_id=SPREAD[0],
+        )
+        return render(rows, pipeline, args, machine())
+    finally:
+        if fastapi:
+            fastapi.stop()
+        if mesh:
+            mesh.stop()
+        mongo.stop()
+        sandbox.delete_vhost(amqp_url)
+        await sandbox.drop_database(db_url)
+        await sandbox.drop_database(notify_url)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError):
+        return "not found"
+
+
+def machine() -> dict[str, str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": str(os.cpu_count()),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "postgresql": _version(["psql", "--version"]),
+        "pgbench": _version(["pgbench", "--version"]),
+        "rabbitmq": _version(["rabbitmqctl", "-q", "version"]),
+        "envoy": _version([str(Path(sys.executable).parent / "envoy"), "--version"])
+        .split("version:")[-1]
+        .strip(),
+        "wrk": _version(["wrk", "--version"]),
+        "grpcio": metadata.version("grpcio"),
+        "asyncpg": metadata.version("asyncpg"),
+        "faststream": metadata.version("faststream"),
+    }
+
+
+if __name__ == "__main__":
+    main()

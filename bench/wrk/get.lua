@@ -1,0 +1,26 @@
+-- wrk script: GET /inventory/{product_id} over a range of products.
+-- usage: wrk ... -s bench/wrk/get.lua URL -- RUN_ID FIRST_PRODUCT PRODUCTS
+local threads = {}
+
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  first = tonumber(args[2])
+  count = tonumber(args[3])
+  math.randomseed(os.time() + tid * 7919)
+end
+
+function request()
+  return wrk.format("GET", "/inventory/" .. (first + math.random(0, count - 1)))
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
