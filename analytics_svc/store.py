@@ -4,8 +4,14 @@ Documents keep the event's snake_case field names, so they read naturally in a
 MongoDB viewer. A unique index on event_id makes recording idempotent: a
 redelivered event is a duplicate key, not a second sale. Totals are computed by
 MongoDB aggregation pipelines.
+
+Events arriving together (the consumer handles up to its prefetch at once) are
+written together: while one insert_many is in flight, the next events gather
+for the following one (group commit). Each caller still learns its own
+outcome, so a message is acknowledged only after its document was written.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +19,7 @@ from datetime import UTC, datetime
 
 from beanie import Document, init_beanie
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from analytics_svc.domain import EventsPage, ProductSales, SalesSummary, SummaryWindow
 from meshkit.errors import Unavailable
@@ -22,6 +28,8 @@ from polyglot.events.v1 import ProductSold
 log = logging.getLogger(__name__)
 
 NEWEST_FIRST = [("occurred_at", DESCENDING), ("event_id", DESCENDING)]
+MAX_BATCH = 500
+DUPLICATE_KEY = 11000
 
 
 class SaleEvent(Document):
@@ -88,6 +96,8 @@ class MongoSales:
         self._database = database
         self._timeout_ms = int(timeout_seconds * 1000)
         self._client: AsyncMongoClient | None = None
+        self._waiting: list[tuple[SaleEvent, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task | None = None
 
     async def ready(self) -> None:
         """Connect and create the indexes on first use, then prove MongoDB answers."""
@@ -135,12 +145,39 @@ class MongoSales:
             occurred_at=event.occurred_at,
             recorded_at=datetime.now(UTC),
         )
-        async with self._mongo():
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((document, outcome))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting())
+        return await outcome
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             try:
-                await document.insert()
-            except DuplicateKeyError:
-                return False
-        return True
+                async with self._mongo():
+                    outcomes = await self._insert(batch)
+            except Exception as exc:  # every caller of this batch learns it failed
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), new in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(new)
+
+    @staticmethod
+    async def _insert(batch: list[tuple[SaleEvent, asyncio.Future[bool]]]) -> list[bool]:
+        """insert_many, unordered: a duplicate (redelivered event) does not stop the rest."""
+        try:
+            await SaleEvent.insert_many([document for document, _ in batch], ordered=False)
+            return [True] * len(batch)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error["code"] != DUPLICATE_KEY for error in errors):
+                raise
+            duplicates = {error["index"] for error in errors}
+            return [index not in duplicates for index in range(len(batch))]
 
     async def product_sales(self, product_id: int) -> ProductSales:
         async with self._mongo():

@@ -1,5 +1,6 @@
 """analytics_svc's store on a real MongoDB wire server (the embedded one)."""
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -84,3 +85,18 @@ async def test_recent_events_page_newest_first_without_gaps_or_repeats(sales):
             break
     assert sorted(e.event_id for e in seen) == sorted(e.event_id for e in recorded)
     assert [e.occurred_at for e in seen] == sorted((e.occurred_at for e in seen), reverse=True)
+
+
+async def test_concurrent_events_are_written_together_and_each_learns_its_outcome(sales):
+    """Group commit: one insert_many for what arrives together; a duplicate in the
+    batch is reported as such and does not stop the others."""
+    events = [sale(30, 1, T0 + timedelta(seconds=i)) for i in range(40)]
+    await use_cases.record_sale(sales, events[0])  # already there before the batch
+    outcomes = await asyncio.gather(
+        *(use_cases.record_sale(sales, e) for e in [*events, *events[:5]])
+    )
+    assert outcomes[0] is False  # recorded before
+    assert outcomes[1:40] == [True] * 39
+    assert outcomes[40:] == [False] * 5  # the redelivered copies
+    totals = await use_cases.product_sales(sales, 30)
+    assert (totals.units_sold, totals.orders) == (40, 40)

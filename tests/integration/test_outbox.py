@@ -99,21 +99,22 @@ async def test_events_are_published_oldest_first_and_only_once(inventory):
     assert (await outbox.backlog()).unpublished == 0
 
 
-async def test_a_failed_publish_keeps_the_confirmed_and_stops(inventory):
+async def test_a_failed_publish_keeps_the_confirmed_and_retries_the_rest(inventory):
     store, outbox = inventory
     product = await add_product(store)
     orders = [(await sell(store, product)).order_id for _ in range(4)]
-    confirmed: list[str] = []
+    offered: list[str] = []
 
-    async def broker_dies_on_third(entry: OutboxEntry) -> None:
-        if len(confirmed) == 2:
-            raise ConnectionError("broker gone")
-        confirmed.append(entry.payload["order_id"])
+    async def broker_refuses_the_third(entry: OutboxEntry) -> None:
+        offered.append(entry.payload["order_id"])
+        if len(offered) == 3:
+            raise ConnectionError("broker refused")
 
     with pytest.raises(ConnectionError):
-        await outbox.publish_pending(10, broker_dies_on_third)
-    assert (await outbox.backlog()).unpublished == 2  # the first two were marked
-    assert [e.payload["order_id"] for e in await drain(outbox)] == orders[2:]
+        await outbox.publish_pending(10, broker_refuses_the_third)
+    assert offered == orders  # handed over in order
+    assert (await outbox.backlog()).unpublished == 1  # the three confirmed were marked
+    assert [e.payload["order_id"] for e in await drain(outbox)] == [orders[2]]
 
 
 async def test_two_relays_share_the_work_and_keep_each_products_order(inventory):
