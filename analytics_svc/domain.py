@@ -80,8 +80,6 @@ def events_page(page_size: int, page_token: str, product_id: int) -> EventsPage:
 def split_events_page(
     fetched: list[ProductSold], page: EventsPage
 ) -> tuple[list[ProductSold], str]:
-    """The page and the next token; ``fetched`` holds up to ``page.size + 1`` events."""
-    events = fetched[: page.size]
-    if len(fetched) <= page.size:
-        return events, ""
-    return events, paging.encode_time_cursor(events[-1].occurred_at, events[-1].event_id)
+    return paging.split_page(
+        fetched, page.size, lambda last: paging.encode_time_cursor(last.occurred_at, last.event_id)
+    )

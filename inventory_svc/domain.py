@@ -121,12 +121,7 @@ def page(page_size: int, page_token: str) -> Page:
 
 
 def split_page(fetched: list[Product], requested: Page) -> tuple[list[Product], str]:
-    """The page to return and the token of the next one ('' on the last page).
-
-    ``fetched`` holds up to ``requested.size + 1`` products: one more than the page
-    tells whether another page exists without an empty last page.
-    """
-    products = fetched[: requested.size]
-    if len(fetched) <= requested.size:
-        return products, ""
-    return products, paging.encode_cursor(products[-1].product_id)
+    """The page of products and the next page's token (see ``paging.split_page``)."""
+    return paging.split_page(
+        fetched, requested.size, lambda last: paging.encode_cursor(last.product_id)
+    )

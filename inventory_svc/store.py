@@ -13,7 +13,7 @@ import asyncpg
 
 from inventory_svc.domain import MAX_STOCK, Page, Product, Sale, SaleRequest
 from meshkit.events import PRODUCT_SOLD
-from meshkit.postgres import DATABASE_DOWN, PostgresDatabase
+from meshkit.postgres import DATABASE_DOWN, PostgresDatabase, PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +95,9 @@ class OutboxBacklog:
     oldest: datetime | None
 
 
-class PostgresInventory:
-    def __init__(self, dsn: str, *, pool_size: int, timeout_seconds: float) -> None:
-        self.db = PostgresDatabase(
-            dsn,
-            label="inventory database",
-            migrations=MIGRATIONS,
-            pool_size=pool_size,
-            timeout_seconds=timeout_seconds,
-        )
-
-    async def ready(self) -> None:
-        await self.db.ready()
-
-    async def close(self) -> None:
-        await self.db.close()
+class PostgresInventory(PostgresStore):
+    label = "inventory database"
+    migrations = MIGRATIONS
 
     async def record_sale(self, request: SaleRequest) -> Sale | None:
         """Commit the sale and its event, or return None when nothing was written.

@@ -8,11 +8,14 @@ arrive, and a token from elsewhere is rejected with INVALID_ARGUMENT.
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 from meshkit.errors import InvalidArgument
 
 Cursor = list[str | int]
+Item = TypeVar("Item")
 
 
 def page_size(requested: int, *, default: int, maximum: int) -> int:
@@ -53,3 +56,15 @@ def decode_time_cursor(token: str) -> tuple[datetime, str] | None:
         return datetime.fromisoformat(str(at)), str(key)
     except ValueError as exc:
         raise InvalidArgument("page_token is not one this service issued") from exc
+
+
+def split_page(
+    fetched: list[Item], size: int, cursor_of: Callable[[Item], str]
+) -> tuple[list[Item], str]:
+    """The page to return and the token of the next one ('' on the last page).
+
+    Stores fetch ``size + 1`` items: the extra one tells whether another page
+    exists, so the last page is never an empty one.
+    """
+    page = fetched[:size]
+    return (page, cursor_of(page[-1])) if len(fetched) > size else (page, "")

@@ -96,6 +96,28 @@ class PostgresDatabase:
             raise Unavailable(f"the {self._label} is unavailable; try again later") from exc
 
 
+class PostgresStore:
+    """Base of a service's PostgreSQL adapter: its database, ready and close."""
+
+    label = "database"  # e.g. "inventory database", for messages
+    migrations: Traversable
+
+    def __init__(self, dsn: str, *, pool_size: int, timeout_seconds: float) -> None:
+        self.db = PostgresDatabase(
+            dsn,
+            label=self.label,
+            migrations=self.migrations,
+            pool_size=pool_size,
+            timeout_seconds=timeout_seconds,
+        )
+
+    async def ready(self) -> None:
+        await self.db.ready()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
 async def apply_migrations(conn: asyncpg.Connection, migrations: Traversable) -> list[str]:
     """Apply the ``NNNN_name.sql`` files this database has not seen yet.
 

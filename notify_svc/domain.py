@@ -80,8 +80,6 @@ def notifications_page(page_size: int, page_token: str, order_id: str) -> Notifi
 def split_notifications_page(
     fetched: list[Notification], page: NotificationsPage
 ) -> tuple[list[Notification], str]:
-    """The page and the next token; ``fetched`` holds up to ``page.size + 1`` items."""
-    items = fetched[: page.size]
-    if len(fetched) <= page.size:
-        return items, ""
-    return items, paging.encode_time_cursor(items[-1].created_at, items[-1].event_id)
+    return paging.split_page(
+        fetched, page.size, lambda last: paging.encode_time_cursor(last.created_at, last.event_id)
+    )

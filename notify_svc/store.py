@@ -8,7 +8,7 @@ and marked 'sent' after the mail server accepted it.
 import uuid
 from importlib import resources
 
-from meshkit.postgres import PostgresDatabase
+from meshkit.postgres import PostgresStore
 from notify_svc.domain import Notification, NotificationsPage, OrderConfirmation
 
 MIGRATIONS = resources.files(__package__) / "migrations"
@@ -31,21 +31,9 @@ COLUMNS = (
 )
 
 
-class PostgresNotifications:
-    def __init__(self, dsn: str, *, pool_size: int, timeout_seconds: float) -> None:
-        self.db = PostgresDatabase(
-            dsn,
-            label="notifications database",
-            migrations=MIGRATIONS,
-            pool_size=pool_size,
-            timeout_seconds=timeout_seconds,
-        )
-
-    async def ready(self) -> None:
-        await self.db.ready()
-
-    async def close(self) -> None:
-        await self.db.close()
+class PostgresNotifications(PostgresStore):
+    label = "notifications database"
+    migrations = MIGRATIONS
 
     async def claim(self, email: OrderConfirmation, channel: str) -> int | None:
         """Claim the e-mail for sending: its attempt number, or None if already sent."""
