@@ -2,7 +2,7 @@
 
 import asyncio
 
-from analytics_svc.events import router
+from analytics_svc.events import event_router
 from analytics_svc.grpc_api import AnalyticsApi
 from analytics_svc.settings import AnalyticsSettings
 from analytics_svc.store import MongoSales
@@ -22,8 +22,7 @@ async def serve(settings: AnalyticsSettings, stop: asyncio.Event) -> None:
         prefetch=settings.consumer_prefetch,
         graceful_timeout=settings.shutdown_grace_seconds,
     )
-    broker.include_router(router)
-    broker.context.set_global("sales", sales)
+    broker.include_router(event_router(sales))
     await serve_until_stopped(
         stop,
         GrpcServer(settings, [AnalyticsApi(sales)]),

@@ -104,7 +104,9 @@ async def run_pipeline(
         sent_for = time.perf_counter() - started
         sending = False
 
-        lags = await _lags(mongo_url, orders, deadline=time.perf_counter() + drain_seconds)
+        lags = await _lags(
+            mongo_url, product_id, orders, deadline=time.perf_counter() + drain_seconds
+        )
         await sampler
     await db.close()
     await connection.close()
@@ -126,19 +128,26 @@ async def run_pipeline(
     )
 
 
-async def _lags(mongo_url: str, orders: list[str], deadline: float) -> list[float]:
-    """Milliseconds from commit to document, once every order is recorded (or time is up)."""
+async def _lags(mongo_url: str, product_id: int, orders: list[str], deadline: float) -> list[float]:
+    """Milliseconds from commit to document, once every order is recorded (or time is up).
+
+    Only the pipeline run has subscribers, so its product's documents are this
+    run's. The wait counts them by product; a `$in` over thousands of order ids
+    kept the embedded MongoDB at 100 % CPU while the last events were still being
+    written, which inflated the very lag being measured."""
     client = AsyncMongoClient(mongo_url, tz_aware=True)
     collection = client["analytics_db"]["sales_events"]
-    query = {"order_id": {"$in": orders}}
+    query = {"product_id": product_id}
     # Polling another system's state: there is no event to await.
     while time.perf_counter() < deadline:
         if await collection.count_documents(query) >= len(orders):
             break
         await asyncio.sleep(0.25)
+    sold = set(orders)
     lags = [
         (doc["recorded_at"] - doc["occurred_at"]).total_seconds() * 1000
-        async for doc in collection.find(query, {"recorded_at": 1, "occurred_at": 1})
+        async for doc in collection.find(query, {"order_id": 1, "recorded_at": 1, "occurred_at": 1})
+        if doc["order_id"] in sold
     ]
     await client.close()
     return lags

@@ -6,7 +6,7 @@ from meshkit import postgres
 from meshkit.events import EventConsumer, rabbit_broker
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
-from notify_svc.events import Notifier, router
+from notify_svc.events import Notifier, event_router
 from notify_svc.grpc_api import NotificationApi
 from notify_svc.mailer import Mailer
 from notify_svc.settings import NotifySettings
@@ -28,9 +28,8 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
         prefetch=settings.consumer_prefetch,
         graceful_timeout=settings.shutdown_grace_seconds,
     )
-    broker.include_router(router)
-    broker.context.set_global(
-        "notifier", Notifier(store, mailer, settings.mail_from, settings.logistics_email)
+    broker.include_router(
+        event_router(Notifier(store, mailer, settings.mail_from, settings.logistics_email))
     )
     await serve_until_stopped(
         stop,
