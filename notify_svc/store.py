@@ -1,12 +1,19 @@
 """PostgreSQL adapter: notify_svc's log of notifications (database notify_db).
 
 The event id is the primary key, so a redelivered event cannot create a second
-notification. A notification is claimed ('sending') before the e-mail goes out
-and marked 'sent' after the mail server accepted it.
+notification. A notification is claimed ('sending', visible to operators) before
+the e-mail goes out; the e-mail is then sent while the row is locked and marked
+'sent' in the same transaction, so two copies of one event handled at the same
+time (a redelivery racing the original) send one e-mail: the second waits on the
+lock and finds it sent.
 """
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
+
+import asyncpg
 
 from meshkit.postgres import PostgresStore
 from notify_svc.domain import Notification, NotificationsPage, OrderConfirmation
@@ -24,6 +31,8 @@ ON CONFLICT (event_id) DO UPDATE SET attempts = notifications.attempts + 1
     WHERE notifications.status = 'sending'
 RETURNING attempts
 """
+
+MARK_SENT = "UPDATE notifications SET status = 'sent', sent_at = now() WHERE event_id = $1"
 
 COLUMNS = (
     "event_id::text, order_id, product_id, recipient, subject, message_id, channel, status,"
@@ -49,12 +58,19 @@ class PostgresNotifications(PostgresStore):
                 channel,
             )
 
-    async def mark_sent(self, event_id: str) -> None:
-        async with self.db.connection() as conn:
-            await conn.execute(
-                "UPDATE notifications SET status = 'sent', sent_at = now() WHERE event_id = $1",
+    @asynccontextmanager
+    async def locked(self, event_id: str) -> AsyncIterator["LockedNotification"]:
+        """The claimed notification, locked until the block ends (then committed)."""
+        async with self.db.connection() as conn, conn.transaction():
+            status = await conn.fetchval(
+                "SELECT status FROM notifications WHERE event_id = $1 FOR UPDATE",
                 uuid.UUID(event_id),
             )
+            yield LockedNotification(conn, event_id, sent=status == "sent")
+
+    async def mark_sent(self, event_id: str) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute(MARK_SENT, uuid.UUID(event_id))
 
     async def recent(self, page: NotificationsPage) -> list[Notification]:
         """Up to ``page.size + 1`` notifications after the page's cursor, newest first."""
@@ -74,3 +90,15 @@ class PostgresNotifications(PostgresStore):
                 *args,
             )
         return [Notification(**row) for row in rows]
+
+
+class LockedNotification:
+    """A notification row under its lock; ``mark_sent`` takes effect at commit."""
+
+    def __init__(self, conn: asyncpg.Connection, event_id: str, *, sent: bool) -> None:
+        self._conn = conn
+        self._event_id = event_id
+        self.sent = sent
+
+    async def mark_sent(self) -> None:
+        await self._conn.execute(MARK_SENT, uuid.UUID(self._event_id))

@@ -1,27 +1,35 @@
 """notify_svc's use case on a real PostgreSQL and a real SMTP server."""
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from devtools.sandbox import create_database, drop_database
 from meshkit.errors import Unavailable
 from meshkit.events import ProductSold
 from notify_svc import use_cases
+from notify_svc.domain import OrderConfirmation
 from notify_svc.mailer import Mailer
 from notify_svc.store import PostgresNotifications
 from tests.conftest import PG_SERVER_URL
 
 
 @pytest.fixture(scope="module")
-async def notifications():
+async def notify_db_url():
     url = await create_database(PG_SERVER_URL, "polyglot_test_notify_uc")
-    store = PostgresNotifications(url, pool_size=2, timeout_seconds=5)
+    yield url
+    await drop_database(url)
+
+
+@pytest.fixture(scope="module")
+async def notifications(notify_db_url):
+    store = PostgresNotifications(notify_db_url, pool_size=4, timeout_seconds=5)
     await store.ready()
     yield store
     await store.close()
-    await drop_database(url)
 
 
 def sale() -> ProductSold:
@@ -79,6 +87,53 @@ async def test_a_mail_server_outage_is_unavailable_and_the_retry_sends(notificat
     with pytest.raises(Unavailable, match="unreachable"):
         await notify(notifications, Mailer("smtp://127.0.0.1:1", timeout_seconds=5), event)
     assert await notify(notifications, Mailer(mail.url, timeout_seconds=5), event) is True
+    assert len(mail.messages(event.order_id)) == 1
+    [listed], _ = await use_cases.recent_notifications(notifications, 10, "", event.order_id)
+    assert listed.status == "sent"
+
+
+async def test_copies_of_one_event_handled_at_once_send_one_email(notifications, mail):
+    """A redelivery racing the original (e.g. after a channel drop) must not send twice."""
+    mailer = Mailer(mail.url, timeout_seconds=5)
+    event = sale()
+    outcomes = await asyncio.gather(*(notify(notifications, mailer, event) for _ in range(4)))
+    assert sorted(outcomes) == [False, False, False, True]
+    assert len(mail.messages(event.order_id)) == 1
+    [listed], _ = await use_cases.recent_notifications(notifications, 10, "", event.order_id)
+    assert listed.status == "sent"
+
+
+class DatabaseCutAfterSend:
+    """Sends for real, then drops every connection of the notifications database:
+    the mail server has the e-mail, the mark 'sent' has not happened yet."""
+
+    channel = "smtp"
+
+    def __init__(self, mailer: Mailer, database_url: str) -> None:
+        self._mailer = mailer
+        self._database_url = database_url
+
+    async def send(self, email: OrderConfirmation) -> None:
+        await self._mailer.send(email)
+        conn = await asyncpg.connect(self._database_url)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+
+
+async def test_a_database_cut_after_the_mail_server_accepted_does_not_resend(
+    notifications, notify_db_url, mail, caplog
+):
+    event = sale()
+    mailer = DatabaseCutAfterSend(Mailer(mail.url, timeout_seconds=5), notify_db_url)
+    with caplog.at_level("WARNING", logger="meshkit.postgres"):
+        assert await notify(notifications, mailer, event) is True
+    assert any("notifications database unavailable" in r.getMessage() for r in caplog.records)
+    assert await notify(notifications, Mailer(mail.url, timeout_seconds=5), event) is False
     assert len(mail.messages(event.order_id)) == 1
     [listed], _ = await use_cases.recent_notifications(notifications, 10, "", event.order_id)
     assert listed.status == "sent"
