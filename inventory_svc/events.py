@@ -74,6 +74,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._connected = False
         self.last_error: str | None = "not started"
         self.published_total = 0
 
@@ -81,6 +82,7 @@ class OutboxRelay:
         """Connect, then publish until ``stop()``."""
         try:
             await connect_when_reachable(self._broker, what=self.health_name)
+            self._connected = True
             await self._relay()
         finally:
             self._stopped.set()
@@ -120,11 +122,15 @@ class OutboxRelay:
         return published
 
     async def stop(self) -> None:
-        """Finish the batch in progress (bounded), then close the broker connection."""
+        """Finish the batch in progress (bounded), then close the broker connection.
+
+        Still waiting for RabbitMQ: nothing is in progress, so no wait (the caller
+        cancels ``run``)."""
         self._stopping = True
         self._wake.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopped.wait(), PUBLISH_TIMEOUT_SECONDS)
+        if self._connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), PUBLISH_TIMEOUT_SECONDS)
         await self._broker.stop()
 
     async def check(self) -> None:

@@ -187,11 +187,27 @@ class EventConsumer:
         self.health_name = health_name
 
     async def run(self) -> None:
-        await connect_when_reachable(self._broker, what=self.health_name)
-        await self._broker.start()
+        backoff = Backoff(first=0.2, cap=5.0)
+        while True:
+            await connect_when_reachable(self._broker, what=self.health_name)
+            try:
+                await self._broker.start()
+                return
+            except Exception as exc:  # e.g. the broker went away between connect and consume
+                log.warning(
+                    "%s: could not start consuming (%s); retry in %.1fs",
+                    self.health_name,
+                    exc,
+                    backoff.delay,
+                )
+            await self._broker.stop()  # drop the half-started state, start afresh
+            await backoff.wait()
 
     async def check(self) -> None:
+        """Health probe: raises unless connected and every subscriber is consuming."""
         await broker_reachable(self._broker)
+        if not all(subscriber.running for subscriber in self._broker.subscribers):
+            raise ConnectionError("not consuming yet")
 
     async def stop(self) -> None:
         await self._broker.stop()

@@ -122,15 +122,19 @@ class GrpcServer:
         """Probe forever; SERVING while the probe passes, NOT_SERVING while it raises.
 
         Without ``component`` the probe decides the overall and API statuses.
-        Transitions are logged once, not on every probe.
+        Transitions are logged once, not on every probe. Until the probe first
+        passes it runs without this watcher's timeout: it may be opening the pool
+        and applying migrations (bounded by the store's own timeouts), which a
+        probe-length timeout would cancel again and again on a slow database.
         """
         every = self._settings.health_probe_seconds
         label = component or "dependencies"
         first = True
+        passed_once = False
         while True:
             try:
-                await asyncio.wait_for(probe(), timeout=max(every, 1.0))
-                healthy, reason = True, ""
+                await asyncio.wait_for(probe(), timeout=max(every, 1.0) if passed_once else None)
+                healthy, reason, passed_once = True, "", True
             except Exception as exc:  # any failure means "not ready"
                 healthy, reason = False, str(exc) or type(exc).__name__
             if first or healthy != self.serving.get(component or ""):

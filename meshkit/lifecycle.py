@@ -37,7 +37,10 @@ def run_until_signalled(
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ComponentFailed as exc:  # the cause is logged already: no traceback
+        raise SystemExit(f"{exc}") from None
 
 
 def run_workers(workers: int, run: Callable[[], None]) -> None:
@@ -56,6 +59,8 @@ def run_workers(workers: int, run: Callable[[], None]) -> None:
             try:
                 run()
                 code = 0
+            except SystemExit as exc:  # a deliberate exit, reason already logged
+                code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -116,6 +121,10 @@ async def serve_until_stopped(
     health. Each component reports under its own health name, so (say) a broker
     outage shows without taking the API out of Envoy's rotation. On ``stop``:
     the gRPC server drains, components finish their work, then ``close`` runs.
+
+    Components wait out outages themselves; one that fails anyway shuts the
+    service down and exits non-zero (ComponentFailed), so its supervisor restarts
+    it instead of the service running on without, say, consuming its events.
     """
     await server.start()
     watchers = [asyncio.create_task(server.watch_readiness(ready))]
@@ -123,6 +132,9 @@ async def serve_until_stopped(
         asyncio.create_task(server.watch_readiness(c.check, c.health_name)) for c in components
     ]
     running = [asyncio.create_task(c.run(), name=c.health_name) for c in components]
+    failed: list[str] = []
+    for task in running:
+        task.add_done_callback(lambda task: _stop_if_failed(task, stop, failed))
     await stop.wait()
 
     await server.stop()
@@ -131,12 +143,27 @@ async def serve_until_stopped(
         task.cancel()
     for task in [*running, *watchers]:
         task.cancel()
-    results = await asyncio.gather(*running, *watchers, return_exceptions=True)
-    for result in results:
-        if isinstance(result, Exception):
-            log.error("background task failed: %r", result)
+    tasks = [*running, *watchers]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, Exception) and task.get_name() not in failed:
+            log.error("background task %s failed: %r", task.get_name(), result)
     for release in close:
         await release()
+    if failed:
+        raise ComponentFailed(f"stopped because {', '.join(failed)} failed (see above)")
+
+
+class ComponentFailed(RuntimeError):
+    """A component failed for good; run_until_signalled turns it into exit status 1."""
+
+
+def _stop_if_failed(task: asyncio.Task, stop: asyncio.Event, failed: list[str]) -> None:
+    if task.cancelled() or task.exception() is None or stop.is_set():
+        return
+    log.error("%s failed, shutting down: %r", task.get_name(), task.exception())
+    failed.append(task.get_name())
+    stop.set()
 
 
 def service_main(

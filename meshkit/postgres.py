@@ -23,6 +23,10 @@ DATABASE_DOWN = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.InterfaceError,
+    # A pooled connection the server has just terminated can fail with this
+    # before asyncpg notices it is closed (seen when PostgreSQL drops every
+    # connection); connections are never shared, so it means "broken connection".
+    asyncpg.InternalClientError,
 )
 MIGRATIONS_LOCK = 0x1A7E57  # pg_advisory lock id: one migrator at a time
 
