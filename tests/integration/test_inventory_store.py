@@ -108,6 +108,10 @@ async def test_concurrent_replays_of_one_order_sell_once(store, inventory_db, ne
     answers = await asyncio.gather(*(use_cases.decrease_stock(store, request) for _ in range(50)))
     assert set(answers) == {Sale(request.order_id, product, 7, remaining_stock=93)}
     assert await stock_of(inventory_db, product) == 93
+    events = await inventory_db.fetchval(
+        "SELECT count(*) FROM outbox WHERE payload->>'order_id' = $1", request.order_id
+    )
+    assert events == 1
 
 
 async def test_restock_adds_and_is_bounded(store, inventory_db, new_product):

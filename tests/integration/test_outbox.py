@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import uuid
 
+import asyncpg
 import pytest
 
 from devtools.sandbox import create_database, drop_database
@@ -147,20 +148,29 @@ async def test_two_relays_share_the_work_and_keep_each_products_order(inventory)
     assert len(every) == len(set(every)) == 5
 
 
-async def test_only_a_committed_sale_wakes_the_relay(inventory):
+async def test_only_a_committed_sale_wakes_the_relay(inventory, outbox_db_url):
     store, outbox = inventory
     product = await add_product(store, stock=2)
     await sell(store, product, 1, order_id="ORD-wake-1")
     wakes: list[int] = []
     await outbox.listen(lambda: wakes.append(1))
-    with pytest.raises(InsufficientStock):
-        await sell(store, product, 5)  # refused: inserts no event
-    await sell(store, product, 1, order_id="ORD-wake-1")  # replay: rolled back
-    await sell(store, product, 1)
-    await eventually(lambda: wakes, what="a NOTIFY for the committed sale")
-    # Notifications arrive in commit order: one from the refusal or the replay
-    # would have come first.
-    assert wakes == [1]
+    # A second listener sees each notification's payload, and a sentinel sent
+    # after the calls: notifications arrive in commit order, so once the sentinel
+    # is in, any notification from the refusal or the replay would be too.
+    seen: list[str] = []
+    listener = await asyncpg.connect(outbox_db_url)
+    await listener.add_listener("outbox", lambda _c, _pid, _channel, payload: seen.append(payload))
+    try:
+        with pytest.raises(InsufficientStock):
+            await sell(store, product, 5)  # refused: inserts no event
+        await sell(store, product, 1, order_id="ORD-wake-1")  # replay: rolled back
+        await sell(store, product, 1)
+        await listener.execute("SELECT pg_notify('outbox', 'sentinel')")
+        await eventually(lambda: "sentinel" in seen, what="the sentinel notification")
+    finally:
+        await listener.close()
+    assert seen == ["", "sentinel"]  # one notification: the committed sale's
+    await eventually(lambda: wakes, what="the relay woken by the committed sale")
 
 
 async def test_clean_up_removes_only_published_rows(inventory):

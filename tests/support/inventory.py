@@ -8,11 +8,16 @@ def order() -> str:
     return f"ORD-{uuid.uuid4().hex[:12]}"
 
 
-async def inventory_state(db: asyncpg.Pool) -> tuple[list, list]:
-    """Every product and sale row, to prove a rejected call changed nothing."""
+async def inventory_state(db: asyncpg.Pool) -> tuple[list, list, list]:
+    """Every product, sale and outbox event, to prove a rejected call changed nothing.
+
+    Outbox rows without published_at: the relay marks them as it goes, which is
+    not a change the call made (published rows are kept for a day).
+    """
     products = await db.fetch("SELECT * FROM products ORDER BY product_id")
     sales = await db.fetch("SELECT * FROM sales ORDER BY order_id")
-    return [dict(r) for r in products], [dict(r) for r in sales]
+    events = await db.fetch("SELECT position, event_id, payload FROM outbox ORDER BY position")
+    return [dict(r) for r in products], [dict(r) for r in sales], [dict(r) for r in events]
 
 
 async def stock_of(db: asyncpg.Pool, product_id: int) -> int:
