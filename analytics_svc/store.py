@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from beanie import Document, init_beanie
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
-from pymongo.errors import BulkWriteError, ConnectionFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from analytics_svc.domain import EventsPage, ProductSales, SalesSummary, SummaryWindow
 from meshkit.errors import Unavailable
@@ -80,6 +80,32 @@ def _product_totals(limit: int | None = None) -> list[dict]:
     return [*stages, {"$limit": limit}] if limit else stages
 
 
+def _is_unavailable(exc: BaseException) -> bool:
+    """A failure that may pass: MongoDB unreachable, or any pymongo timeout
+    (ExecutionTimeout, NetworkTimeout, WTimeoutError... all set ``.timeout``)."""
+    if isinstance(exc, (ConnectionFailure, TimeoutError)):
+        return True
+    return isinstance(exc, PyMongoError) and exc.timeout
+
+
+def _bulk_outcomes(exc: BulkWriteError, count: int) -> list[bool]:
+    """Per document of an unordered insert_many: True if new, False if a duplicate.
+
+    Raises unless every error is a duplicate key and the write concern was met.
+    """
+    errors = exc.details.get("writeErrors", [])
+    if any(error["code"] != DUPLICATE_KEY for error in errors):
+        raise exc
+    if exc.details.get("writeConcernErrors"):
+        # Written but not confirmed durable: acking now could lose the sale. A retry
+        # is safe (duplicates are recognised) and waits until MongoDB confirms.
+        raise Unavailable(
+            "the analytics database did not confirm the write; try again later"
+        ) from exc
+    duplicates = {error["index"] for error in errors}
+    return [index not in duplicates for index in range(count)]
+
+
 def _product_sales(row: dict) -> ProductSales:
     return ProductSales(
         product_id=row["_id"],
@@ -94,6 +120,7 @@ class MongoSales:
     def __init__(self, url: str, database: str, *, timeout_seconds: float) -> None:
         self._url = url
         self._database = database
+        self._timeout_seconds = timeout_seconds
         self._timeout_ms = int(timeout_seconds * 1000)
         self._client: AsyncMongoClient | None = None
         self._waiting: list[tuple[SaleEvent, asyncio.Future[bool]]] = []
@@ -119,6 +146,11 @@ class MongoSales:
             await self._client.admin.command("ping")
 
     async def close(self) -> None:
+        """Let the batch in flight finish first (bounded), so its callers learn their outcome."""
+        if self._writer is not None:
+            _, pending = await asyncio.wait({self._writer}, timeout=self._timeout_seconds)
+            if pending:  # closing the client fails the batch: its callers see an error
+                log.warning("closing the analytics database with sale writes still in flight")
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -129,7 +161,9 @@ class MongoSales:
             raise Unavailable("the analytics database is not reachable yet; try again shortly")
         try:
             yield
-        except (ConnectionFailure, TimeoutError) as exc:
+        except (PyMongoError, TimeoutError) as exc:
+            if not _is_unavailable(exc):
+                raise
             log.warning("analytics database unavailable: %s", exc)
             raise Unavailable("the analytics database is unavailable; try again later") from exc
 
@@ -173,11 +207,7 @@ class MongoSales:
             await SaleEvent.insert_many([document for document, _ in batch], ordered=False)
             return [True] * len(batch)
         except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(error["code"] != DUPLICATE_KEY for error in errors):
-                raise
-            duplicates = {error["index"] for error in errors}
-            return [index not in duplicates for index in range(len(batch))]
+            return _bulk_outcomes(exc, len(batch))
 
     async def product_sales(self, product_id: int) -> ProductSales:
         async with self._mongo():

@@ -5,10 +5,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pymongo.errors import BulkWriteError, ExecutionTimeout, NetworkTimeout, WTimeoutError
 
 from analytics_svc import use_cases
-from analytics_svc.store import MongoSales
-from meshkit.errors import InvalidArgument
+from analytics_svc.store import MongoSales, SaleEvent
+from meshkit.errors import InvalidArgument, Unavailable
 from meshkit.events import ProductSold, UnusableEvent
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -87,16 +88,80 @@ async def test_recent_events_page_newest_first_without_gaps_or_repeats(sales):
     assert [e.occurred_at for e in seen] == sorted((e.occurred_at for e in seen), reverse=True)
 
 
-async def test_concurrent_events_are_written_together_and_each_learns_its_outcome(sales):
+@pytest.fixture
+def insert_many_calls(monkeypatch) -> list[int]:
+    """The size of each SaleEvent.insert_many call, which still reaches MongoDB."""
+    calls: list[int] = []
+    insert_many = SaleEvent.insert_many
+
+    async def counted(documents, *args, **kwargs):
+        calls.append(len(documents))
+        return await insert_many(documents, *args, **kwargs)
+
+    monkeypatch.setattr(SaleEvent, "insert_many", counted)
+    return calls
+
+
+async def test_concurrent_events_are_written_together_and_each_learns_its_outcome(
+    sales, insert_many_calls
+):
     """Group commit: one insert_many for what arrives together; a duplicate in the
     batch is reported as such and does not stop the others."""
     events = [sale(30, 1, T0 + timedelta(seconds=i)) for i in range(40)]
     await use_cases.record_sale(sales, events[0])  # already there before the batch
+    assert insert_many_calls == [1]
     outcomes = await asyncio.gather(
         *(use_cases.record_sale(sales, e) for e in [*events, *events[:5]])
     )
     assert outcomes[0] is False  # recorded before
     assert outcomes[1:40] == [True] * 39
     assert outcomes[40:] == [False] * 5  # the redelivered copies
+    assert insert_many_calls == [1, 45]  # all 45 in a single write
     totals = await use_cases.product_sales(sales, 30)
     assert (totals.units_sold, totals.orders) == (40, 40)
+
+
+async def test_an_unconfirmed_write_is_unavailable_to_every_caller(sales, monkeypatch):
+    """writeConcernErrors: the handler must retry, not ack a write MongoDB did not confirm."""
+
+    async def unconfirmed(documents, *args, **kwargs):
+        raise BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64}]})
+
+    monkeypatch.setattr(SaleEvent, "insert_many", unconfirmed)
+    outcomes = await asyncio.gather(
+        *(use_cases.record_sale(sales, sale(40, 1, T0)) for _ in range(3)),
+        return_exceptions=True,
+    )
+    assert [type(outcome) for outcome in outcomes] == [Unavailable] * 3
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ExecutionTimeout("time limit", 50), NetworkTimeout("timed out"), WTimeoutError("wtimeout")],
+    ids=lambda exc: type(exc).__name__,
+)
+async def test_a_pymongo_timeout_is_unavailable(sales, error):
+    with pytest.raises(Unavailable):
+        async with sales._mongo():
+            raise error
+
+
+async def test_close_waits_for_the_batch_in_flight(mongo_url, monkeypatch):
+    store = MongoSales(mongo_url, f"analytics_test_{uuid.uuid4().hex[:8]}", timeout_seconds=5)
+    await store.ready()
+    writing = asyncio.Event()
+    insert_many = SaleEvent.insert_many
+
+    async def slow(documents, *args, **kwargs):
+        writing.set()
+        await asyncio.sleep(0.2)  # close() is called meanwhile
+        return await insert_many(documents, *args, **kwargs)
+
+    monkeypatch.setattr(SaleEvent, "insert_many", slow)
+    recording = [
+        asyncio.create_task(store.record(sale(50, 1, T0 + timedelta(seconds=i)))) for i in range(20)
+    ]
+    await writing.wait()
+    await store.close()
+    assert all(task.done() for task in recording)
+    assert [task.result() for task in recording] == [True] * 20
