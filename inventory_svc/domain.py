@@ -9,6 +9,7 @@ from meshkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 MAX_SALE_QUANTITY = 10_000
 MAX_RESTOCK_QUANTITY = 1_000_000
 MAX_STOCK = 2**31 - 1  # the stock is an int32 in the contract
+MAX_PRODUCT_ID = 2**31 - 1  # an int32 in the contract, an integer column in PostgreSQL
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1_000
 ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -116,8 +117,17 @@ def restock_quantity(quantity: int) -> int:
 def page(page_size: int, page_token: str) -> Page:
     """Decode ListProducts paging; 0 means the default size, '' the first page."""
     size = paging.page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
-    after = paging.decode_cursor(page_token, int)[0] if page_token else 0
-    return Page(after_product_id=int(after), size=size)
+    return Page(after_product_id=_after_product_id(page_token), size=size)
+
+
+def _after_product_id(page_token: str) -> int:
+    if not page_token:
+        return 0
+    [after] = paging.decode_cursor(page_token, int)
+    # Tokens carry a real product id; a larger one would fail in PostgreSQL (INTERNAL).
+    if not 0 < int(after) <= MAX_PRODUCT_ID:
+        raise paging.ForeignPageToken
+    return int(after)
 
 
 def split_page(fetched: list[Product], requested: Page) -> tuple[list[Product], str]:

@@ -8,14 +8,22 @@ arrive, and a token from elsewhere is rejected with INVALID_ARGUMENT.
 import base64
 import binascii
 import json
+import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from meshkit.errors import InvalidArgument
 
 Cursor = list[str | int]
 Item = TypeVar("Item")
+
+
+class ForeignPageToken(InvalidArgument):
+    """A token this service did not issue: garbled, forged or from another list."""
+
+    def __init__(self) -> None:
+        super().__init__("page_token is not one this service issued")
 
 
 def page_size(requested: int, *, default: int, maximum: int) -> int:
@@ -32,30 +40,42 @@ def decode_cursor(token: str, *types: type) -> Cursor:
     """The sort key inside ``token``, checked against the expected ``types``."""
     try:
         values = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: deeply nested JSON
         values = None
     if (
         not isinstance(values, list)
         or len(values) != len(types)
         or not all(type(v) is t for v, t in zip(values, types, strict=True))
     ):
-        raise InvalidArgument("page_token is not one this service issued")
+        raise ForeignPageToken
     return values
 
 
-def encode_time_cursor(at: datetime, key: str) -> str:
-    """Cursor for lists sorted newest first by (time, unique key)."""
-    return encode_cursor(at.isoformat(), key)
+def encode_time_cursor(at: datetime, event_id: str) -> str:
+    """Cursor for lists sorted newest first by (time, event id)."""
+    return encode_cursor(at.isoformat(), event_id)
 
 
 def decode_time_cursor(token: str) -> tuple[datetime, str] | None:
+    """The (UTC time, event id) inside ``token``; None for the first page.
+
+    Stores compare these with timestamptz / UUID columns or BSON dates, where a
+    naive or out-of-range time or a non-UUID key would fail as INTERNAL.
+    """
     if not token:
         return None
-    at, key = decode_cursor(token, str, str)
+    at, event_id = decode_cursor(token, str, str)
     try:
-        return datetime.fromisoformat(str(at)), str(key)
-    except ValueError as exc:
-        raise InvalidArgument("page_token is not one this service issued") from exc
+        return _utc(str(at)), str(uuid.UUID(str(event_id)))
+    except (ValueError, OverflowError) as exc:
+        raise ForeignPageToken from exc
+
+
+def _utc(text: str) -> datetime:
+    at = datetime.fromisoformat(text)
+    if at.tzinfo is None:
+        raise ValueError("a page token's time always has an offset")
+    return at.astimezone(UTC)  # OverflowError near year 1 or 9999
 
 
 def split_page(

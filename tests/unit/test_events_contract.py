@@ -75,8 +75,9 @@ def test_order_confirmation_names_the_order_and_is_stable_per_event():
 
 
 def test_time_cursor_round_trip_and_foreign_tokens():
-    token = paging.encode_time_cursor(SOLD_AT, "abc")
-    assert paging.decode_time_cursor(token) == (SOLD_AT, "abc")
+    event_id = str(uuid.UUID(int=1))  # time cursors carry event ids, always UUIDs
+    token = paging.encode_time_cursor(SOLD_AT, event_id)
+    assert paging.decode_time_cursor(token) == (SOLD_AT, event_id)
     assert paging.decode_time_cursor("") is None
     for foreign in ["xyz", paging.encode_cursor(1, 2), paging.encode_cursor("yesterday", "a")]:
         with pytest.raises(InvalidArgument, match="page_token is not one this service issued"):

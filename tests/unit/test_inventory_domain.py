@@ -4,6 +4,7 @@ import pytest
 
 from inventory_svc import domain
 from inventory_svc.domain import Product, Sale, SaleRequest
+from meshkit import paging
 from meshkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
 
@@ -85,3 +86,15 @@ def test_foreign_page_tokens_are_rejected(token):
 def test_page_size_is_bounded(size):
     with pytest.raises(InvalidArgument, match="page_size must be between 0 and 1000"):
         domain.page(size, "")
+
+
+@pytest.mark.parametrize("after", [0, -1, 2**31, 2**63])
+def test_page_tokens_with_impossible_product_ids_are_rejected(after):
+    """Well-formed tokens, but no product has such an id (PostgreSQL integer: INTERNAL)."""
+    with pytest.raises(InvalidArgument, match="page_token is not one this service issued"):
+        domain.page(10, paging.encode_cursor(after))
+
+
+def test_page_token_with_the_largest_product_id_is_accepted():
+    token = paging.encode_cursor(domain.MAX_PRODUCT_ID)
+    assert domain.page(10, token).after_product_id == domain.MAX_PRODUCT_ID
