@@ -36,15 +36,21 @@ class PipelineResult:
     max_queue_depth: int
     final_queue_depth: int
     max_outbox_backlog: int
-    depth_samples: list[tuple[float, int, int]] = field(default_factory=list)  # t, queues, outbox
+    queues: list[str] = field(default_factory=list)
+    # t, each subscriber queue's depth (in ``queues`` order), outbox backlog
+    depth_samples: list[tuple[float, list[int], int]] = field(default_factory=list)
 
 
-async def queue_depths(channel: aio_pika.abc.AbstractChannel) -> int:
-    total = 0
-    for subscription in SUBSCRIPTIONS.values():
-        queue = await channel.declare_queue(subscription.queue, passive=True)
-        total += queue.declaration_result.message_count or 0
-    return total
+QUEUES = [subscription.queue for subscription in SUBSCRIPTIONS.values()]
+
+
+async def queue_depths(channel: aio_pika.abc.AbstractChannel) -> list[int]:
+    """Messages ready in each subscriber queue, in QUEUES order."""
+    depths = []
+    for name in QUEUES:
+        queue = await channel.declare_queue(name, passive=True)
+        depths.append(queue.declaration_result.message_count or 0)
+    return depths
 
 
 async def run_pipeline(
@@ -62,7 +68,7 @@ async def run_pipeline(
     run_id = uuid.uuid4().hex[:8]
     orders: list[str] = []
     failures = 0
-    samples: list[tuple[float, int, int]] = []
+    samples: list[tuple[float, list[int], int]] = []
     connection = await aio_pika.connect(amqp_url)
     channel = await connection.channel()
     db = await asyncpg.connect(inventory_db_url)
@@ -70,7 +76,7 @@ async def run_pipeline(
     sending = True
 
     async def sample() -> None:
-        while sending or samples[-1][1] > 0:
+        while sending or sum(samples[-1][1]) > 0:
             backlog = await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
             samples.append((time.perf_counter() - started, await queue_depths(channel), backlog))
             if time.perf_counter() - started > seconds + drain_seconds:
@@ -121,9 +127,10 @@ async def run_pipeline(
         lag_p50_ms=statistics.median(lags) if lags else float("nan"),
         lag_p99_ms=lags[min(len(lags) - 1, int(0.99 * len(lags)))] if lags else float("nan"),
         lag_max_ms=lags[-1] if lags else float("nan"),
-        max_queue_depth=max(s[1] for s in samples),
-        final_queue_depth=samples[-1][1],
+        max_queue_depth=max(sum(s[1]) for s in samples),
+        final_queue_depth=sum(samples[-1][1]),
         max_outbox_backlog=max(s[2] for s in samples),
+        queues=QUEUES,
         depth_samples=samples,
     )
 

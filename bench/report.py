@@ -119,9 +119,9 @@ def render(rows: list, pipeline: PipelineResult, args: argparse.Namespace, machi
         f"- subscriber queue depth (both queues): max {pipeline.max_queue_depth},"
         f" at the end {pipeline.final_queue_depth};"
         f" outbox backlog max {pipeline.max_outbox_backlog}",
-        "- depth over time (s: queued messages / outbox backlog): "
+        f"- depth over time (s: {' / '.join(pipeline.queues)} / outbox backlog): "
         + ", ".join(
-            f"{t:.0f}: {q}/{o}"
+            f"{t:.0f}: {'/'.join(map(str, q))}/{o}"
             for t, q, o in pipeline.depth_samples[:: max(1, len(pipeline.depth_samples) // 20)]
         ),
         "",
