@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2_grpc
 from grpclib.const import Cardinality
 
 from meshkit import errors
+from meshkit.identity import caller_subject, subject_from_metadata
 from meshkit.reflection import mesh_reflection
 from meshkit.settings import ServiceSettings
 
@@ -44,6 +45,7 @@ def status_of(error: errors.ServiceError) -> grpc.StatusCode:
 
 def _unary_handler(path: str, call: Unary, request_type: type) -> grpc.RpcMethodHandler:
     async def handle(request: betterproto.Message, context: grpc.aio.ServicerContext) -> object:
+        caller_subject.set(subject_from_metadata(context.invocation_metadata()))
         try:
             return await call(request)
         except errors.ServiceError as error:
