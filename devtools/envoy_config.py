@@ -5,14 +5,21 @@ differ between deployments. ``python -m devtools.envoy_config`` rewrites the
 checked-in files under envoy/ (``make generate``; CI fails when they drift).
 """
 
+import argparse
+import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
+from devtools.access import method_access
+from devtools.tokens import DEV_AUDIENCE, DEV_ISSUER, DEV_KEYS_DIR, JWKS
 from devtools.topology import DESCRIPTOR_SET, DOCS_SITE, GRPC_PORTS, ROOT, grpc_services
+from meshkit.identity import SUBJECT_HEADER
 
 Config = dict[str, Any]
 
@@ -46,6 +53,47 @@ LOCAL_REPLY_CODES = {400: 3, 404: 5, 405: 12, 413: 8, 415: 3, 503: 14, 504: 4}
 
 
 @dataclass(frozen=True)
+class EdgeAuth:
+    """Whose tokens Envoy accepts: issuer, audiences and where the signing keys are.
+
+    Development (the default): ``make up`` keeps a key pair under .run/auth/ and
+    Envoy reads its public JWKS from a file. Production: any OIDC provider, set
+    through the environment (``from_env``): AUTH_ISSUER, AUTH_AUDIENCES
+    (comma-separated) and AUTH_JWKS_URI, which Envoy fetches and caches itself.
+    """
+
+    issuer: str = DEV_ISSUER
+    audiences: tuple[str, ...] = (DEV_AUDIENCE,)
+    jwks_file: str = str((DEV_KEYS_DIR / JWKS).relative_to(ROOT))
+    jwks_uri: str = ""  # set: remote_jwks, jwks_file unused
+    # Where Envoy finds trusted CAs for an https JWKS URI (Debian/Ubuntu and the
+    # envoyproxy/envoy image).
+    trusted_ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] = os.environ, base: "EdgeAuth | None" = None
+    ) -> "EdgeAuth":
+        auth = base or cls()
+        if issuer := env.get("AUTH_ISSUER"):
+            auth = replace(auth, issuer=issuer)
+        if audiences := env.get("AUTH_AUDIENCES"):
+            auth = replace(
+                auth, audiences=tuple(a.strip() for a in audiences.split(",") if a.strip())
+            )
+        if jwks_uri := env.get("AUTH_JWKS_URI"):
+            if urlsplit(jwks_uri).scheme not in ("http", "https"):
+                raise ValueError(f"AUTH_JWKS_URI must be an http(s) URL, got {jwks_uri!r}")
+            auth = replace(auth, jwks_uri=jwks_uri)
+        if jwks_file := env.get("AUTH_JWKS_FILE"):
+            auth = replace(auth, jwks_file=jwks_file)
+        return auth
+
+
+AUTH_ENV = ("AUTH_ISSUER", "AUTH_AUDIENCES", "AUTH_JWKS_URI", "AUTH_JWKS_FILE")
+
+
+@dataclass(frozen=True)
 class EnvoySite:
     """Where one Envoy listens and where it finds the backends."""
 
@@ -60,6 +108,7 @@ class EnvoySite:
     health_check_seconds: float = 2.0
     # Where Envoy finds the docs site (built into docs/site by `make docs`).
     docs_dir: str = str(DOCS_SITE.relative_to(ROOT))
+    auth: EdgeAuth = field(default_factory=EdgeAuth)
 
 
 def _seconds(value: float) -> str:
@@ -235,6 +284,8 @@ def envoy_config(
         _endpoint(*site.backends[b]) for b in backends
     ]
     clusters.append(any_backend)
+    if site.auth.jwks_uri:
+        clusters.append(_jwks_cluster(site.auth))
     return {
         "admin": {"address": _address("127.0.0.1", site.admin_port)},
         "static_resources": {
@@ -243,7 +294,11 @@ def envoy_config(
                     "name": "ingress",
                     "address": _address(site.listen_address, site.listen_port),
                     "filter_chains": [
-                        {"filters": [_http_connection_manager(site, services, routes)]}
+                        {
+                            "filters": [
+                                _http_connection_manager(site, services, routes, descriptor_set)
+                            ]
+                        }
                     ],
                 }
             ],
@@ -252,7 +307,9 @@ def envoy_config(
     }
 
 
-def _http_connection_manager(site: EnvoySite, services: list, routes: list[Config]) -> Config:
+def _http_connection_manager(
+    site: EnvoySite, services: list, routes: list[Config], descriptor_set: Path
+) -> Config:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -269,7 +326,13 @@ def _http_connection_manager(site: EnvoySite, services: list, routes: list[Confi
                 }
             ],
             "local_reply_config": {
-                "mappers": [_local_reply_mapper(h, g) for h, g in LOCAL_REPLY_CODES.items()]
+                "mappers": [
+                    *_audience_reply_mappers(),
+                    *(
+                        _local_reply_mapper(h, g)
+                        for h, g in {**LOCAL_REPLY_CODES, **AUTH_REPLY_CODES}.items()
+                    ),
+                ]
             },
             "route_config": {
                 "name": "mesh",
@@ -301,12 +364,191 @@ def _http_connection_manager(site: EnvoySite, services: list, routes: list[Confi
                         },
                     ),
                 },
+                # After the transcoder: REST calls carry their gRPC method path by
+                # now, so one rule per RPC covers both ways in.
+                *_auth_filters(site.auth, descriptor_set),
                 {
                     "name": "envoy.filters.http.router",
                     "typed_config": _typed("filters.http.router.v3.Router"),
                 },
             ],
         },
+    }
+
+
+# --- identity and authorization ----------------------------------------------------
+#
+# Three filters after the transcoder, keyed by the gRPC method path, so REST and
+# native gRPC callers meet the same rules (devtools/access.py):
+#   1. header_mutation removes any x-mesh-subject a client sent;
+#   2. jwt_authn verifies the bearer token on every RPC that needs a scope
+#      (missing/invalid → 401 UNAUTHENTICATED) and sets x-mesh-subject from its
+#      `sub`; public RPCs, health, reflection and /docs are not checked;
+#   3. RBAC refuses a verified token without the RPC's scope (403 PERMISSION_DENIED).
+
+JWT_AUTHN = "envoy.filters.http.jwt_authn"
+JWT_PROVIDER = "mesh"
+JWT_PAYLOAD = "jwt_payload"  # dynamic metadata key RBAC reads the scopes from
+JWKS_CLUSTER = "jwks"
+AUTH_REPLY_CODES = {401: 16, 403: 7}
+
+
+def _cel(expression: str) -> Config:
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": _typed(
+                "access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
+            ),
+        }
+    }
+
+
+WRONG_AUDIENCE = (
+    "response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')"
+)
+# As in _local_reply_mapper: REST callers, including transcoded ones.
+REST_CALLER = (
+    "(!('content-type' in request.headers)"
+    " || !request.headers['content-type'].startsWith('application/grpc')"
+    " || 'x-envoy-original-path' in request.headers)"
+)
+
+
+def _audience_reply_mappers() -> list[Config]:
+    """jwt_authn answers a token for another audience with 403; like every other
+    invalid token it gets a 401 (RFC 6750 §3.1 invalid_token): UNAUTHENTICATED, not
+    PERMISSION_DENIED, which RBAC keeps for a valid token without the scope.
+    Mappers stop at the first match, so the REST one carries its JSON body."""
+    return [
+        {
+            "filter": _cel(f"{WRONG_AUDIENCE} && {REST_CALLER}"),
+            "status_code": 401,
+            "body_format_override": {
+                "json_format": {"code": 16, "message": "%LOCAL_REPLY_BODY%", "details": []},
+                "content_type": "application/json",
+            },
+        },
+        {"filter": _cel(WRONG_AUDIENCE), "status_code": 401},
+    ]
+
+
+def _jwt_provider(auth: EdgeAuth) -> Config:
+    provider: Config = {
+        "issuer": auth.issuer,
+        "audiences": list(auth.audiences),
+        # Only the Authorization header (no access_token query parameter: tokens
+        # in URLs end up in logs). gRPC callers send it as `authorization` metadata.
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        "forward": False,  # the backends get the subject, not the token
+        "claim_to_headers": [{"header_name": SUBJECT_HEADER, "claim_name": "sub"}],
+        "payload_in_metadata": JWT_PAYLOAD,
+        # "a b c" → ["a", "b", "c"], so RBAC can match one scope exactly.
+        "normalize_payload_in_metadata": {"space_delimited_claims": ["scope"]},
+    }
+    if auth.jwks_uri:
+        provider["remote_jwks"] = {
+            "http_uri": {"uri": auth.jwks_uri, "cluster": JWKS_CLUSTER, "timeout": "5s"},
+            "cache_duration": "300s",
+            # Fetched at start and refreshed in the background, not on a request's path.
+            "async_fetch": {},
+            "retry_policy": {"num_retries": 3},
+        }
+    else:
+        provider["local_jwks"] = {"filename": auth.jwks_file}
+    return provider
+
+
+def _jwks_cluster(auth: EdgeAuth) -> Config:
+    url = urlsplit(auth.jwks_uri)
+    host, tls = url.hostname or "", url.scheme == "https"
+    cluster: Config = {
+        "name": JWKS_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "5s",
+        "dns_lookup_family": "V4_PREFERRED",
+        "load_assignment": {
+            "cluster_name": JWKS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [_endpoint(host, url.port or (443 if tls else 80))]}],
+        },
+    }
+    if tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": _typed(
+                "transport_sockets.tls.v3.UpstreamTlsContext",
+                sni=host,
+                common_tls_context={
+                    "validation_context": {
+                        "trusted_ca": {"filename": auth.trusted_ca_file},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": host}}
+                        ],
+                    }
+                },
+            ),
+        }
+    return cluster
+
+
+def _auth_filters(auth: EdgeAuth, descriptor_set: Path) -> list[Config]:
+    protected = [m for m in method_access(descriptor_set) if m.scope]
+    by_scope: dict[str, list[str]] = {}
+    for method in protected:
+        by_scope.setdefault(method.scope or "", []).append(method.path)
+    return [
+        {
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": _typed(
+                "filters.http.header_mutation.v3.HeaderMutation",
+                mutations={"request_mutations": [{"remove": SUBJECT_HEADER}]},
+            ),
+        },
+        {
+            "name": JWT_AUTHN,
+            "typed_config": _typed(
+                "filters.http.jwt_authn.v3.JwtAuthentication",
+                providers={JWT_PROVIDER: _jwt_provider(auth)},
+                rules=[
+                    {"match": {"path": m.path}, "requires": {"provider_name": JWT_PROVIDER}}
+                    for m in protected
+                ],
+            ),
+        },
+        {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": _typed(
+                "filters.http.rbac.v3.RBAC",
+                rules={
+                    "action": "DENY",
+                    "policies": {
+                        f"needs {scope}": {
+                            "permissions": [
+                                {"or_rules": {"rules": [_exact_path(p) for p in paths]}}
+                            ],
+                            "principals": [{"not_id": _has_scope(scope)}],
+                        }
+                        for scope, paths in sorted(by_scope.items())
+                    },
+                },
+            ),
+        },
+    ]
+
+
+def _exact_path(path: str) -> Config:
+    return {"url_path": {"path": {"exact": path}}}
+
+
+def _has_scope(scope: str) -> Config:
+    return {
+        "sourced_metadata": {
+            "metadata_matcher": {
+                "filter": JWT_AUTHN,
+                "path": [{"key": JWT_PAYLOAD}, {"key": "scope"}],
+                "value": {"list_match": {"one_of": {"string_match": {"exact": scope}}}},
+            }
+        }
     }
 
 
@@ -321,6 +563,7 @@ COMPOSE_SITE = EnvoySite(
     listen_address="0.0.0.0",
     descriptor_path="/etc/envoy/mesh.binpb",
     docs_dir="/etc/envoy/docs",
+    auth=EdgeAuth(jwks_file="/etc/envoy/auth/jwks.json"),
     backends={name: (name.replace("_", "-"), port) for name, port in GRPC_PORTS.items()},
 )
 CHECKED_IN = {
@@ -329,11 +572,29 @@ CHECKED_IN = {
 }
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m devtools.envoy_config")
+    parser.add_argument(
+        "--auth-from-env",
+        choices=["native", "compose"],
+        help="render that site with AUTH_ISSUER/AUTH_AUDIENCES/AUTH_JWKS_URI from the"
+        " environment (e.g. a real OIDC provider) to --out, instead of the checked-in files",
+    )
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.auth_from_env:
+        base = COMPOSE_SITE if args.auth_from_env == "compose" else EnvoySite()
+        site = replace(base, auth=EdgeAuth.from_env(base=base.auth))
+        text = render(site)
+        if args.out:
+            args.out.write_text(text)
+        else:
+            sys.stdout.write(text)
+        return
     for path, site in CHECKED_IN.items():
         path.write_text(render(site))
         print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -14,9 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from devtools.envoy_config import EnvoySite, render
+from devtools.envoy_config import EdgeAuth, EnvoySite, render
 from devtools.mesh import MeshPlan, mongo_answers
 from devtools.processes import ManagedProcess
+from devtools.tokens import JWKS, SigningKey, ensure_keys
 from devtools.topology import DESCRIPTOR_SET, backends
 
 
@@ -99,6 +100,16 @@ def start_mongo(run_dir: Path) -> tuple[ManagedProcess, str]:
 class Mesh:
     plan: MeshPlan
     processes: dict[str, ManagedProcess]
+    # The mesh's own token signer: its Envoy trusts only this key's JWKS.
+    signing_key: SigningKey
+
+    def token(self, scopes: list[str] | None = None, **claims: object) -> str:
+        """A bearer token Envoy accepts (all scopes unless ``scopes`` says otherwise);
+        ``claims`` as for ``SigningKey.mint`` (subject, issuer, audience, ttl_seconds)."""
+        return self.signing_key.mint(scopes=scopes, **claims)  # type: ignore[arg-type]
+
+    def auth_header(self, scopes: list[str] | None = None, **claims: object) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token(scopes, **claims)}"}
 
     @property
     def http_url(self) -> str:
@@ -125,21 +136,51 @@ class Mesh:
             process.stop()
 
 
+def sandbox_site(
+    http_port: int, admin_port: int, grpc_ports: dict[str, int], auth: EdgeAuth
+) -> EnvoySite:
+    return EnvoySite(
+        listen_port=http_port,
+        admin_port=admin_port,
+        descriptor_path=str(DESCRIPTOR_SET),
+        backends={name: ("127.0.0.1", port) for name, port in grpc_ports.items()},
+        health_check_seconds=0.5,
+        auth=auth,
+    )
+
+
+def start_envoy(run_dir: Path, grpc_ports: dict[str, int], auth: EdgeAuth) -> MeshPlan:
+    """Another Envoy, on free ports, in front of running backends with other ``auth``
+    settings (e.g. a remote JWKS); returns its plan. Stop it with ``plan.envoy().stop()``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    http_port, admin_port = free_port(), free_port()
+    config = run_dir / "envoy.yaml"
+    config.write_text(render(sandbox_site(http_port, admin_port, grpc_ports, auth)))
+    plan = MeshPlan(run_dir, config, http_port, admin_port, grpc_ports)
+    envoy = plan.envoy()
+    envoy.start()
+    try:
+        envoy.wait_until(plan.envoy_ready, "healthy clusters")
+    except Exception:
+        envoy.stop()
+        raise
+    return plan
+
+
 def start_mesh(run_dir: Path, env: dict[str, str], only: list[str] | None = None) -> Mesh:
     """Backends (all, or ``only`` these) and an Envoy in front of them, on free ports."""
     names = only or backends()
     grpc_ports = {name: free_port() for name in backends()}
     http_port, admin_port = free_port(), free_port()
     config = run_dir / "envoy.yaml"
-    site = EnvoySite(
-        listen_port=http_port,
-        admin_port=admin_port,
-        descriptor_path=str(DESCRIPTOR_SET),
-        backends={name: ("127.0.0.1", port) for name, port in grpc_ports.items()},
-        health_check_seconds=0.5,
+    signing_key = ensure_keys(run_dir / "auth")
+    site = sandbox_site(
+        http_port, admin_port, grpc_ports, EdgeAuth(jwks_file=str(run_dir / "auth" / JWKS))
     )
     config.write_text(render(site))
-    mesh = Mesh(MeshPlan(run_dir, config, http_port, admin_port, grpc_ports, env=env), {})
+    mesh = Mesh(
+        MeshPlan(run_dir, config, http_port, admin_port, grpc_ports, env=env), {}, signing_key
+    )
     try:
         for name in names:
             mesh.processes[name] = mesh.plan.backend(name)

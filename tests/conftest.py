@@ -142,14 +142,26 @@ def mesh(tmp_path_factory, inventory_db, mesh_env) -> Iterator[Mesh]:
 
 @pytest_asyncio.fixture(scope="session")
 async def http(mesh: Mesh) -> AsyncIterator[httpx.AsyncClient]:
+    """REST through Envoy with a token holding every scope (tests of what is refused
+    without one use ``anonymous_http`` or their own headers)."""
+    async with httpx.AsyncClient(
+        base_url=mesh.http_url, timeout=30, headers=mesh.auth_header()
+    ) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(scope="session")
+async def anonymous_http(mesh: Mesh) -> AsyncIterator[httpx.AsyncClient]:
+    """REST through Envoy without a token."""
     async with httpx.AsyncClient(base_url=mesh.http_url, timeout=30) as client:
         yield client
 
 
 @pytest_asyncio.fixture(scope="session")
 async def inventory_via_envoy(mesh: Mesh) -> AsyncIterator[inventory_pb.InventoryServiceStub]:
-    """The betterproto (grpclib) client, speaking native gRPC to Envoy's port."""
+    """The betterproto (grpclib) client, speaking native gRPC to Envoy's port, with a
+    token holding every scope as `authorization` metadata."""
     host, port = mesh.envoy_target.split(":")
     channel = grpclib.client.Channel(host, int(port))
-    yield inventory_pb.InventoryServiceStub(channel, timeout=30)
+    yield inventory_pb.InventoryServiceStub(channel, timeout=30, metadata=mesh.auth_header())
     channel.close()

@@ -13,8 +13,15 @@ GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 INVENTORY = "polyglot.inventory.v1.InventoryService"
 
 
-def run(mesh, *words: str, data: object = None) -> subprocess.CompletedProcess:
+def run(
+    mesh, *words: str, data: object = None, token: str | None = None
+) -> subprocess.CompletedProcess:
+    """grpcurl against Envoy, with a token holding every scope unless ``token`` is
+    given ("" for none)."""
     flags = ["-d", json.dumps(data)] if data is not None else []
+    token = mesh.token() if token is None else token
+    if token:
+        flags += ["-H", f"authorization: Bearer {token}"]
     return subprocess.run(
         [GRPCURL, "-plaintext", *flags, mesh.envoy_target, *words],
         capture_output=True,

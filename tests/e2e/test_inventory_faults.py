@@ -70,7 +70,9 @@ async def test_database_outage_is_503_and_unavailable_then_recovers(
     proxy, mesh = mesh_behind_proxy
     product = await new_product(stock=10)
     backend = mesh.grpc_target("inventory_svc")
-    async with httpx.AsyncClient(base_url=mesh.http_url, timeout=30) as http:
+    async with httpx.AsyncClient(
+        base_url=mesh.http_url, timeout=30, headers=mesh.auth_header()
+    ) as http:
         assert (await http.get(f"/inventory/{product}")).status_code == 200
 
         proxy.cut()
