@@ -41,6 +41,7 @@ class SaleEvent(Document):
     remaining_stock: int
     occurred_at: datetime
     recorded_at: datetime
+    sold_by: str = ""  # absent in documents recorded before events carried it
 
     class Settings:
         name = "sales_events"
@@ -59,6 +60,7 @@ class SaleEvent(Document):
             quantity=self.quantity,
             remaining_stock=self.remaining_stock,
             occurred_at=self.occurred_at,
+            sold_by=self.sold_by,
         )
 
 
@@ -178,6 +180,7 @@ class MongoSales:
             remaining_stock=event.remaining_stock,
             occurred_at=event.occurred_at,
             recorded_at=datetime.now(UTC),
+            sold_by=event.sold_by,
         )
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((document, outcome))

@@ -18,12 +18,13 @@ PARAMETERS = {
     "$4": "((lpad(to_hex((:uuid_hi)::bigint), 16, '0')"
     " || lpad(to_hex((:uuid_lo)::bigint), 16, '0'))::uuid)",
     "$5": f"'{PRODUCT_SOLD}'",  # routing key
+    "$6": "'pgbench'",  # sold_by: the caller's verified subject
 }
 
 
 def decrease_stock_script(first_product: int, products: int) -> str:
     statement = RECORD_SALE
-    for placeholder in sorted(PARAMETERS, reverse=True):  # $5 before $1…
+    for placeholder in sorted(PARAMETERS, reverse=True):  # $6 before $1…
         statement = statement.replace(placeholder, PARAMETERS[placeholder])
     last = first_product + products - 1
     return "\n".join(

@@ -35,6 +35,7 @@ import jsonschema
 import yaml
 
 from devtools.envoy_config import CHECKED_IN, COMPOSE_SITE
+from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from devtools.topology import ROOT
 
 Node = Any  # a loaded YAML value
@@ -441,6 +442,10 @@ def load(root: Path) -> tuple[Node, list[str]]:
 
 
 def run_checks(root: Path = ROOT) -> list[str]:
+    # compose mounts the development JWKS from .run/auth/, which `make up`, `make keys`
+    # and `make token` create (never committed); make it the same way, so a clean
+    # clone checks the same mounts a developer's machine has.
+    ensure_keys(root / DEV_KEYS_DIR.relative_to(ROOT))
     compose, problems = load(root)
     schema_problems = check_schema(compose)
     if schema_problems:  # the rest relies on the file's shape

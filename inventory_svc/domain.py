@@ -29,6 +29,8 @@ class SaleRequest:
     order_id: str
     product_id: int
     quantity: int
+    # Who asks: the caller's verified subject (meshkit.identity), "" when none.
+    sold_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Sale:
     product_id: int
     quantity: int
     remaining_stock: int
+    sold_by: str = ""  # the subject that made the sale, "" when unknown
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,8 @@ def valid_product_id(product_id: int) -> int:
     return product_id
 
 
-def sale_request(order_id: str, product_id: int, quantity: int) -> SaleRequest:
-    """Validate what a caller sent to DecreaseStock."""
+def sale_request(order_id: str, product_id: int, quantity: int, sold_by: str = "") -> SaleRequest:
+    """Validate what a caller sent to DecreaseStock (``sold_by``: who sent it)."""
     valid_product_id(product_id)
     if not 1 <= quantity <= MAX_SALE_QUANTITY:
         raise InvalidArgument(f"quantity must be between 1 and {MAX_SALE_QUANTITY}, got {quantity}")
@@ -96,7 +99,7 @@ def sale_request(order_id: str, product_id: int, quantity: int) -> SaleRequest:
             "order_id must be 1 to 64 characters from letters, digits and '-_.:',"
             f" starting with a letter or digit, got {order_id[:80]!r}"
         )
-    return SaleRequest(order_id=order_id, product_id=product_id, quantity=quantity)
+    return SaleRequest(order_id=order_id, product_id=product_id, quantity=quantity, sold_by=sold_by)
 
 
 def replayed_sale(recorded: Sale, request: SaleRequest) -> Sale:

@@ -3,6 +3,7 @@
 import polyglot.inventory.v1 as pb
 from inventory_svc import domain, use_cases
 from inventory_svc.use_cases import InventoryStore
+from meshkit.identity import caller_subject
 
 
 class InventoryApi(pb.InventoryServiceBase):
@@ -35,6 +36,8 @@ class InventoryApi(pb.InventoryServiceBase):
             order_id=decrease_stock_request.order_id,
             product_id=decrease_stock_request.product_id,
             quantity=decrease_stock_request.quantity,
+            # Set by meshkit.grpc_server from the header Envoy derives from the token.
+            sold_by=caller_subject.get(),
         )
         sale = await use_cases.decrease_stock(self._store, request)
         return pb.DecreaseStockResponse(

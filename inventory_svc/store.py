@@ -32,8 +32,8 @@ WITH sold AS (
     WHERE product_id = $2 AND stock >= $3
     RETURNING product_id, name, stock
 ), sale AS (
-    INSERT INTO sales (order_id, product_id, quantity, remaining_stock)
-    SELECT $1, product_id, $3, stock FROM sold
+    INSERT INTO sales (order_id, product_id, quantity, remaining_stock, sold_by)
+    SELECT $1, product_id, $3, stock, $6 FROM sold
     RETURNING sold_at
 ), event AS (
     INSERT INTO outbox (event_id, routing_key, ordering_key, payload)
@@ -44,6 +44,7 @@ WITH sold AS (
         'product_name', sold.name,
         'quantity', $3::integer,
         'remaining_stock', sold.stock,
+        'sold_by', $6::text,
         'occurred_at', sale.sold_at)
     FROM sold, sale
 )
@@ -114,17 +115,20 @@ class PostgresInventory(PostgresStore):
                     request.quantity,
                     uuid.uuid4(),
                     PRODUCT_SOLD,
+                    request.sold_by,
                 )
             except asyncpg.UniqueViolationError:
                 return None
         if remaining is None:
             return None
-        return Sale(request.order_id, request.product_id, request.quantity, remaining)
+        return Sale(
+            request.order_id, request.product_id, request.quantity, remaining, request.sold_by
+        )
 
     async def find_sale(self, order_id: str) -> Sale | None:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
-                "SELECT order_id, product_id, quantity, remaining_stock"
+                "SELECT order_id, product_id, quantity, remaining_stock, sold_by"
                 " FROM sales WHERE order_id = $1",
                 order_id,
             )

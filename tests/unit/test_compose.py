@@ -119,7 +119,9 @@ def test_envoy_must_mount_the_generated_config_and_reach_our_services(compose):
         "Envoy cluster mesh_any: notify-svc:50053, but its GRPC_PORT is 6000",
     ]
     services["envoy"]["volumes"] = [
-        v for v in services["envoy"]["volumes"] if not v.endswith(":/etc/envoy/docs:ro")
+        v
+        for v in services["envoy"]["volumes"]
+        if not (isinstance(v, str) and v.endswith(":/etc/envoy/docs:ro"))
     ]
     services["notify-svc"]["environment"]["GRPC_PORT"] = "50053"
     problems = cc.check_envoy(compose, ROOT)

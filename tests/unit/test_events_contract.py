@@ -22,6 +22,7 @@ def sale(**changes) -> ProductSold:
         quantity=2,
         remaining_stock=98,
         occurred_at=SOLD_AT,
+        sold_by="alice",
     )
     return ProductSold(**{**fields, **changes})
 
@@ -35,6 +36,7 @@ def test_outbox_payload_parses_into_the_contract():
         "product_name": "Laptop Gamer",
         "quantity": 2,
         "remaining_stock": 98,
+        "sold_by": "alice",
         "occurred_at": "2026-11-28T09:30:15.123456+00:00",
     }
     assert ProductSold().from_dict(payload) == sale()

@@ -39,3 +39,10 @@ class ProductSold(betterproto.Message):
 
     occurred_at: datetime = betterproto.message_field(7)
     """When the sale was committed."""
+
+    sold_by: str = betterproto.string_field(8)
+    """
+    Who made the sale: the subject (`sub` claim) of the verified bearer token
+     of the DecreaseStock call, as Envoy passed it on. Empty when the call carried
+     no verified subject.
+    """
