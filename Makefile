@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BUF    := node_modules/.bin/buf
 
-.PHONY: up down status test check generate docs mongo-ui lint lint-proto breaking drift envoy-validate compose-check bench bench-smoke clean
+.PHONY: up down status token keys test check generate docs mongo-ui lint lint-proto breaking drift envoy-validate compose-check bench bench-smoke clean
 
 ## Environments ------------------------------------------------------------
 
@@ -38,6 +38,17 @@ down: venv
 
 status: venv
 	$(BIN)/python -m devtools.launcher status
+
+# A development bearer token for Envoy: all scopes by default, SCOPES="orders:write"
+# (space- or comma-separated) narrows it, SUBJECT="alice" names the caller. Signed
+# with the key pair under .run/auth/ (created once; `make up` gives Envoy its JWKS).
+# Use it as TOKEN=$$(make -s token).
+token: venv
+	@$(BIN)/python -m devtools.tokens
+
+# Only the key pair and the JWKS file (.run/auth/), e.g. before `docker compose up`.
+keys: venv
+	@$(BIN)/python -m devtools.tokens --keys-only
 
 # Mongo Express (npm, fetched on first use; not a build dependency) on
 # http://localhost:8081 (admin/pass, loopback only) for the MongoDB of `make up`,

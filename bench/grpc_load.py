@@ -64,6 +64,8 @@ async def drive(args: argparse.Namespace, worker: int, clients: int) -> dict:
     next_request = requests(args, worker)
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    # Through Envoy, DecreaseStock needs a bearer token (scope orders:write).
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
     async with grpc.aio.insecure_channel(args.target) as channel:
         call = channel.unary_unary(METHODS[args.rpc][0])  # raw bytes both ways
         await channel.channel_ready()
@@ -73,7 +75,7 @@ async def drive(args: argparse.Namespace, worker: int, clients: int) -> dict:
         async def caller() -> None:
             while (started := time.perf_counter()) < stop_at:
                 try:
-                    await call(next_request(), timeout=30)
+                    await call(next_request(), timeout=30, metadata=metadata)
                     latencies.append(time.perf_counter() - started)
                 except grpc.aio.AioRpcError as error:
                     errors[error.code().name] = errors.get(error.code().name, 0) + 1
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--first-product", type=int, default=1)
     parser.add_argument("--products", type=int, default=1)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--token", default="", help="bearer token sent as authorization metadata")
     args = parser.parse_args()
     args.run_id = uuid.uuid4().hex[:8]
     args.start_at = time.time() + 1.0  # every process starts its clock together

@@ -94,6 +94,8 @@ class Bench:
     def __init__(self, work: Path, db_url: str, mesh: sandbox.Mesh, fastapi_port: int) -> None:
         self.work, self.db_url, self.mesh, self.fastapi_port = work, db_url, mesh, fastapi_port
         self.cpu_share = 0.0
+        # One token for the whole run (as a real client reuses its access token).
+        self.token = mesh.token(["orders:write"], ttl_seconds=6 * 3600)
 
     # --- generators ---------------------------------------------------------
 
@@ -144,7 +146,7 @@ class Bench:
         )
         return Measurement(tps, _pct(latencies, 0.5), _pct(latencies, 0.99), 0)
 
-    def grpc(self, target: str) -> Generator:
+    def grpc(self, target: str, token: str = "") -> Generator:
         def run(rpc: str, products: str, clients: int, seconds: float) -> Measurement:
             first, count = products_of(products)
             out, self.cpu_share = timed_child(
@@ -164,6 +166,7 @@ class Bench:
                     str(first),
                     "--products",
                     str(count),
+                    *(["--token", token] if token else []),
                 ],
                 seconds,
             )
@@ -174,7 +177,7 @@ class Bench:
 
         return run
 
-    def wrk(self, base_url: str) -> Generator:
+    def wrk(self, base_url: str, token: str = "") -> Generator:
         def run(rpc: str, products: str, clients: int, seconds: float) -> Measurement:
             first, count = products_of(products)
             out, self.cpu_share = timed_child(
@@ -195,6 +198,7 @@ class Bench:
                     os.urandom(4).hex(),
                     str(first),
                     str(count),
+                    token,
                 ],
                 seconds,
             )
@@ -214,8 +218,9 @@ class Bench:
         return {
             "pgbench (same SQL)": self.pgbench,
             "gRPC direct": self.grpc(self.mesh.grpc_target("inventory_svc")),
-            "gRPC via Envoy": self.grpc(self.mesh.envoy_target),
-            "REST via Envoy": self.wrk(self.mesh.http_url),
+            # Envoy verifies the token (ES256) on DecreaseStock; GetStock is public.
+            "gRPC via Envoy": self.grpc(self.mesh.envoy_target, self.token),
+            "REST via Envoy": self.wrk(self.mesh.http_url, self.token),
             "FastAPI + asyncpg": self.wrk(f"http://127.0.0.1:{self.fastapi_port}"),
         }
 

@@ -55,7 +55,8 @@ class MethodAccess:
         return f"/{self.service}/{self.method}"
 
 
-def _scope(service: str, method: str) -> str | None:
+def required_scope(service: str, method: str) -> str | None:
+    """The scope ``service``/``method`` requires; None when it is public."""
     rule = ACCESS.get(service)
     if isinstance(rule, dict):
         if method not in rule:
@@ -70,7 +71,9 @@ def method_access(descriptor_set: Path = DESCRIPTOR_SET) -> list[MethodAccess]:
     """Every RPC of the mesh's contracts with the scope it requires."""
     files = FileDescriptorSet.FromString(descriptor_set.read_bytes()).file
     return [
-        MethodAccess(f"{f.package}.{s.name}", m.name, _scope(f"{f.package}.{s.name}", m.name))
+        MethodAccess(
+            f"{f.package}.{s.name}", m.name, required_scope(f"{f.package}.{s.name}", m.name)
+        )
         for f in files
         if f.package.startswith("polyglot.")
         for s in f.service

@@ -19,6 +19,7 @@ from faststream.specification.asyncapi.site import get_asyncapi_html
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
+from devtools.access import required_scope
 from devtools.asyncapi import docs as asyncapi_app  # the app `faststream docs gen` reads
 from devtools.contracts import Contracts, Field, load_contracts, summary
 from devtools.openapi import WELL_KNOWN, openapi, swagger_anchor
@@ -95,7 +96,10 @@ def _environment(contracts: Contracts) -> Environment:
     )
     env.filters.update(doc=doc_html, summary=summary, short=lambda name: name.rsplit(".", 1)[-1])
     env.globals.update(
-        contracts=contracts, rest_anchor=swagger_anchor, field_type=_field_type(contracts)
+        contracts=contracts,
+        rest_anchor=swagger_anchor,
+        field_type=_field_type(contracts),
+        required_scope=required_scope,
     )
     return env
 

@@ -18,8 +18,10 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 
+from devtools.envoy_config import AUTH_ENV, EdgeAuth, EnvoySite, render
 from devtools.mesh import MeshPlan, mongo_answers, native_plan
 from devtools.processes import ManagedProcess, StartupFailed, python_module
+from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from devtools.topology import backends
 from inventory_svc.settings import InventorySettings
 from meshkit.settings import load_settings
@@ -130,6 +132,7 @@ def up(plan: MeshPlan) -> None:
     plan = MeshPlan(**{**plan.__dict__, "env": {**plan.env, "MONGO_URL": mongo_url(plan)}})
     for service in ("inventory_svc", "notify_svc"):
         subprocess.run(python_module(service, "migrate"), check=True)
+    plan, token_help = edge_auth(plan)
 
     for name in backends():
         _start(plan.backend(name), plan.grpc_ports[name], lambda n=name: plan.backend_ready(n))
@@ -139,6 +142,7 @@ def up(plan: MeshPlan) -> None:
         f"  REST and gRPC (Envoy):  http://localhost:{plan.http_port}\n"
         f"    curl localhost:{plan.http_port}/inventory/1\n"
         f"    .venv/bin/grpcurl -plaintext localhost:{plan.http_port} list\n"
+        f"  Tokens:                 {token_help}\n"
         f"  Docs:                   http://localhost:{plan.http_port}/docs/\n"
         f"  Envoy admin:            http://127.0.0.1:{plan.admin_port}\n"
         f"  RabbitMQ management:    {rabbitmq_ui}\n"
@@ -147,6 +151,24 @@ def up(plan: MeshPlan) -> None:
         f"  Logs:                   {plan.run_dir / 'logs'}/\n"
         "  Stop with:              make down"
     )
+
+
+def edge_auth(plan: MeshPlan) -> tuple[MeshPlan, str]:
+    """The development key pair Envoy trusts (created once under .run/auth/), or, with
+    AUTH_ISSUER/AUTH_AUDIENCES/AUTH_JWKS_URI set, an Envoy config of their own.
+
+    Returns the plan to run and what the summary says about tokens.
+    """
+    auth = EdgeAuth.from_env()
+    if not auth.jwks_uri:
+        ensure_keys(DEV_KEYS_DIR)
+    if not any(os.environ.get(name) for name in AUTH_ENV):
+        return plan, 'TOKEN=$(make -s token), then -H "authorization: Bearer $TOKEN"'
+    config = plan.run_dir / "envoy.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(render(EnvoySite(auth=auth)))
+    plan = MeshPlan(**{**plan.__dict__, "envoy_config": config})
+    return plan, f"from {auth.issuer} (audiences {', '.join(auth.audiences)}; {config})"
 
 
 def _start(process: ManagedProcess, port: int, ready: Callable[[], bool]) -> None:

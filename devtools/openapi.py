@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
 
+from devtools.access import required_scope
 from devtools.contracts import Contracts, Field, HttpRoute, Message, Rpc, Service, summary
 
 Schema = dict[str, Any]
@@ -79,6 +80,18 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
             ),
         },
     ),
+    401: (
+        "Unauthenticated",
+        "UNAUTHENTICATED (code 16): no bearer token, or one that is expired, not yet"
+        " valid, from another issuer or audience, or not signed by a trusted key. The"
+        " `WWW-Authenticate: Bearer` header says so too.",
+        {"UNAUTHENTICATED": _status(16, "Jwt is missing")},
+    ),
+    403: (
+        "PermissionDenied",
+        "PERMISSION_DENIED (code 7): the token is valid but lacks the scope this operation needs.",
+        {"PERMISSION_DENIED": _status(7, "RBAC: access denied")},
+    ),
     404: (
         "NotFound",
         "NOT_FOUND (code 5): the resource does not exist.",
@@ -105,6 +118,7 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
 # Every route can answer 400 (Envoy validates the request) and 503 (a backend or its
 # database is down); 404 and 409 where the RPC's doc comment names the gRPC code.
 ALWAYS = (400, 503)
+BEARER = "bearer"  # the security scheme: Swagger UI's "Authorize" button
 NAMED_IN_COMMENT = {404: "NOT_FOUND", 409: "ALREADY_EXISTS"}
 
 
@@ -182,6 +196,15 @@ def _components(contracts: Contracts) -> dict[str, Any]:
             "description": f"{markdown(enum.comment)}\n\n{values}",
         }
     schemas["Status"] = STATUS_SCHEMA
+    security_schemes = {
+        BEARER: {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "A JWT from the mesh's issuer, its scopes in the space-separated"
+            " `scope` claim. Development: `make -s token` prints one with every scope.",
+        }
+    }
     responses = {
         name: {
             "description": description,
@@ -194,7 +217,7 @@ def _components(contracts: Contracts) -> dict[str, Any]:
         }
         for name, description, examples in ERRORS.values()
     }
-    return {"schemas": schemas, "responses": responses}
+    return {"schemas": schemas, "responses": responses, "securitySchemes": security_schemes}
 
 
 def error_codes(rpc: Rpc) -> list[int]:
@@ -247,15 +270,21 @@ def _operation(contracts: Contracts, service: Service, rpc: Rpc, route: HttpRout
             "content": {"application/json": {"schema": _ref(rpc.response)}},
         }
     }
-    for status in error_codes(rpc):
+    scope = required_scope(service.full_name, rpc.name)
+    access = f"Needs a bearer token with scope `{scope}`." if scope else "Public: no token."
+    for status in sorted([*error_codes(rpc), *((401, 403) if scope else ())]):
         responses[str(status)] = {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
     return {
         "tags": [service.name],
         "operationId": operation_id(service, rpc),
         "summary": summary(rpc.comment).replace("`", ""),  # plain text in Swagger UI
-        "description": f"{markdown(rpc.comment)}\n\ngRPC: `{grpc_name}`",
+        "description": f"{markdown(rpc.comment)}\n\n{access}\n\ngRPC: `{grpc_name}`",
         **_request(contracts, rpc, route),
         "responses": responses,
+        # Public operations say so explicitly (an empty requirement list). OpenAPI 3.0
+        # lets only OAuth2/OIDC schemes list scopes, so the scope is an extension.
+        "security": [{BEARER: []}] if scope else [],
+        **({"x-required-scopes": [scope]} if scope else {}),
     }
 
 

@@ -6,6 +6,7 @@ committed) and a JWKS file with its public half, which Envoy reads
 
     python -m devtools.tokens                              # all scopes, 12 h
     python -m devtools.tokens --scopes orders:write --subject alice --ttl 600
+    python -m devtools.tokens --keys-only                  # `make keys` (compose)
 
 The test sandbox makes its own key pair the same way and mints tokens with
 chosen scopes, expiry, issuer and audience (``SigningKey.mint``). In production
@@ -138,7 +139,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--subject", default=os.environ.get("SUBJECT", DEV_SUBJECT))
     parser.add_argument("--ttl", type=int, default=DEV_TTL_SECONDS, help="seconds (default 12 h)")
     parser.add_argument("--keys", type=Path, default=DEV_KEYS_DIR, help="key directory")
+    parser.add_argument(
+        "--keys-only", action="store_true", help="only create the key pair and JWKS if absent"
+    )
     args = parser.parse_args(argv)
+    if args.keys_only:
+        ensure_keys(args.keys)
+        print(f"signing key and JWKS in {args.keys}", file=sys.stderr)
+        return 0
     scopes = args.scopes.replace(",", " ").split() or None
     unknown = set(scopes or ()) - set(all_scopes())
     if unknown:

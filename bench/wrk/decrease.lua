@@ -1,5 +1,6 @@
 -- wrk script: POST /inventory/decrease with a unique order id per request.
--- usage: wrk ... -s bench/wrk/decrease.lua URL -- RUN_ID FIRST_PRODUCT PRODUCTS
+-- usage: wrk ... -s bench/wrk/decrease.lua URL -- RUN_ID FIRST_PRODUCT PRODUCTS [TOKEN]
+-- TOKEN: a bearer token with scope orders:write (Envoy refuses the call without).
 local threads = {}
 
 function setup(thread)
@@ -12,6 +13,10 @@ function init(args)
   first = tonumber(args[2])
   count = tonumber(args[3])
   counter = 0
+  headers = {["Content-Type"] = "application/json"}
+  if args[4] and args[4] ~= "" then
+    headers["Authorization"] = "Bearer " .. args[4]
+  end
   math.randomseed(os.time() + tid * 7919)
 end
 
@@ -20,7 +25,7 @@ function request()
   local body = string.format(
     '{"product_id":%d,"quantity":1,"order_id":"%s-%d-%d"}',
     first + math.random(0, count - 1), run_id, tid, counter)
-  return wrk.format("POST", "/inventory/decrease", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/inventory/decrease", headers, body)
 end
 
 function done(summary, latency, requests)

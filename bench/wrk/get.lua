@@ -1,5 +1,6 @@
 -- wrk script: GET /inventory/{product_id} over a range of products.
--- usage: wrk ... -s bench/wrk/get.lua URL -- RUN_ID FIRST_PRODUCT PRODUCTS
+-- usage: wrk ... -s bench/wrk/get.lua URL -- RUN_ID FIRST_PRODUCT PRODUCTS [TOKEN]
+-- TOKEN: sent as a bearer token when given (GetStock is public; Envoy does not check it).
 local threads = {}
 
 function setup(thread)
@@ -10,11 +11,15 @@ end
 function init(args)
   first = tonumber(args[2])
   count = tonumber(args[3])
+  headers = {}
+  if args[4] and args[4] ~= "" then
+    headers["Authorization"] = "Bearer " .. args[4]
+  end
   math.randomseed(os.time() + tid * 7919)
 end
 
 function request()
-  return wrk.format("GET", "/inventory/" .. (first + math.random(0, count - 1)))
+  return wrk.format("GET", "/inventory/" .. (first + math.random(0, count - 1)), headers)
 end
 
 function done(summary, latency, requests)

@@ -73,16 +73,34 @@ def test_same_origin_server_and_one_tag_per_service(spec):
 @pytest.mark.parametrize(
     ("op_id", "errors"),
     [
-        ("InventoryService-DecreaseStock", ["400", "404", "409", "503"]),
+        ("InventoryService-DecreaseStock", ["400", "401", "403", "404", "409", "503"]),
         ("InventoryService-GetStock", ["400", "404", "503"]),
         ("InventoryService-ListProducts", ["400", "503"]),
         # Its comment says "there is no NOT_FOUND".
-        ("AnalyticsService-GetProductSales", ["400", "503"]),
+        ("AnalyticsService-GetProductSales", ["400", "401", "403", "503"]),
     ],
 )
 def test_error_responses_are_the_ones_the_rpc_can_return(spec, op_id, errors):
     responses = operations(spec)[op_id][2]["responses"]
     assert sorted(responses) == ["200", *errors]
+
+
+def test_each_operation_states_the_scope_envoy_enforces(spec):
+    """The same table (devtools/access.py) drives Envoy's RBAC and these requirements."""
+    from devtools.access import method_access
+
+    scopes = {f"{m.service.rsplit('.', 1)[-1]}-{m.method}": m.scope for m in method_access()}
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for op_id, (_, _, op) in operations(spec).items():
+        if scopes[op_id]:
+            assert op["security"] == [{"bearer": []}]
+            assert op["x-required-scopes"] == [scopes[op_id]]
+            assert f"scope `{scopes[op_id]}`" in op["description"]
+        else:
+            assert op["security"] == []
+    assert scopes["InventoryService-DecreaseStock"] == "orders:write"
+    assert scopes["InventoryService-RestockProduct"] == "inventory:admin"
+    assert scopes["InventoryService-GetStock"] is None
 
 
 def test_error_responses_carry_the_json_status_body(spec):
@@ -100,6 +118,8 @@ def test_error_responses_carry_the_json_status_body(spec):
     }
     assert grpc_codes == {
         "BadRequest": {3, 9},
+        "Unauthenticated": {16},
+        "PermissionDenied": {7},
         "NotFound": {5},
         "Conflict": {6},
         "Unavailable": {14},
