@@ -50,6 +50,7 @@ async def decrease_stock(body: DecreaseStock) -> dict:
                 body.quantity,
                 uuid.uuid4(),
                 PRODUCT_SOLD,
+                "",  # sold_by: the baseline knows no caller (no token checked)
             )
         except asyncpg.UniqueViolationError:
             raise HTTPException(409, "order id already used") from None
