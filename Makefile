@@ -110,7 +110,8 @@ drift: generate
 
 # The compose config names other hosts and container paths; it is checked
 # statically (structure) here, and by compose-check against compose.yaml.
-envoy-validate: venv
+# The native config reads the development JWKS, which `make keys` creates.
+envoy-validate: venv keys
 	$(BIN)/envoy --mode validate -c envoy/envoy.yaml --disable-hot-restart --log-level warn
 
 # compose.yaml, the Dockerfile and Envoy's compose config, checked without a Docker
