@@ -492,7 +492,16 @@ def _jwks_cluster(auth: EdgeAuth) -> Config:
 
 
 def _auth_filters(auth: EdgeAuth, descriptor_set: Path) -> list[Config]:
-    protected = [m for m in method_access(descriptor_set) if m.scope]
+    methods = method_access(descriptor_set)
+    protected = [m for m in methods if m.scope]
+    # jwt_authn takes the first rule that matches: the public RPCs by exact path,
+    # then anything else under a service's prefix needs a verified token. So a path
+    # that is no known RPC (a typo, an encoding trick) is never let through unchecked.
+    jwt_rules = [{"match": {"path": m.path}} for m in methods if not m.scope]
+    jwt_rules += [
+        {"match": {"prefix": f"/{service}/"}, "requires": {"provider_name": JWT_PROVIDER}}
+        for service in sorted({m.service for m in methods})
+    ]
     by_scope: dict[str, list[str]] = {}
     for method in protected:
         by_scope.setdefault(method.scope or "", []).append(method.path)
@@ -509,10 +518,7 @@ def _auth_filters(auth: EdgeAuth, descriptor_set: Path) -> list[Config]:
             "typed_config": _typed(
                 "filters.http.jwt_authn.v3.JwtAuthentication",
                 providers={JWT_PROVIDER: _jwt_provider(auth)},
-                rules=[
-                    {"match": {"path": m.path}, "requires": {"provider_name": JWT_PROVIDER}}
-                    for m in protected
-                ],
+                rules=jwt_rules,
             ),
         },
         {

@@ -179,6 +179,25 @@ async def test_swagger_try_it_out_calls_envoy_on_the_same_origin(visit: Visit):
     visit.assert_clean()
 
 
+async def test_swagger_authorize_sends_the_bearer_token(visit: Visit, mesh: Mesh):
+    await visit.open("/docs/rest.html")
+    page = visit.page
+    await page.locator(".scheme-container button.authorize").click()
+    dialog = page.locator(".modal-ux")
+    await dialog.locator(".auth-container input").fill(mesh.token(["reports:read"]))
+    await dialog.locator(".auth-btn-wrapper button.authorize").click()
+    await dialog.locator(".auth-btn-wrapper button.btn-done").click()
+    listing = page.locator('[id="operations-AnalyticsService-AnalyticsService-ListSaleEvents"]')
+    await listing.locator(".opblock-summary").click()
+    await expect(listing).to_contain_text("scope reports:read")
+    await listing.get_by_role("button", name="Try it out").click()
+    await listing.get_by_role("button", name="Execute").click()
+    live = listing.locator(".live-responses-table")
+    await expect(live.locator("tr.response .response-col_status")).to_have_text("200")
+    await expect(listing.locator(".curl-command")).to_contain_text("Authorization: Bearer ")
+    visit.assert_clean()
+
+
 async def test_asyncapi_page_shows_the_event_and_its_queues(visit: Visit):
     await visit.open("/docs/asyncapi.html")
     page = visit.page

@@ -136,6 +136,20 @@ async def test_grpc_auth_matrix(mesh, envoy_channel, method, kind):
         assert reached.value[0] == code, reached
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/polyglot.inventory.v1.InventoryService/NoSuchMethod",
+        "/polyglot.inventory.v1.InventoryService/Decrease%53tock",
+        "/polyglot.inventory.v1.InventoryService/DecreaseStock/",
+    ],
+)
+async def test_a_path_that_is_no_known_rpc_needs_a_token_too(envoy_channel, path):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await envoy_channel.unary_unary(path)(b"", timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 async def test_the_scope_claim_is_space_separated_and_any_listed_scope_counts(mesh, http):
     # A token with several scopes, the needed one not first.
     token = mesh.token(["reports:read", "inventory:admin", "orders:write"])
