@@ -445,6 +445,9 @@ def _jwt_provider(auth: EdgeAuth) -> Config:
         "payload_in_metadata": JWT_PAYLOAD,
         # "a b c" → ["a", "b", "c"], so RBAC can match one scope exactly.
         "normalize_payload_in_metadata": {"space_delimited_claims": ["scope"]},
+        # Clients reuse a token for many calls: verify its signature once, not per call
+        # (entries still expire with the token).
+        "jwt_cache_config": {"jwt_cache_size": 10000},
     }
     if auth.jwks_uri:
         provider["remote_jwks"] = {
