@@ -6,7 +6,7 @@ from analytics_svc.events import event_router
 from analytics_svc.grpc_api import AnalyticsApi
 from analytics_svc.settings import AnalyticsSettings
 from analytics_svc.store import MongoSales
-from meshkit.events import EventConsumer, rabbit_broker
+from meshkit.broker import EventConsumer, rabbit_broker
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
 

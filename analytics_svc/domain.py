@@ -5,12 +5,25 @@ from datetime import datetime, timedelta
 
 from meshkit import paging
 from meshkit.errors import InvalidArgument
-from polyglot.events.v1 import ProductSold
 
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_WINDOW = timedelta(days=366)
 DEFAULT_TOP_PRODUCTS, MAX_TOP_PRODUCTS = 5, 100
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+
+
+@dataclass(frozen=True)
+class Sale:
+    """One sale as analytics records it (from a ProductSold event)."""
+
+    event_id: str
+    order_id: str
+    product_id: int
+    product_name: str
+    quantity: int
+    remaining_stock: int
+    occurred_at: datetime
+    sold_by: str = ""  # the verified subject that made the sale, "" when unknown
 
 
 @dataclass(frozen=True)
@@ -77,9 +90,7 @@ def events_page(page_size: int, page_token: str, product_id: int) -> EventsPage:
     return EventsPage(size, paging.decode_time_cursor(page_token), product_id)
 
 
-def split_events_page(
-    fetched: list[ProductSold], page: EventsPage
-) -> tuple[list[ProductSold], str]:
+def split_events_page(fetched: list[Sale], page: EventsPage) -> tuple[list[Sale], str]:
     return paging.split_page(
         fetched, page.size, lambda last: paging.encode_time_cursor(last.occurred_at, last.event_id)
     )

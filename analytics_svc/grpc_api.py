@@ -1,12 +1,14 @@
 """gRPC adapter: polyglot.analytics.v1.AnalyticsService on top of the use cases."""
 
+import dataclasses
 from datetime import datetime
 
 import betterproto
 
 import polyglot.analytics.v1 as pb
+import polyglot.events.v1 as events_pb
 from analytics_svc import use_cases
-from analytics_svc.domain import ProductSales
+from analytics_svc.domain import ProductSales, Sale
 from analytics_svc.use_cases import SalesStore
 
 
@@ -24,6 +26,10 @@ def _product_sales(sales: ProductSales) -> pb.ProductSales:
     if sales.last_sold_at is not None:
         message.last_sold_at = sales.last_sold_at
     return message
+
+
+def _sale_event(sale: Sale) -> events_pb.ProductSold:
+    return events_pb.ProductSold(**dataclasses.asdict(sale))
 
 
 class AnalyticsApi(pb.AnalyticsServiceBase):
@@ -61,4 +67,6 @@ class AnalyticsApi(pb.AnalyticsServiceBase):
         events, next_token = await use_cases.recent_sale_events(
             self._store, request.page_size, request.page_token, request.product_id
         )
-        return pb.ListSaleEventsResponse(sale_events=events, next_page_token=next_token)
+        return pb.ListSaleEventsResponse(
+            sale_events=[_sale_event(sale) for sale in events], next_page_token=next_token
+        )

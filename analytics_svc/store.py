@@ -12,6 +12,7 @@ outcome, so a message is acknowledged only after its document was written.
 """
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,9 +22,8 @@ from beanie import Document, init_beanie
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
-from analytics_svc.domain import EventsPage, ProductSales, SalesSummary, SummaryWindow
+from analytics_svc.domain import EventsPage, ProductSales, Sale, SalesSummary, SummaryWindow
 from meshkit.errors import Unavailable
-from polyglot.events.v1 import ProductSold
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class SaleEvent(Document):
             IndexModel([("product_id", ASCENDING), *NEWEST_FIRST], name="product_newest_first"),
         ]
 
-    def to_event(self) -> ProductSold:
-        return ProductSold(
+    def to_sale(self) -> Sale:
+        return Sale(
             event_id=self.event_id,
             order_id=self.order_id,
             product_id=self.product_id,
@@ -169,19 +169,9 @@ class MongoSales:
             log.warning("analytics database unavailable: %s", exc)
             raise Unavailable("the analytics database is unavailable; try again later") from exc
 
-    async def record(self, event: ProductSold) -> bool:
-        """Store the event; False when it was already recorded (a redelivery)."""
-        document = SaleEvent(
-            event_id=event.event_id,
-            order_id=event.order_id,
-            product_id=event.product_id,
-            product_name=event.product_name,
-            quantity=event.quantity,
-            remaining_stock=event.remaining_stock,
-            occurred_at=event.occurred_at,
-            recorded_at=datetime.now(UTC),
-            sold_by=event.sold_by,
-        )
+    async def record(self, sale: Sale) -> bool:
+        """Store the sale; False when it was already recorded (a redelivered event)."""
+        document = SaleEvent(**dataclasses.asdict(sale), recorded_at=datetime.now(UTC))
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((document, outcome))
         if self._writer is None or self._writer.done():
@@ -252,7 +242,7 @@ class MongoSales:
             top_products=[_product_sales(row) for row in result["top"]],
         )
 
-    async def recent(self, page: EventsPage) -> list[ProductSold]:
+    async def recent(self, page: EventsPage) -> list[Sale]:
         """Up to ``page.size + 1`` events after the page's cursor, newest first."""
         query: dict = {"product_id": page.product_id} if page.product_id else {}
         if page.after:
@@ -265,4 +255,4 @@ class MongoSales:
             documents = (
                 await SaleEvent.find(query).sort(NEWEST_FIRST).limit(page.size + 1).to_list()
             )
-        return [document.to_event() for document in documents]
+        return [document.to_sale() for document in documents]

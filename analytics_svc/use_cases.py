@@ -4,21 +4,19 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from analytics_svc import domain
-from analytics_svc.domain import EventsPage, ProductSales, SalesSummary, SummaryWindow
-from meshkit.events import checked_product_sold
-from polyglot.events.v1 import ProductSold
+from analytics_svc.domain import EventsPage, ProductSales, Sale, SalesSummary, SummaryWindow
 
 
 class SalesStore(Protocol):
-    async def record(self, event: ProductSold) -> bool: ...
+    async def record(self, sale: Sale) -> bool: ...
     async def product_sales(self, product_id: int) -> ProductSales: ...
     async def summary(self, window: SummaryWindow) -> SalesSummary: ...
-    async def recent(self, page: EventsPage) -> list[ProductSold]: ...
+    async def recent(self, page: EventsPage) -> list[Sale]: ...
 
 
-async def record_sale(store: SalesStore, event: ProductSold) -> bool:
+async def record_sale(store: SalesStore, sale: Sale) -> bool:
     """Record a sale once; True when new, False for a redelivered event."""
-    return await store.record(checked_product_sold(event))
+    return await store.record(sale)
 
 
 async def product_sales(store: SalesStore, product_id: int) -> ProductSales:
@@ -34,6 +32,6 @@ async def sales_summary(
 
 async def recent_sale_events(
     store: SalesStore, page_size: int, page_token: str, product_id: int
-) -> tuple[list[ProductSold], str]:
+) -> tuple[list[Sale], str]:
     page = domain.events_page(page_size, page_token, product_id)
     return domain.split_events_page(await store.recent(page), page)

@@ -8,7 +8,6 @@ its standard extras (uvloop, httptools):
 """
 
 import os
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,8 +15,8 @@ import asyncpg
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from inventory_svc.store import RECORD_SALE
-from meshkit.events import PRODUCT_SOLD
+from inventory_svc.domain import SaleRequest
+from inventory_svc.store import RECORD_SALE, record_sale_arguments
 
 pool: asyncpg.Pool
 
@@ -45,12 +44,7 @@ async def decrease_stock(body: DecreaseStock) -> dict:
         try:
             remaining = await conn.fetchval(
                 RECORD_SALE,
-                body.order_id,
-                body.product_id,
-                body.quantity,
-                uuid.uuid4(),
-                PRODUCT_SOLD,
-                "",  # sold_by: the baseline knows no caller (no token checked)
+                *record_sale_arguments(SaleRequest(body.order_id, body.product_id, body.quantity)),
             )
         except asyncpg.UniqueViolationError:
             raise HTTPException(409, "order id already used") from None

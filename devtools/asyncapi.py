@@ -7,7 +7,6 @@ code does not have. ``make generate`` writes docs/asyncapi.yaml and .json:
     faststream docs gen devtools.asyncapi:docs --yaml --out docs/asyncapi.yaml
 """
 
-import warnings
 from typing import Any
 
 from faststream import FastStream
@@ -17,10 +16,6 @@ from faststream.specification import AsyncAPI
 from analytics_svc.events import event_router as analytics_router
 from inventory_svc.events import router as inventory_router
 from notify_svc.events import event_router as notify_router
-
-# proto3 fields have no "missing" state, only defaults; pydantic cannot print
-# betterproto's default sentinel, and says so. The schema is right without it.
-warnings.filterwarnings("ignore", message="Default value .* is not JSON serializable")
 
 
 def mesh_asyncapi() -> FastStream:

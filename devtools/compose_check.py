@@ -176,7 +176,10 @@ def check_references(compose: Node, root: Path) -> list[str]:
             if kind == "volume" and source and source not in declared:
                 problems.append(f"service {name}: volume {source!r} is not declared")
         healthcheck = service.get("healthcheck") or {}
-        if healthcheck.get("test") in (None, [], ["NONE"]) or healthcheck.get("disable"):
+        one_shot = service.get("restart") == "no"  # a job (migrations): runs, then exits
+        if not one_shot and (
+            healthcheck.get("test") in (None, [], ["NONE"]) or healthcheck.get("disable")
+        ):
             problems.append(f"service {name}: no healthcheck")
         problems += _image_pinned(name, service)
     return problems

@@ -22,7 +22,7 @@ from devtools.envoy_config import AUTH_ENV, EdgeAuth, EnvoySite, render
 from devtools.mesh import MeshPlan, mongo_answers, native_plan
 from devtools.processes import ManagedProcess, StartupFailed, python_module
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
-from devtools.topology import backends
+from devtools.topology import backends, migrators
 from inventory_svc.settings import InventorySettings
 from meshkit.settings import load_settings
 from notify_svc.settings import NotifySettings
@@ -130,8 +130,8 @@ def up(plan: MeshPlan) -> None:
     asyncio.run(check_rabbitmq(str(inventory.amqp_url)))
     rabbitmq_ui = rabbitmq_management(str(inventory.amqp_url))
     plan = MeshPlan(**{**plan.__dict__, "env": {**plan.env, "MONGO_URL": mongo_url(plan)}})
-    for service in ("inventory_svc", "notify_svc"):
-        subprocess.run(python_module(service, "migrate"), check=True)
+    for service in migrators():
+        subprocess.run(python_module(f"{service}.migrate"), check=True)
     plan, token_help = edge_auth(plan)
 
     for name in backends():

@@ -5,8 +5,10 @@ wire server and a whole mesh on free ports — so neither ever touches a mesh
 started with `make up`.
 """
 
+import os
 import socket
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from devtools.envoy_config import EdgeAuth, EnvoySite, render
 from devtools.mesh import MeshPlan, mongo_answers
 from devtools.processes import ManagedProcess
 from devtools.tokens import JWKS, SigningKey, ensure_keys
-from devtools.topology import DESCRIPTOR_SET, backends
+from devtools.topology import DESCRIPTOR_SET, ROOT, backends, migrators
 
 
 def free_port() -> int:
@@ -123,6 +125,8 @@ class Mesh:
         return f"127.0.0.1:{self.plan.grpc_ports[backend]}"
 
     def start(self, name: str) -> None:
+        if name not in self.processes:  # a backend the mesh started without
+            migrate(self.plan.env, [name])
         process = self.processes[name] = self.processes.get(name) or self.plan.backend(name)
         process.start()
         process.wait_until(lambda: self.plan.backend_ready(name), "SERVING health")
@@ -167,9 +171,30 @@ def start_envoy(run_dir: Path, grpc_ports: dict[str, int], auth: EdgeAuth) -> Me
     return plan
 
 
+def migrate(env: dict[str, str], names: list[str]) -> None:
+    """``python -m <name>.migrate`` for each of ``names`` that has a database, as
+    `make up`, compose and Kubernetes run it before the services."""
+    for name in migrators():
+        if name not in names:
+            continue
+        done = subprocess.run(
+            [sys.executable, "-m", f"{name}.migrate"],
+            env={**os.environ, **env},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{name}.migrate failed:\n{done.stdout}{done.stderr}")
+
+
 def start_mesh(run_dir: Path, env: dict[str, str], only: list[str] | None = None) -> Mesh:
-    """Backends (all, or ``only`` these) and an Envoy in front of them, on free ports."""
+    """Backends (all, or ``only`` these), migrated first, and an Envoy in front of
+    them, on free ports."""
     names = only or backends()
+    migrate(env, names)
     grpc_ports = {name: free_port() for name in backends()}
     http_port, admin_port = free_port(), free_port()
     config = run_dir / "envoy.yaml"

@@ -6,6 +6,7 @@ Python package ``<name>_svc``. Envoy's routes, the launcher and the tests all
 read this instead of keeping their own lists.
 """
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,3 +40,11 @@ def backends(descriptor_set: Path = DESCRIPTOR_SET) -> list[str]:
     """Backends that serve at least one gRPC service, in port order."""
     names = {service.backend for service in grpc_services(descriptor_set)}
     return sorted(names, key=lambda name: GRPC_PORTS[name])
+
+
+def migrators(descriptor_set: Path = DESCRIPTOR_SET) -> list[str]:
+    """Backends with a database of their own to migrate (a ``<name>.migrate`` module),
+    whose ``python -m <name>.migrate`` must run before they start."""
+    return [
+        name for name in backends(descriptor_set) if importlib.util.find_spec(f"{name}.migrate")
+    ]

@@ -1,7 +1,7 @@
-"""python -m inventory_svc [serve|migrate]"""
+"""python -m inventory_svc (migrations first: python -m inventory_svc.migrate)"""
 
-from inventory_svc.bootstrap import migrate, serve
+from inventory_svc.bootstrap import serve
 from inventory_svc.settings import InventorySettings
 from meshkit.lifecycle import service_main
 
-service_main("inventory_svc", InventorySettings, serve, {"migrate": migrate})
+service_main("inventory_svc", InventorySettings, serve)

@@ -5,9 +5,8 @@ import asyncio
 from inventory_svc.events import OutboxRelay, router
 from inventory_svc.grpc_api import InventoryApi
 from inventory_svc.settings import InventorySettings
-from inventory_svc.store import MIGRATIONS, PostgresInventory, PostgresOutbox
-from meshkit import postgres
-from meshkit.events import rabbit_broker
+from inventory_svc.store import PostgresInventory, PostgresOutbox
+from meshkit.broker import rabbit_broker
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
 
@@ -36,13 +35,4 @@ async def serve(settings: InventorySettings, stop: asyncio.Event) -> None:
         ready=store.ready,
         components=[relay],
         close=[outbox.close, store.close],
-    )
-
-
-async def migrate(settings: InventorySettings) -> None:
-    """``python -m inventory_svc migrate``"""
-    await postgres.migrate(
-        str(settings.inventory_database_url),
-        MIGRATIONS,
-        timeout_seconds=settings.db_timeout_seconds,
     )

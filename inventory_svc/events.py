@@ -10,27 +10,26 @@ transaction (store.py). The OutboxRelay moves committed rows to RabbitMQ:
   outage delays events but never loses one; a crash between confirm and mark
   re-publishes it, and consumers deduplicate by event id;
 - while the broker is down it retries with backoff and catches up afterwards.
+
+It depends on the ``Outbox`` port below, not on PostgreSQL: store.py's
+PostgresOutbox is the adapter bootstrap plugs in.
 """
 
 import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from faststream.rabbit import RabbitBroker, RabbitRouter
 from faststream.rabbit.publisher import RabbitPublisher
 
-from inventory_svc.store import OutboxEntry, PostgresOutbox
-from meshkit.events import (
-    EVENT_TYPES,
-    EXCHANGE,
-    PRODUCT_SOLD,
-    ProductSold,
-    broker_reachable,
-    connect_when_reachable,
-)
-from meshkit.resilience import Backoff
+from inventory_svc.store import OutboxBacklog, OutboxEntry
+from meshkit.broker import broker_reachable, connect_when_reachable
+from meshkit.events import EVENT_TYPES, EXCHANGE, PRODUCT_SOLD, ProductSold
+from meshkit.resilience import retrying
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,18 @@ product_sold = router.publisher(
 )
 PUBLISHERS: dict[str, RabbitPublisher] = {PRODUCT_SOLD: product_sold}
 
+
+class Outbox(Protocol):
+    """What the relay needs from the outbox (store.PostgresOutbox in the service)."""
+
+    async def publish_pending(
+        self, limit: int, publish: Callable[[OutboxEntry], Awaitable[None]]
+    ) -> int: ...
+    async def backlog(self) -> OutboxBacklog: ...
+    async def delete_published(self, older_than_seconds: float) -> int: ...
+    async def listen(self, wake: Callable[[], None]) -> None: ...
+
+
 PUBLISH_TIMEOUT_SECONDS = 10.0  # a confirm that takes longer counts as a failure
 REPORT_EVERY_SECONDS = 30.0
 CLEAN_UP_EVERY_SECONDS = 300.0
@@ -59,7 +70,7 @@ class OutboxRelay:
 
     def __init__(
         self,
-        outbox: PostgresOutbox,
+        outbox: Outbox,
         broker: RabbitBroker,
         *,
         batch_size: int,
@@ -88,21 +99,21 @@ class OutboxRelay:
             self._stopped.set()
 
     async def _relay(self) -> None:
-        backoff = Backoff(first=0.2, cap=5.0)
         self._next_report = self._next_clean_up = time.monotonic()
         while not self._stopping:
-            try:
-                published = await self._step()
-            except Exception as exc:  # broker or database away: wait, then retry
-                if self.last_error is None:
-                    log.warning("outbox relay: publishing paused (%s)", exc)
-                self.last_error = str(exc) or type(exc).__name__
-                await backoff.wait()
-                continue
+            # Broker or database away: wait (meshkit.resilience), then retry.
+            async for attempt in retrying("outbox relay: publishing paused", logger=log):
+                with attempt:
+                    try:
+                        published = await self._step()
+                    except Exception as exc:
+                        self.last_error = str(exc) or type(exc).__name__
+                        if self._stopping:  # shutting down: no point in waiting
+                            return
+                        raise
             if self.last_error is not None:
                 log.info("outbox relay: publishing")
                 self.last_error = None
-            backoff.reset()
             if published < self._batch_size:  # caught up: sleep until woken
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_seconds)

@@ -12,7 +12,7 @@ from importlib import resources
 import asyncpg
 
 from inventory_svc.domain import MAX_STOCK, Page, Product, Sale, SaleRequest
-from meshkit.events import PRODUCT_SOLD
+from meshkit.events import PRODUCT_SOLD, product_sold_body
 from meshkit.postgres import DATABASE_DOWN, PostgresDatabase, PostgresStore
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,12 @@ MIGRATIONS = resources.files(__package__) / "migrations"
 #   update included) rolls back;
 # - the ProductSold event goes into the outbox in the same transaction, so
 #   there is an event exactly for every committed sale.
+# The event's body ($6) is made in Python from the contract before the statement
+# (``product_sold_body``, meshkit/events.py): every field, with what the request
+# knows. The statement only sets the values that exist nowhere else yet — the
+# product's name and the stock left, from the updated row, and the sale's time,
+# from the sale row — so the shape of the event is written once, in Python, and
+# the sale stays one round trip holding the product's row lock for one statement.
 RECORD_SALE = """
 WITH sold AS (
     UPDATE products SET stock = stock - $3, updated_at = now()
@@ -33,23 +39,38 @@ WITH sold AS (
     RETURNING product_id, name, stock
 ), sale AS (
     INSERT INTO sales (order_id, product_id, quantity, remaining_stock, sold_by)
-    SELECT $1, product_id, $3, stock, $6 FROM sold
+    SELECT $1, product_id, $3, stock, $7 FROM sold
     RETURNING sold_at
 ), event AS (
     INSERT INTO outbox (event_id, routing_key, ordering_key, payload)
-    SELECT $4::uuid, $5, sold.product_id::text, jsonb_build_object(
-        'event_id', $4::uuid::text,
-        'order_id', $1::text,
-        'product_id', sold.product_id,
-        'product_name', sold.name,
-        'quantity', $3::integer,
-        'remaining_stock', sold.stock,
-        'sold_by', $6::text,
-        'occurred_at', sale.sold_at)
+    SELECT $4::uuid, $5, sold.product_id::text, $6::jsonb || jsonb_build_object(
+        'product_name', sold.name, 'remaining_stock', sold.stock, 'occurred_at', sale.sold_at)
     FROM sold, sale
 )
 SELECT stock FROM sold
 """
+
+
+def record_sale_arguments(request: SaleRequest) -> tuple:
+    """RECORD_SALE's parameters for a request, with a new event id."""
+    event_id = uuid.uuid4()
+    body = product_sold_body(
+        event_id=str(event_id),
+        order_id=request.order_id,
+        product_id=request.product_id,
+        quantity=request.quantity,
+        sold_by=request.sold_by,
+    )
+    return (
+        request.order_id,
+        request.product_id,
+        request.quantity,
+        event_id,
+        PRODUCT_SOLD,
+        body,
+        request.sold_by,
+    )
+
 
 # Claim the oldest unpublished events that no other relay holds (SKIP LOCKED),
 # leaving out any event whose product has an earlier event held elsewhere, so
@@ -85,10 +106,6 @@ class OutboxEntry:
     headers: dict
     created_at: datetime
 
-    @property
-    def payload(self) -> dict:
-        return json.loads(self.body)
-
 
 @dataclass(frozen=True)
 class OutboxBacklog:
@@ -108,15 +125,7 @@ class PostgresInventory(PostgresStore):
         """
         async with self.db.connection() as conn:
             try:
-                remaining = await conn.fetchval(
-                    RECORD_SALE,
-                    request.order_id,
-                    request.product_id,
-                    request.quantity,
-                    uuid.uuid4(),
-                    PRODUCT_SOLD,
-                    request.sold_by,
-                )
+                remaining = await conn.fetchval(RECORD_SALE, *record_sale_arguments(request))
             except asyncpg.UniqueViolationError:
                 return None
         if remaining is None:
@@ -167,7 +176,7 @@ class PostgresInventory(PostgresStore):
 
 
 class PostgresOutbox:
-    """The outbox side of the inventory database, for the OutboxRelay."""
+    """The outbox side of the inventory database: the OutboxRelay's ``Outbox`` port."""
 
     def __init__(self, db: PostgresDatabase) -> None:
         self._db = db

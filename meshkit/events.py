@@ -1,8 +1,16 @@
-"""The event backbone: RabbitMQ topology and how events travel on it (FastStream).
+"""The event contracts and the topology they travel on: what changes with the contracts.
 
 Every event is a message from proto/polyglot/events/; the generated class is the
-only definition: FastStream validates incoming bodies into it and documents it in
-AsyncAPI (field descriptions come from the proto comments).
+only definition of its fields. This module is the one Python home of each event:
+
+- its routing key and generated class (``EVENT_TYPES``), used by the publisher;
+- its JSON body, made from the generated class (``product_sold_body``);
+- its wire type (``ProductSold``): a pydantic model derived from the generated
+  class, which FastStream validates incoming bodies into and documents in
+  AsyncAPI (field descriptions from the proto comments). It is a new class made
+  here, so the generated one is never changed and the AsyncAPI document does
+  not depend on which module was imported first;
+- what a consumer may rely on in it (``checked_product_sold``).
 
 Topology, declared idempotently by every service at start (whichever starts
 first creates it, so no event is ever published with nowhere to go):
@@ -15,51 +23,113 @@ first creates it, so no event is ever published with nowhere to go):
       └─ notify.product_sold    → queue notify.product_sold.dlq
 
 A message a subscriber fails to handle is redelivered; past ``DELIVERY_LIMIT``
-deliveries its queue dead-letters it into the subscriber's own DLQ.
+deliveries its queue dead-letters it into the subscriber's own DLQ. How the
+services connect, publish and subscribe is meshkit/broker.py.
 """
 
-import logging
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+import typing
 import uuid
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import betterproto
-from faststream.rabbit import (
-    Channel,
-    ExchangeType,
-    QueueType,
-    RabbitBroker,
-    RabbitExchange,
-    RabbitQueue,
-)
-from pydantic import ConfigDict
+import pydantic
+from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
 
 import polyglot.events.v1 as events_pb
-from meshkit.resilience import Backoff
-
-log = logging.getLogger(__name__)
 
 EXCHANGE = RabbitExchange("polyglot.events", type=ExchangeType.TOPIC, durable=True)
 DEAD_LETTERS = RabbitExchange("polyglot.events.dlx", type=ExchangeType.DIRECT, durable=True)
 DELIVERY_LIMIT = 5
 PRODUCT_SOLD = "inventory.product_sold"
 
-
-def contract_payload(message_type: type[betterproto.Message]) -> type[betterproto.Message]:
-    """Let pydantic (FastStream's validator) read field docs from the generated class."""
-    message_type.__pydantic_config__ = ConfigDict(use_attribute_docstrings=True)  # type: ignore[attr-defined]
-    return message_type
+# Routing key → the generated message travelling under it.
+EVENT_TYPES: dict[str, type[betterproto.Message]] = {PRODUCT_SOLD: events_pb.ProductSold}
 
 
-ProductSold = contract_payload(events_pb.ProductSold)
-# Routing key → the message type travelling under it.
-EVENT_TYPES: dict[str, type[betterproto.Message]] = {PRODUCT_SOLD: ProductSold}
+# --- the wire types -----------------------------------------------------------
+
+
+def _field_docs(message: type[betterproto.Message]) -> dict[str, str]:
+    """The comment betterproto writes under each field (from the .proto file)."""
+    [body] = ast.parse(textwrap.dedent(inspect.getsource(message))).body
+    docs = {}
+    for node, following in zip(body.body, body.body[1:], strict=False):  # type: ignore[attr-defined]
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+        ):
+            docs[node.target.id] = inspect.cleandoc(following.value.value)
+    return docs
+
+
+def wire_type(message: type[betterproto.Message]) -> type[pydantic.BaseModel]:
+    """The message as subscribers receive it: the generated class's fields and
+    comments, proto3 defaults for what a body leaves out (message fields: None,
+    which ``checked_…`` functions refuse where a field is required)."""
+    hints = typing.get_type_hints(message)
+    docs = _field_docs(message)
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(message):
+        kind = field.metadata["betterproto"].proto_type
+        default = None if kind == betterproto.TYPE_MESSAGE else getattr(message(), field.name)
+        fields[field.name] = (
+            hints[field.name],
+            pydantic.Field(default=default, description=docs.get(field.name)),
+        )
+    return pydantic.create_model(
+        message.__name__,
+        __doc__=inspect.cleandoc(message.__doc__ or ""),
+        __module__=__name__,
+        **fields,
+    )
+
+
+ProductSold = wire_type(events_pb.ProductSold)
+
+
+# --- bodies -------------------------------------------------------------------
+
+
+def event_body(message: betterproto.Message) -> str:
+    """The JSON body of an event: proto3 JSON with the proto field names, every field."""
+    return json.dumps(
+        message.to_dict(casing=betterproto.Casing.SNAKE, include_default_values=True),
+        separators=(",", ":"),
+    )
+
+
+def product_sold_body(**known: Any) -> str:
+    """A ProductSold body with the fields ``known`` so far (the others at their defaults).
+
+    inventory_svc makes it from the sale request before its one-statement sale;
+    the statement sets the values only the database knows (store.py).
+    """
+    return event_body(events_pb.ProductSold(**known))
+
+
+D = TypeVar("D")
+
+
+def to_domain(event: pydantic.BaseModel, domain_type: type[D]) -> D:
+    """The fields a service's domain dataclass wants, taken from the wire message
+    by name: each service maps at its edge (events.py) and its domain never sees
+    the wire type."""
+    return domain_type(**{f.name: getattr(event, f.name) for f in dataclasses.fields(domain_type)})  # type: ignore[arg-type]
 
 
 class UnusableEvent(ValueError):
     """An event no retry can make usable: its message belongs in the DLQ."""
 
 
-def checked_product_sold(event: events_pb.ProductSold) -> events_pb.ProductSold:
+def checked_product_sold(event: ProductSold) -> ProductSold:
     """What every consumer may rely on in a ProductSold; raises with the reasons.
 
     proto3 turns missing fields into defaults, so a body of ``{}`` parses; this
@@ -78,17 +148,24 @@ def checked_product_sold(event: events_pb.ProductSold) -> events_pb.ProductSold:
         problems.append(f"quantity {event.quantity} is not positive")
     if event.remaining_stock < 0:
         problems.append(f"remaining_stock {event.remaining_stock} is negative")
-    if not event.is_set("occurred_at"):
+    if event.occurred_at is None:
         problems.append("occurred_at is missing")
     if problems:
         raise UnusableEvent("unusable ProductSold: " + "; ".join(problems))
     return event
 
 
+# --- topology -----------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Subscription:
+    """A subscriber's own queue: what it receives and where its dead letters go."""
+
     queue: str
     routing_key: str
+    title: str  # what the subscriber does with each event, for AsyncAPI
+    description: str
 
     @property
     def dead_letter_queue(self) -> str:
@@ -96,8 +173,24 @@ class Subscription:
 
 
 SUBSCRIPTIONS = {
-    "analytics_svc": Subscription("analytics.product_sold", PRODUCT_SOLD),
-    "notify_svc": Subscription("notify.product_sold", PRODUCT_SOLD),
+    "analytics_svc": Subscription(
+        "analytics.product_sold",
+        PRODUCT_SOLD,
+        title="analytics.product_sold",
+        description=(
+            "analytics_svc records each sale in MongoDB analytics_db.sales_events"
+            " (idempotent by event_id), then acknowledges."
+        ),
+    ),
+    "notify_svc": Subscription(
+        "notify.product_sold",
+        PRODUCT_SOLD,
+        title="notify.product_sold",
+        description=(
+            "notify_svc e-mails an order confirmation to the logistics mailbox once per"
+            " event (idempotent by event_id), then acknowledges."
+        ),
+    ),
 }
 
 
@@ -126,88 +219,3 @@ def dead_letter_queue(subscription: Subscription) -> RabbitQueue:
         durable=True,
         routing_key=subscription.queue,
     )
-
-
-async def declare_topology(broker: RabbitBroker) -> None:
-    exchange = await broker.declare_exchange(EXCHANGE)
-    dead_letters = await broker.declare_exchange(DEAD_LETTERS)
-    for subscription in SUBSCRIPTIONS.values():
-        queue = await broker.declare_queue(subscriber_queue(subscription))
-        await queue.bind(exchange, routing_key=subscription.routing_key)
-        dlq = await broker.declare_queue(dead_letter_queue(subscription))
-        await dlq.bind(dead_letters, routing_key=subscription.queue)
-
-
-def rabbit_broker(
-    url: str, *, prefetch: int | None = None, graceful_timeout: float = 10.0
-) -> RabbitBroker:
-    return RabbitBroker(
-        url,
-        # Publisher confirms; an unroutable mandatory message raises instead of
-        # vanishing, so the outbox relay retries it.
-        default_channel=Channel(prefetch_count=prefetch, on_return_raises=True),
-        graceful_timeout=graceful_timeout,
-        log_level=logging.DEBUG,  # one line per message is too much at INFO
-    )
-
-
-async def connect_when_reachable(broker: RabbitBroker, *, what: str) -> None:
-    """Connect (retrying with backoff) and declare the topology.
-
-    After the first connection aio-pika's robust connection reconnects by itself
-    and re-declares queues and consumers.
-    """
-    backoff = Backoff(first=0.2, cap=5.0)
-    while True:
-        try:
-            await broker.connect()
-            await declare_topology(broker)
-            log.info("%s: connected to RabbitMQ", what)
-            return
-        except Exception as exc:  # aio-pika raises several types for one outage
-            log.warning("%s: RabbitMQ unreachable (%s); retry in %.1fs", what, exc, backoff.delay)
-        await backoff.wait()
-
-
-async def broker_reachable(broker: RabbitBroker) -> None:
-    """Health probe: raises while the broker connection is down."""
-    if not await broker.ping(timeout=1.0):
-        raise ConnectionError("RabbitMQ is unreachable")
-
-
-class EventConsumer:
-    """The subscribers of a service's FastStream broker, as a lifecycle component.
-
-    Acknowledgement is decided per subscriber (see the services' events.py);
-    stopping waits up to the broker's ``graceful_timeout`` for messages in hand.
-    """
-
-    def __init__(self, broker: RabbitBroker, *, health_name: str) -> None:
-        self._broker = broker
-        self.health_name = health_name
-
-    async def run(self) -> None:
-        backoff = Backoff(first=0.2, cap=5.0)
-        while True:
-            await connect_when_reachable(self._broker, what=self.health_name)
-            try:
-                await self._broker.start()
-                return
-            except Exception as exc:  # e.g. the broker went away between connect and consume
-                log.warning(
-                    "%s: could not start consuming (%s); retry in %.1fs",
-                    self.health_name,
-                    exc,
-                    backoff.delay,
-                )
-            await self._broker.stop()  # drop the half-started state, start afresh
-            await backoff.wait()
-
-    async def check(self) -> None:
-        """Health probe: raises unless connected and every subscriber is consuming."""
-        await broker_reachable(self._broker)
-        if not all(subscriber.running for subscriber in self._broker.subscribers):
-            raise ConnectionError("not consuming yet")
-
-    async def stop(self) -> None:
-        await self._broker.stop()

@@ -126,13 +126,24 @@ async def serve_until_stopped(
     service down and exits non-zero (ComponentFailed), so its supervisor restarts
     it instead of the service running on without, say, consuming its events.
     """
+    failed: list[str] = []
+
+    async def probe() -> object:
+        try:
+            return await ready()
+        except DependencyIncompatible as exc:  # waiting cannot fix it: stop, exit 1
+            if not stop.is_set():
+                log.error("%s: shutting down", exc)
+                failed.append("the dependency check")
+                stop.set()
+            raise
+
     await server.start()
-    watchers = [asyncio.create_task(server.watch_readiness(ready))]
+    watchers = [asyncio.create_task(server.watch_readiness(probe))]
     watchers += [
         asyncio.create_task(server.watch_readiness(c.check, c.health_name)) for c in components
     ]
     running = [asyncio.create_task(c.run(), name=c.health_name) for c in components]
-    failed: list[str] = []
     for task in running:
         task.add_done_callback(lambda task: _stop_if_failed(task, stop, failed))
     await stop.wait()
@@ -154,6 +165,12 @@ async def serve_until_stopped(
         raise ComponentFailed(f"stopped because {', '.join(failed)} failed (see above)")
 
 
+class DependencyIncompatible(RuntimeError):
+    """A dependency answers but is in a state no wait fixes (say, a database schema
+    newer than the code): the readiness probe raises it and the service stops with
+    exit status 1 instead of staying NOT_SERVING for ever."""
+
+
 class ComponentFailed(RuntimeError):
     """A component failed for good; run_until_signalled turns it into exit status 1."""
 
@@ -170,24 +187,20 @@ def service_main(
     name: str,
     settings_type: type[SettingsT],
     serve: Callable[[SettingsT, asyncio.Event], Awaitable[None]],
-    commands: dict[str, Callable[[SettingsT], Awaitable[None]]] | None = None,
 ) -> None:
-    """``python -m <name> [serve|<command>]``: settings, logging, then run."""
-    argv = sys.argv[1:]
-    command = argv[0] if argv else "serve"
-    known = ["serve", *(commands or {})]
-    if len(argv) > 1 or command not in known:
-        sys.exit(f"usage: python -m {name} [{'|'.join(known)}]")
+    """``python -m <name>``: settings, logging, then serve until signalled."""
+    if sys.argv[1:]:
+        sys.exit(
+            f"usage: python -m {name}  (its database's migrations, if it has one:"
+            f" python -m {name}.migrate)"
+        )
     settings = load_settings(settings_type)
     configure_logging(name, settings.log_level)
-    if command == "serve":
 
-        def run() -> None:
-            run_until_signalled(lambda stop: serve(settings, stop), event_loop=settings.event_loop)
+    def run() -> None:
+        run_until_signalled(lambda stop: serve(settings, stop), event_loop=settings.event_loop)
 
-        if settings.workers == 1:
-            run()
-        else:
-            run_workers(settings.workers, run)
+    if settings.workers == 1:
+        run()
     else:
-        asyncio.run((commands or {})[command](settings))
+        run_workers(settings.workers, run)

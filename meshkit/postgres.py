@@ -1,18 +1,33 @@
 """PostgreSQL for services that keep their state there (asyncpg).
 
 One pool per service, connected lazily (so a service starts while its database
-is still away), schema migrations applied on first connect, and outages
-reported as ``Unavailable`` instead of as driver errors.
+is still away), and outages reported as ``Unavailable`` instead of as driver
+errors.
+
+Migrations have one owner: ``python -m <service>.migrate`` applies them and exits
+(the launcher, the test sandbox, compose and a Kubernetes Job run it before the
+services), on its own connection without the services' statement timeout, so a
+slow ``CREATE INDEX`` takes as long as it takes. A service only checks at start
+that its database has exactly the migrations its code knows: it waits
+(NOT_SERVING, logged) while some are missing and stops with a clear error when
+the database has migrations the code does not know (older code on a newer
+database).
 """
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.resources.abc import Traversable
 
 import asyncpg
 
 from meshkit.errors import Unavailable
+from meshkit.lifecycle import DependencyIncompatible
+from meshkit.logs import configure_logging
+from meshkit.resilience import retry
+from meshkit.settings import SettingsT, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +44,7 @@ DATABASE_DOWN = (
     asyncpg.InternalClientError,
 )
 MIGRATIONS_LOCK = 0x1A7E57  # pg_advisory lock id: one migrator at a time
+MIGRATE_WAIT_SECONDS = 120.0  # how long the migrator waits for its database to answer
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:
@@ -57,15 +73,18 @@ class PostgresDatabase:
         self._pool_size = pool_size
         self._timeout = timeout_seconds
         self._pool: asyncpg.Pool | None = None
+        self._schema_checked = False
 
     async def ready(self) -> None:
-        """Connect and migrate on first use, then prove the database answers.
+        """Connect on first use, check the schema until it fits, then prove the
+        database answers.
 
-        Raises while the database is unreachable; the health watcher calls it
-        until it passes, and keeps calling it to notice outages.
+        Raises while the database is unreachable or still being migrated; the
+        health watcher calls it until it passes, and keeps calling it to notice
+        outages.
         """
         if self._pool is None:
-            pool = await asyncpg.create_pool(
+            self._pool = await asyncpg.create_pool(
                 self.dsn,
                 min_size=self._pool_size,
                 max_size=self._pool_size,
@@ -73,14 +92,10 @@ class PostgresDatabase:
                 timeout=self._timeout,
                 reset=_keep_session,
             )
-            try:
-                async with pool.acquire() as conn:
-                    await apply_migrations(conn, self._migrations)
-            except BaseException:
-                await pool.close()
-                raise
-            self._pool = pool
         async with self.connection() as conn:
+            if not self._schema_checked:
+                await check_schema(conn, self._migrations, label=self._label)
+                self._schema_checked = True
             await conn.fetchval("SELECT 1")
 
     async def close(self) -> None:
@@ -122,39 +137,101 @@ class PostgresStore:
         await self.db.close()
 
 
+class SchemaBehind(Unavailable):
+    """The database lacks migrations the code needs: wait for the migrator."""
+
+
+class SchemaAhead(DependencyIncompatible):
+    """The database has migrations this code does not know: no wait fixes that."""
+
+
+def _versions(migrations: Traversable) -> list[str]:
+    return sorted(
+        f.name.removesuffix(".sql") for f in migrations.iterdir() if f.name.endswith(".sql")
+    )
+
+
+async def _applied(conn: asyncpg.Connection) -> set[str]:
+    if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+        return set()
+    return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+
+
+async def check_schema(conn: asyncpg.Connection, migrations: Traversable, *, label: str) -> None:
+    """Raise unless the database has exactly the migrations of ``migrations``."""
+    known, applied = _versions(migrations), await _applied(conn)
+    if unknown := sorted(applied - set(known)):
+        raise SchemaAhead(
+            f"the {label} has migrations this code does not know ({', '.join(unknown)}):"
+            " run the code that wrote them, or restore the database to this version"
+        )
+    if missing := [version for version in known if version not in applied]:
+        raise SchemaBehind(
+            f"the {label} is waiting for migrations {', '.join(missing)}"
+            " (python -m <service>.migrate applies them)"
+        )
+
+
 async def apply_migrations(conn: asyncpg.Connection, migrations: Traversable) -> list[str]:
     """Apply the ``NNNN_name.sql`` files this database has not seen yet.
 
     Each file runs once, in name order, in one transaction with its bookkeeping
-    row; the advisory lock lets several replicas start at once safely.
+    row (so a failure leaves the earlier ones applied). The session advisory lock
+    makes a second migrator started at the same time wait, then find nothing to do.
     """
     applied: list[str] = []
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATIONS_LOCK)
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATIONS_LOCK)
+    try:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        files = sorted(
-            (f for f in migrations.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
-        )
-        for file in files:
-            version = file.name.removesuffix(".sql")
+        done = await _applied(conn)
+        for version in _versions(migrations):
             if version in done:
                 continue
-            await conn.execute(file.read_text())
-            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            async with conn.transaction():
+                await conn.execute(migrations.joinpath(f"{version}.sql").read_text())
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
             applied.append(version)
             log.info("applied migration %s", version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATIONS_LOCK)
     return applied
 
 
-async def migrate(dsn: str, migrations: Traversable, *, timeout_seconds: float) -> None:
-    """``python -m <service> migrate``: apply pending migrations, then exit."""
-    conn = await asyncpg.connect(dsn, timeout=timeout_seconds)
+async def migrate(dsn: str, migrations: Traversable) -> list[str]:
+    """Apply pending migrations on a connection of their own, without statement timeout."""
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(
+            dsn, timeout=10, command_timeout=None, server_settings={"statement_timeout": "0"}
+        )
+
+    conn = await asyncio.wait_for(
+        retry(connect, "migrations: database unreachable", on=DATABASE_DOWN, logger=log),
+        MIGRATE_WAIT_SECONDS,
+    )
     try:
-        applied = await apply_migrations(conn, migrations)
+        return await apply_migrations(conn, migrations)
     finally:
         await conn.close()
+
+
+def migration_main(
+    name: str,
+    settings_type: type[SettingsT],
+    database_url: Callable[[SettingsT], object],
+    migrations: Traversable,
+) -> None:
+    """``python -m <name>.migrate``: apply the database's pending migrations, then exit.
+
+    Exit status 0 when the database is up to date (nothing pending is fine), 1
+    with the reason otherwise."""
+    settings = load_settings(settings_type)
+    configure_logging(f"{name}.migrate", settings.log_level)
+    try:
+        applied = asyncio.run(migrate(str(database_url(settings)), migrations))
+    except (TimeoutError, *DATABASE_DOWN, asyncpg.PostgresError) as exc:
+        sys.exit(f"{name} migrations failed: {type(exc).__name__}: {exc}")
     log.info("migrations: %s", ", ".join(applied) if applied else "none pending")

@@ -1,9 +1,22 @@
-"""Waiting out outages of a dependency: capped exponential backoff."""
+"""Waiting out outages of a dependency: tenacity, exponential backoff with jitter.
 
-import asyncio
+One rule for every loop that waits for RabbitMQ, PostgreSQL, MongoDB or the mail
+server: 0.1 s, 0.2 s, 0.4 s, … capped (5 s by default), each wait plus a random
+share of up to the first one, so replicas that lost the same dependency do not
+all come back at the same instant. No attempt limit: a background part waits as long as
+the outage lasts; it stops when its service shuts down (the caller cancels it).
+"""
+
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
 
 from meshkit.errors import Unavailable
 
@@ -11,19 +24,47 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Backoff:
-    """0.1 s, 0.2 s, 0.4 s, … up to ``cap``; ``reset()`` after a success."""
+def _log_retry(what: str, logger: logging.Logger) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        logger.warning("%s: %s; retrying in %.1fs", what, exc, delay)
 
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self._first, self._cap = first, cap
-        self.delay = first
+    return before_sleep
 
-    def reset(self) -> None:
-        self.delay = self._first
 
-    async def wait(self) -> None:
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.delay * 2, self._cap)
+def retrying(
+    what: str,
+    *,
+    on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    first: float = 0.1,
+    cap: float = 5.0,
+    logger: logging.Logger = log,
+) -> AsyncRetrying:
+    """Retry while an attempt raises ``on``, forever, logging each wait:
+    ``async for attempt in retrying(...): with attempt: ...``. Anything else than
+    ``on`` propagates at once."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(on),
+        wait=wait_exponential_jitter(multiplier=first, max=cap, jitter=first),
+        before_sleep=_log_retry(what, logger),
+        reraise=True,
+    )
+
+
+async def retry(
+    operation: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    first: float = 0.1,
+    logger: logging.Logger = log,
+) -> T:
+    """``await operation()`` until it stops raising ``on`` (see ``retrying``)."""
+    async for attempt in retrying(what, on=on, first=first, logger=logger):
+        with attempt:
+            return await operation()
+    raise AssertionError("unreachable: retrying never gives up")
 
 
 async def retry_while_unavailable(operation: Callable[[], Awaitable[T]], *, what: str) -> T:
@@ -33,10 +74,4 @@ async def retry_while_unavailable(operation: Callable[[], Awaitable[T]], *, what
     not burn its delivery attempts and send it to the dead-letter queue. Any other
     error propagates (and, for a message, leads to redelivery and eventually the DLQ).
     """
-    backoff = Backoff()
-    while True:
-        try:
-            return await operation()
-        except Unavailable as exc:
-            log.warning("%s: %s; retrying in %.1fs", what, exc, backoff.delay)
-            await backoff.wait()
+    return await retry(operation, what, on=Unavailable)

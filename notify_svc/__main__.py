@@ -1,7 +1,7 @@
-"""python -m notify_svc [serve|migrate]"""
+"""python -m notify_svc (migrations first: python -m notify_svc.migrate)"""
 
 from meshkit.lifecycle import service_main
-from notify_svc.bootstrap import migrate, serve
+from notify_svc.bootstrap import serve
 from notify_svc.settings import NotifySettings
 
-service_main("notify_svc", NotifySettings, serve, {"migrate": migrate})
+service_main("notify_svc", NotifySettings, serve)

@@ -2,15 +2,14 @@
 
 import asyncio
 
-from meshkit import postgres
-from meshkit.events import EventConsumer, rabbit_broker
+from meshkit.broker import EventConsumer, rabbit_broker
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
 from notify_svc.events import Notifier, event_router
 from notify_svc.grpc_api import NotificationApi
 from notify_svc.mailer import Mailer
 from notify_svc.settings import NotifySettings
-from notify_svc.store import MIGRATIONS, PostgresNotifications
+from notify_svc.store import PostgresNotifications
 
 
 async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
@@ -29,7 +28,15 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
         graceful_timeout=settings.shutdown_grace_seconds,
     )
     broker.include_router(
-        event_router(Notifier(store, mailer, settings.mail_from, settings.logistics_email))
+        event_router(
+            Notifier(
+                store,
+                mailer,
+                settings.mail_from,
+                settings.logistics_email,
+                lease_seconds=settings.notify_lease_seconds,
+            )
+        )
     )
     await serve_until_stopped(
         stop,
@@ -37,11 +44,4 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
         ready=store.ready,
         components=[EventConsumer(broker, health_name="notify_svc.consumer")],
         close=[store.close],
-    )
-
-
-async def migrate(settings: NotifySettings) -> None:
-    """``python -m notify_svc migrate``"""
-    await postgres.migrate(
-        str(settings.notify_database_url), MIGRATIONS, timeout_seconds=settings.db_timeout_seconds
     )

@@ -4,10 +4,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from meshkit import paging
-from polyglot.events.v1 import ProductSold
+from meshkit.errors import Unavailable
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 MESSAGE_ID_DOMAIN = "polyglotmicro.local"
+
+
+@dataclass(frozen=True)
+class Sale:
+    """What notify_svc needs to know of a sale (from a ProductSold event)."""
+
+    event_id: str
+    order_id: str
+    product_id: int
+    product_name: str
+    quantity: int
+    remaining_stock: int
+    occurred_at: datetime
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,30 @@ class Notification:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming a notification for sending.
+
+    ``lease`` is set when this handler may send now (until the lease expires);
+    otherwise ``sent`` says whether it went out already or another handler holds
+    a live lease on it (a copy of the event in flight elsewhere)."""
+
+    lease: str | None
+    attempt: int
+    sent: bool
+
+
+class SendingElsewhere(Unavailable):
+    """Another handler holds the notification's lease: wait until it is sent or
+    the lease expires (its holder died), then claim it again."""
+
+    def __init__(self, email: "OrderConfirmation") -> None:
+        super().__init__(
+            f"order {email.order_id}: e-mail {email.message_id} is being sent by another"
+            " handler; waiting until it is sent or its lease expires"
+        )
+
+
+@dataclass(frozen=True)
 class NotificationsPage:
     """Notifications older than ``after`` (created_at, event_id), newest first."""
 
@@ -48,7 +85,7 @@ class NotificationsPage:
     order_id: str  # '' for every order
 
 
-def order_confirmation(sale: ProductSold, *, sender: str, recipient: str) -> OrderConfirmation:
+def order_confirmation(sale: Sale, *, sender: str, recipient: str) -> OrderConfirmation:
     sold_at = sale.occurred_at.astimezone(UTC)
     return OrderConfirmation(
         event_id=sale.event_id,

@@ -18,6 +18,10 @@ class NotifySettings(ServiceSettings):
     # Unset: e-mails are only written to the log, as [EMAIL] lines.
     smtp_url: SmtpUrl | None = None
     smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # How long a handler owns a notification it is sending; a send that takes
+    # longer is abandoned. After a crash another copy of the event may send it
+    # once the lease has expired, so it bounds how late that resend comes.
+    notify_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
     mail_from: str = Field(default="orders@polyglotmicro.local", pattern=EMAIL_ADDRESS)
     # The logistics mailbox that gets every order confirmation.
     logistics_email: str = Field(default="logistics@polyglotmicro.local", pattern=EMAIL_ADDRESS)

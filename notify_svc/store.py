@@ -1,38 +1,55 @@
 """PostgreSQL adapter: notify_svc's log of notifications (database notify_db).
 
 The event id is the primary key, so a redelivered event cannot create a second
-notification. A notification is claimed ('sending', visible to operators) before
-the e-mail goes out; the e-mail is then sent while the row is locked and marked
-'sent' in the same transaction, so two copies of one event handled at the same
-time (a redelivery racing the original) send one e-mail: the second waits on the
-lock and finds it sent.
+notification. A notification is claimed ('sending', visible to operators) with
+a lease: until ``lease_until`` no other handler may claim it. The claim is one
+statement; the e-mail then goes out with no connection or row lock held, and a
+second statement marks it 'sent'. So a slow mail server holds nothing that
+ListNotifications or the other messages need.
 """
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from importlib import resources
 
-import asyncpg
-
 from meshkit.postgres import PostgresStore
-from notify_svc.domain import Notification, NotificationsPage, OrderConfirmation
+from notify_svc.domain import Claim, Notification, NotificationsPage, OrderConfirmation
 
 MIGRATIONS = resources.files(__package__) / "migrations"
 
-# A new event inserts its claim; an event whose e-mail may not have gone out
-# (status still 'sending' after a crash) is claimed again; an event already
-# 'sent' returns no row.
+# A new event inserts its claim with a lease. An event still 'sending' whose lease
+# is released or expired (its holder failed or died) is claimed again; one that is
+# 'sent', or leased to a live holder, is not (``attempt`` NULL), and its status
+# says which. The status is read from the statement's snapshot, so a claim made
+# by a concurrent copy a moment ago may show as no row at all (status NULL):
+# that copy holds the lease.
 CLAIM = """
-INSERT INTO notifications
-    (event_id, order_id, product_id, recipient, subject, message_id, channel, status)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'sending')
-ON CONFLICT (event_id) DO UPDATE SET attempts = notifications.attempts + 1
+WITH claimed AS (
+    INSERT INTO notifications (event_id, order_id, product_id, recipient, subject,
+                               message_id, channel, status, leased_by, lease_until)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'sending', $8, now() + make_interval(secs => $9))
+    ON CONFLICT (event_id) DO UPDATE SET
+        attempts = notifications.attempts + 1,
+        leased_by = excluded.leased_by,
+        lease_until = excluded.lease_until
     WHERE notifications.status = 'sending'
-RETURNING attempts
+      AND (notifications.lease_until IS NULL OR notifications.lease_until < now())
+    RETURNING attempts
+)
+SELECT (SELECT attempts FROM claimed) AS attempt,
+       (SELECT status FROM notifications WHERE event_id = $1) AS status
 """
 
-MARK_SENT = "UPDATE notifications SET status = 'sent', sent_at = now() WHERE event_id = $1"
+MARK_SENT = """
+UPDATE notifications SET status = 'sent', sent_at = now(), leased_by = NULL, lease_until = NULL
+WHERE event_id = $1 AND status = 'sending'
+"""
+
+# Give the lease back early (the send failed before the mail server took it), so
+# the retry need not wait for the expiry; only the holder's own lease.
+RELEASE = """
+UPDATE notifications SET lease_until = NULL
+WHERE event_id = $1 AND leased_by = $2 AND status = 'sending'
+"""
 
 COLUMNS = (
     "event_id::text, order_id, product_id, recipient, subject, message_id, channel, status,"
@@ -44,10 +61,10 @@ class PostgresNotifications(PostgresStore):
     label = "notifications database"
     migrations = MIGRATIONS
 
-    async def claim(self, email: OrderConfirmation, channel: str) -> int | None:
-        """Claim the e-mail for sending: its attempt number, or None if already sent."""
+    async def claim(self, email: OrderConfirmation, channel: str, lease_seconds: float) -> Claim:
+        lease = uuid.uuid4()
         async with self.db.connection() as conn:
-            return await conn.fetchval(
+            row = await conn.fetchrow(
                 CLAIM,
                 uuid.UUID(email.event_id),
                 email.order_id,
@@ -56,17 +73,16 @@ class PostgresNotifications(PostgresStore):
                 email.subject,
                 email.message_id,
                 channel,
+                lease,
+                lease_seconds,
             )
+        if row["attempt"] is not None:
+            return Claim(lease=str(lease), attempt=row["attempt"], sent=False)
+        return Claim(lease=None, attempt=0, sent=row["status"] == "sent")
 
-    @asynccontextmanager
-    async def locked(self, event_id: str) -> AsyncIterator["LockedNotification"]:
-        """The claimed notification, locked until the block ends (then committed)."""
-        async with self.db.connection() as conn, conn.transaction():
-            status = await conn.fetchval(
-                "SELECT status FROM notifications WHERE event_id = $1 FOR UPDATE",
-                uuid.UUID(event_id),
-            )
-            yield LockedNotification(conn, event_id, sent=status == "sent")
+    async def release(self, event_id: str, lease: str) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute(RELEASE, uuid.UUID(event_id), uuid.UUID(lease))
 
     async def mark_sent(self, event_id: str) -> None:
         async with self.db.connection() as conn:
@@ -90,15 +106,3 @@ class PostgresNotifications(PostgresStore):
                 *args,
             )
         return [Notification(**row) for row in rows]
-
-
-class LockedNotification:
-    """A notification row under its lock; ``mark_sent`` takes effect at commit."""
-
-    def __init__(self, conn: asyncpg.Connection, event_id: str, *, sent: bool) -> None:
-        self._conn = conn
-        self._event_id = event_id
-        self.sent = sent
-
-    async def mark_sent(self) -> None:
-        await self._conn.execute(MARK_SENT, uuid.UUID(self._event_id))

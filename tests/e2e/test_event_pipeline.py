@@ -203,10 +203,11 @@ async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(
     assert await pipeline.notifications(orders) == {o: 1 for o in orders}
     # The one at-least-once step: an e-mail the SMTP server accepted just before
     # the kill, before it was marked sent, goes out again with the same Message-ID.
-    # At most one per send in progress, and a send holds a pooled connection.
+    # At most one per send in progress, so per message notify_svc held at once.
     emails = pipeline.emails(orders)
     assert set(emails) == set(orders)
-    assert sum(emails.values()) - len(orders) <= NotifySettings.model_fields["db_pool_size"].default
+    held = NotifySettings.model_fields["consumer_prefetch"].default
+    assert sum(emails.values()) - len(orders) <= held
 
 
 async def _at_least(counter, n: int) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from faststream.rabbit import RabbitQueue, RabbitRouter
 
 from devtools.sandbox import free_port
-from meshkit.events import EventConsumer, rabbit_broker
+from meshkit.broker import EventConsumer, rabbit_broker
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import ComponentFailed, serve_until_stopped
 from meshkit.settings import ServiceSettings
@@ -121,7 +121,7 @@ async def test_an_event_consumer_keeps_trying_until_it_can_consume(amqp_url, cap
         )
     )
     try:
-        with caplog.at_level("WARNING", logger="meshkit.events"):
+        with caplog.at_level("WARNING", logger="meshkit.broker"):
             await eventually(
                 lambda: any("could not start consuming" in r.getMessage() for r in caplog.records),
                 what="a failed start",

@@ -9,17 +9,21 @@ import pytest
 
 from devtools.sandbox import create_database, drop_database
 from meshkit.errors import Unavailable
-from meshkit.events import ProductSold
+from meshkit.postgres import migrate
 from notify_svc import use_cases
-from notify_svc.domain import OrderConfirmation
+from notify_svc.domain import OrderConfirmation, Sale
 from notify_svc.mailer import Mailer
-from notify_svc.store import PostgresNotifications
+from notify_svc.store import MIGRATIONS, PostgresNotifications
 from tests.conftest import PG_SERVER_URL
+from tests.support.waiting import eventually
+
+LEASE_SECONDS = 30.0
 
 
 @pytest.fixture(scope="module")
 async def notify_db_url():
     url = await create_database(PG_SERVER_URL, "polyglot_test_notify_uc")
+    await migrate(url, MIGRATIONS)
     yield url
     await drop_database(url)
 
@@ -32,8 +36,8 @@ async def notifications(notify_db_url):
     await store.close()
 
 
-def sale() -> ProductSold:
-    return ProductSold(
+def sale() -> Sale:
+    return Sale(
         event_id=str(uuid.uuid4()),
         order_id=f"ORD-{uuid.uuid4().hex[:8]}",
         product_id=1,
@@ -44,9 +48,14 @@ def sale() -> ProductSold:
     )
 
 
-async def notify(store, mailer, event) -> bool:
+async def notify(store, mailer, event, lease_seconds: float = LEASE_SECONDS) -> bool:
     return await use_cases.notify_sale(
-        store, mailer, event, sender="orders@test.local", recipient="logistics@test.local"
+        store,
+        mailer,
+        event,
+        sender="orders@test.local",
+        recipient="logistics@test.local",
+        lease_seconds=lease_seconds,
     )
 
 
@@ -137,3 +146,65 @@ async def test_a_database_cut_after_the_mail_server_accepted_does_not_resend(
     assert len(mail.messages(event.order_id)) == 1
     [listed], _ = await use_cases.recent_notifications(notifications, 10, "", event.order_id)
     assert listed.status == "sent"
+
+
+async def test_no_connection_is_held_while_the_mail_server_answers(notify_db_url, mail):
+    """A slow mail server must not starve ListNotifications: with a pool of one
+    connection, listing still answers while an e-mail waits for the server."""
+    store = PostgresNotifications(notify_db_url, pool_size=1, timeout_seconds=5)
+    await store.ready()
+    event = sale()
+    mail.holding.clear()
+    mail.answer.clear()
+    try:
+        sending = asyncio.create_task(notify(store, Mailer(mail.url, timeout_seconds=30), event))
+        await eventually(mail.holding.is_set, what="the mail server holding its answer")
+        [listed], _ = await use_cases.recent_notifications(store, 10, "", event.order_id)
+        assert listed.status == "sending"
+    finally:
+        mail.answer.set()
+    assert await sending is True
+    [listed], _ = await use_cases.recent_notifications(store, 10, "", event.order_id)
+    assert listed.status == "sent"
+    await store.close()
+
+
+class AcceptedThenCrashed:
+    """The mail server accepts the e-mail, then the handler dies before the mark."""
+
+    channel = "smtp"
+
+    def __init__(self, mailer: Mailer) -> None:
+        self._mailer = mailer
+
+    async def send(self, email: OrderConfirmation) -> None:
+        await self._mailer.send(email)
+        raise asyncio.CancelledError  # the process is gone: no release, no mark
+
+
+async def test_a_crash_after_the_mail_server_accepted_resends_after_the_lease_with_the_same_id(
+    notifications, mail
+):
+    event = sale()
+    mailer = Mailer(mail.url, timeout_seconds=5)
+    with pytest.raises(asyncio.CancelledError):
+        await notify(notifications, AcceptedThenCrashed(mailer), event, lease_seconds=5)
+    # The redelivered copy finds the lease held and waits for its expiry…
+    with pytest.raises(Unavailable, match="being sent by another handler"):
+        await notify(notifications, mailer, event, lease_seconds=1)
+    # …then sends again, with the same Message-ID, and marks it sent.
+    await eventually(
+        lambda: _notified_after_expiry(notifications, mailer, event), what="the resend"
+    )
+    first, second = mail.messages(event.order_id)
+    assert first["Message-ID"] == second["Message-ID"] == f"<{event.event_id}@polyglotmicro.local>"
+    [listed], _ = await use_cases.recent_notifications(notifications, 10, "", event.order_id)
+    assert listed.status == "sent"
+    assert await notify(notifications, mailer, event) is False
+
+
+async def _notified_after_expiry(store, mailer, event) -> bool:
+    try:
+        return await notify(store, mailer, event, lease_seconds=1)
+    except Unavailable:
+        return False

@@ -6,16 +6,19 @@ publish (and so mark) the rows they inspect.
 
 import asyncio
 import dataclasses
+import json
 import uuid
 
 import asyncpg
 import pytest
 
+import polyglot.events.v1 as events_pb
 from devtools.sandbox import create_database, drop_database
 from inventory_svc import use_cases
 from inventory_svc.domain import InsufficientStock, SaleRequest
-from inventory_svc.store import OutboxEntry, PostgresInventory, PostgresOutbox
-from meshkit.events import PRODUCT_SOLD, ProductSold
+from inventory_svc.store import MIGRATIONS, OutboxEntry, PostgresInventory, PostgresOutbox
+from meshkit.events import PRODUCT_SOLD
+from meshkit.postgres import migrate
 from tests.conftest import PG_SERVER_URL
 from tests.support.inventory import order
 from tests.support.waiting import eventually
@@ -24,6 +27,7 @@ from tests.support.waiting import eventually
 @pytest.fixture(scope="module")
 async def outbox_db_url():
     url = await create_database(PG_SERVER_URL, "polyglot_test_outbox")
+    await migrate(url, MIGRATIONS)
     yield url
     await drop_database(url)
 
@@ -66,6 +70,10 @@ async def drain(outbox: PostgresOutbox, limit: int = 100) -> list[OutboxEntry]:
     return published
 
 
+def payload(entry: OutboxEntry) -> dict:
+    return json.loads(entry.body)
+
+
 async def test_a_sale_writes_one_event_a_replay_or_refusal_none(inventory):
     store, outbox = inventory
     product = await add_product(store, stock=5)
@@ -76,8 +84,9 @@ async def test_a_sale_writes_one_event_a_replay_or_refusal_none(inventory):
     [entry] = await drain(outbox)
     assert entry.routing_key == PRODUCT_SOLD
     # The body is published as stored: proto3 JSON with the proto field names.
-    assert set(entry.payload) == {f.name for f in dataclasses.fields(ProductSold)}
-    event = ProductSold().from_dict(entry.payload)
+    body = payload(entry)
+    assert set(body) == {f.name for f in dataclasses.fields(events_pb.ProductSold)}
+    event = events_pb.ProductSold().from_dict(body)
     assert uuid.UUID(event.event_id) == entry.event_id
     assert (event.order_id, event.product_id, event.quantity, event.remaining_stock) == (
         "ORD-outbox-1",
@@ -94,7 +103,7 @@ async def test_events_are_published_oldest_first_and_only_once(inventory):
     products = [await add_product(store) for _ in range(3)]
     orders = [(await sell(store, p)).order_id for p in products * 2]
     first = await drain(outbox)
-    assert [e.payload["order_id"] for e in first] == orders
+    assert [payload(e)["order_id"] for e in first] == orders
     assert [e.position for e in first] == sorted(e.position for e in first)
     assert await drain(outbox) == []
     assert (await outbox.backlog()).unpublished == 0
@@ -107,7 +116,7 @@ async def test_a_failed_publish_keeps_the_confirmed_and_retries_the_rest(invento
     offered: list[str] = []
 
     async def broker_refuses_the_third(entry: OutboxEntry) -> None:
-        offered.append(entry.payload["order_id"])
+        offered.append(payload(entry)["order_id"])
         if len(offered) == 3:
             raise ConnectionError("broker refused")
 
@@ -115,7 +124,7 @@ async def test_a_failed_publish_keeps_the_confirmed_and_retries_the_rest(invento
         await outbox.publish_pending(10, broker_refuses_the_third)
     assert offered == orders  # handed over in order
     assert (await outbox.backlog()).unpublished == 1  # the three confirmed were marked
-    assert [e.payload["order_id"] for e in await drain(outbox)] == [orders[2]]
+    assert [payload(e)["order_id"] for e in await drain(outbox)] == [orders[2]]
 
 
 async def test_two_relays_share_the_work_and_keep_each_products_order(inventory):
@@ -138,12 +147,12 @@ async def test_two_relays_share_the_work_and_keep_each_products_order(inventory)
     a = asyncio.create_task(outbox.publish_pending(2, relay_a))
     await a_holding.wait()
     b_published = await drain(outbox)
-    assert [e.payload["product_id"] for e in b_published] == [p3]
+    assert [payload(e)["product_id"] for e in b_published] == [p3]
     a_may_go_on.set()
     assert await a == 2
-    assert [e.payload["product_id"] for e in a_published] == [p1, p2]
+    assert [payload(e)["product_id"] for e in a_published] == [p1, p2]
     rest = await drain(outbox)
-    assert [e.payload["product_id"] for e in rest] == [p1, p2]
+    assert [payload(e)["product_id"] for e in rest] == [p1, p2]
     every = [e.event_id for e in a_published + b_published + rest]
     assert len(every) == len(set(every)) == 5
 

@@ -1,3 +1,4 @@
+import asyncio
 import threading
 from email import message_from_bytes
 from email.message import Message
@@ -15,6 +16,11 @@ class MailCatcher:
         self._lock = threading.Lock()
         self._messages: list[Message] = []
         self.refusing = False  # answer 451 (try later) while True
+        # Cleared: the server holds its answer to DATA until it is set again (a slow
+        # mail server); ``holding`` is set once it holds one.
+        self.answer = threading.Event()
+        self.answer.set()
+        self.holding = threading.Event()
         self.port = free_port()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
@@ -29,6 +35,9 @@ class MailCatcher:
         self._controller.stop()
 
     async def handle_DATA(self, server: object, session: Session, envelope: Envelope) -> str:
+        if not self.answer.is_set():
+            self.holding.set()
+            await asyncio.to_thread(self.answer.wait)
         if self.refusing:
             return "451 4.3.0 Try again later"
         with self._lock:

@@ -52,10 +52,14 @@ def test_services_wait_for_healthy_dependencies(compose):
     conditions = {
         how["condition"] for s in services.values() for how in (s.get("depends_on") or {}).values()
     }
-    assert conditions == {"service_healthy"}
-    assert waits["inventory-svc"] == {"postgres", "rabbitmq"}
+    assert conditions == {"service_healthy", "service_completed_successfully"}
+    assert waits["inventory-svc"] == {"inventory-migrate", "postgres", "rabbitmq"}
     assert waits["analytics-svc"] == {"mongo", "rabbitmq"}
-    assert waits["notify-svc"] == {"postgres", "rabbitmq", "mailpit"}
+    assert waits["notify-svc"] == {"notify-migrate", "postgres", "rabbitmq", "mailpit"}
+    for job in ("inventory-migrate", "notify-migrate"):  # one-shot: succeeds, then exits
+        assert services[job]["restart"] == "no"
+        assert services[job]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+        assert services[job]["command"][-1].endswith(".migrate")
     assert waits["envoy"] == set(OUR_SERVICES)
 
 

@@ -1,13 +1,26 @@
 """The ProductSold contract as it travels: JSON shape, validation, rendering."""
 
+import dataclasses
+import json
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 
+import polyglot.events.v1 as events_pb
+from analytics_svc.domain import Sale as AnalyticsSale
 from meshkit import paging
 from meshkit.errors import InvalidArgument
-from meshkit.events import ProductSold, UnusableEvent, checked_product_sold
+from meshkit.events import (
+    ProductSold,
+    UnusableEvent,
+    checked_product_sold,
+    product_sold_body,
+    to_domain,
+)
+from notify_svc.domain import Sale as NotifySale
 from notify_svc.domain import order_confirmation
 
 SOLD_AT = datetime(2026, 11, 28, 9, 30, 15, 123456, tzinfo=UTC)
@@ -39,7 +52,50 @@ def test_outbox_payload_parses_into_the_contract():
         "sold_by": "alice",
         "occurred_at": "2026-11-28T09:30:15.123456+00:00",
     }
-    assert ProductSold().from_dict(payload) == sale()
+    assert ProductSold.model_validate(payload) == sale()
+
+
+def test_the_body_is_made_from_the_generated_message_with_every_field():
+    body = json.loads(product_sold_body(event_id="e", order_id="o", product_id=3, quantity=2))
+    assert list(body) == [f.name for f in dataclasses.fields(events_pb.ProductSold)]
+    assert (body["order_id"], body["product_id"], body["quantity"]) == ("o", 3, 2)
+
+
+def test_the_wire_type_has_the_contract_fields_and_their_comments():
+    fields = ProductSold.model_fields
+    assert list(fields) == [f.name for f in dataclasses.fields(events_pb.ProductSold)]
+    assert fields["event_id"].description == (
+        "Unique id of this event (UUID); consumers deduplicate by it."
+    )
+    assert ProductSold.__name__ == "ProductSold"
+    assert not hasattr(events_pb.ProductSold, "__pydantic_config__")  # never patched
+
+
+def test_the_asyncapi_document_does_not_depend_on_import_order():
+    """Generated from a fresh interpreter, once with the services imported first."""
+
+    def generate(first: str) -> str:
+        code = (
+            f"import {first}\n"
+            "from devtools.asyncapi import docs\n"
+            "print(docs.schema.to_specification().to_yaml())"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+
+    assert generate("notify_svc.events") == generate("json")
+
+
+def test_services_map_the_wire_message_to_their_own_sale():
+    for domain_type in (AnalyticsSale, NotifySale):
+        mapped = to_domain(sale(), domain_type)
+        assert isinstance(mapped, domain_type)
+        assert (mapped.order_id, mapped.quantity, mapped.occurred_at) == (
+            "ORD-2024-001",
+            2,
+            SOLD_AT,
+        )
 
 
 def test_a_real_sale_is_usable():
@@ -67,12 +123,16 @@ def test_unusable_events_are_refused_with_the_reason(event, reason):
 
 
 def test_order_confirmation_names_the_order_and_is_stable_per_event():
-    email = order_confirmation(sale(), sender="orders@x.test", recipient="logistics@x.test")
+    email = order_confirmation(
+        to_domain(sale(), NotifySale), sender="orders@x.test", recipient="logistics@x.test"
+    )
     assert email.subject == "Order ORD-2024-001 confirmed: 2 x Laptop Gamer"
     assert email.recipient == "logistics@x.test"
     assert email.message_id == "<00000000-0000-0000-0000-000000000001@polyglotmicro.local>"
     assert "Stock left: 98" in email.body and "2026-11-28 09:30:15 UTC" in email.body
-    again = order_confirmation(sale(), sender="orders@x.test", recipient="logistics@x.test")
+    again = order_confirmation(
+        to_domain(sale(), NotifySale), sender="orders@x.test", recipient="logistics@x.test"
+    )
     assert again == email
 
 

@@ -1,0 +1,140 @@
+"""Broker plumbing (FastStream on RabbitMQ): connect, declare, publish, subscribe.
+
+What travels and on which queues is meshkit/events.py; this module is how a
+service gets it there and back, the same way for every service:
+
+- ``rabbit_broker``: publisher confirms, unroutable messages raise;
+- ``connect_when_reachable``: connect (waiting out an outage), declare the topology;
+- ``subscribe``: a subscriber's queue, DLQ, acknowledgement and retry rule,
+  declared once for every service;
+- ``EventConsumer``: a service's subscribers as a lifecycle component.
+"""
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from faststream import AckPolicy
+from faststream.rabbit import Channel, RabbitBroker, RabbitRouter
+
+from meshkit.events import (
+    DEAD_LETTERS,
+    EXCHANGE,
+    SUBSCRIPTIONS,
+    Subscription,
+    dead_letter_queue,
+    subscriber_queue,
+)
+from meshkit.resilience import retry, retry_while_unavailable
+
+log = logging.getLogger(__name__)
+E = TypeVar("E")
+
+
+async def declare_topology(broker: RabbitBroker) -> None:
+    exchange = await broker.declare_exchange(EXCHANGE)
+    dead_letters = await broker.declare_exchange(DEAD_LETTERS)
+    for subscription in SUBSCRIPTIONS.values():
+        queue = await broker.declare_queue(subscriber_queue(subscription))
+        await queue.bind(exchange, routing_key=subscription.routing_key)
+        dlq = await broker.declare_queue(dead_letter_queue(subscription))
+        await dlq.bind(dead_letters, routing_key=subscription.queue)
+
+
+def rabbit_broker(
+    url: str, *, prefetch: int | None = None, graceful_timeout: float = 10.0
+) -> RabbitBroker:
+    return RabbitBroker(
+        url,
+        # Publisher confirms; an unroutable mandatory message raises instead of
+        # vanishing, so the outbox relay retries it.
+        default_channel=Channel(prefetch_count=prefetch, on_return_raises=True),
+        graceful_timeout=graceful_timeout,
+        log_level=logging.DEBUG,  # one line per message is too much at INFO
+    )
+
+
+async def connect_when_reachable(broker: RabbitBroker, *, what: str) -> None:
+    """Connect (waiting out an outage, meshkit.resilience) and declare the topology.
+
+    After the first connection aio-pika's robust connection reconnects by itself
+    and re-declares queues and consumers.
+    """
+
+    async def connect() -> None:
+        await broker.connect()
+        await declare_topology(broker)
+
+    # aio-pika raises several types for one outage: retry on any of them.
+    await retry(connect, f"{what}: RabbitMQ unreachable", logger=log, first=0.2)
+    log.info("%s: connected to RabbitMQ", what)
+
+
+async def broker_reachable(broker: RabbitBroker) -> None:
+    """Health probe: raises while the broker connection is down."""
+    if not await broker.ping(timeout=1.0):
+        raise ConnectionError("RabbitMQ is unreachable")
+
+
+def subscribe(
+    router: RabbitRouter, service: str, describe: Callable[..., str]
+) -> Callable[[Callable[[E], Awaitable[None]]], Callable[..., Awaitable[None]]]:
+    """Decorator: make ``handler(event)`` the subscriber of ``service``'s own queue.
+
+    The same rule for every subscriber: its durable quorum queue with a delivery
+    limit and DLQ (meshkit/events.py); acknowledged only after the handler
+    returned (AckPolicy.NACK_ON_ERROR: an error → nack and redelivery, past the
+    limit the DLQ); ``Unavailable`` (its database, its mail server) is waited
+    out inside the handler, so an outage delays messages instead of spending
+    their delivery attempts. ``describe(event)`` names the event in retry logs.
+    The handler's annotation is the wire type FastStream validates bodies into
+    and documents in AsyncAPI.
+    """
+    subscription: Subscription = SUBSCRIPTIONS[service]
+
+    def register(handler: Callable[[E], Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        @functools.wraps(handler)
+        async def handle(event: Any) -> None:
+            await retry_while_unavailable(lambda: handler(event), what=describe(event))
+
+        return router.subscriber(
+            subscriber_queue(subscription),
+            EXCHANGE,
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            title=subscription.title,
+            description=subscription.description,
+        )(handle)
+
+    return register
+
+
+class EventConsumer:
+    """The subscribers of a service's FastStream broker, as a lifecycle component.
+
+    Stopping waits up to the broker's ``graceful_timeout`` for messages in hand.
+    """
+
+    def __init__(self, broker: RabbitBroker, *, health_name: str) -> None:
+        self._broker = broker
+        self.health_name = health_name
+
+    async def run(self) -> None:
+        async def start() -> None:
+            await connect_when_reachable(self._broker, what=self.health_name)
+            try:
+                await self._broker.start()
+            except Exception:  # e.g. the broker went away between connect and consume
+                await self._broker.stop()  # drop the half-started state, start afresh
+                raise
+
+        await retry(start, f"{self.health_name}: could not start consuming", logger=log, first=0.2)
+
+    async def check(self) -> None:
+        """Health probe: raises unless connected and every subscriber is consuming."""
+        await broker_reachable(self._broker)
+        if not all(subscriber.running for subscriber in self._broker.subscribers):
+            raise ConnectionError("not consuming yet")
+
+    async def stop(self) -> None:
+        await self._broker.stop()
