@@ -3,18 +3,20 @@
 import asyncio
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from devtools.sandbox import create_database, drop_database
 from meshkit.errors import Unavailable
 from meshkit.postgres import migrate
+from meshkit.resilience import retry_while_unavailable
 from notify_svc import use_cases
 from notify_svc.domain import OrderConfirmation, Sale
 from notify_svc.mailer import Mailer
 from notify_svc.store import MIGRATIONS, PostgresNotifications
 from tests.conftest import PG_SERVER_URL
+from tests.support.net import TcpProxy
 from tests.support.waiting import eventually
 
 LEASE_SECONDS = 30.0
@@ -102,10 +104,16 @@ async def test_a_mail_server_outage_is_unavailable_and_the_retry_sends(notificat
 
 
 async def test_copies_of_one_event_handled_at_once_send_one_email(notifications, mail):
-    """A redelivery racing the original (e.g. after a channel drop) must not send twice."""
+    """A redelivery racing the original (e.g. after a channel drop) must not send twice:
+    the copies that find the lease taken wait, as the subscriber does, until it is sent."""
     mailer = Mailer(mail.url, timeout_seconds=5)
     event = sale()
-    outcomes = await asyncio.gather(*(notify(notifications, mailer, event) for _ in range(4)))
+    outcomes = await asyncio.gather(
+        *(
+            retry_while_unavailable(lambda: notify(notifications, mailer, event), what="a copy")
+            for _ in range(4)
+        )
+    )
     assert sorted(outcomes) == [False, False, False, True]
     assert len(mail.messages(event.order_id)) == 1
     [listed], _ = await use_cases.recent_notifications(notifications, 10, "", event.order_id)
@@ -113,39 +121,52 @@ async def test_copies_of_one_event_handled_at_once_send_one_email(notifications,
 
 
 class DatabaseCutAfterSend:
-    """Sends for real, then drops every connection of the notifications database:
-    the mail server has the e-mail, the mark 'sent' has not happened yet."""
+    """Sends for real, then takes the notifications database off the network: the
+    mail server has the e-mail, the mark 'sent' has not happened yet."""
 
     channel = "smtp"
 
-    def __init__(self, mailer: Mailer, database_url: str) -> None:
+    def __init__(self, mailer: Mailer, proxy: TcpProxy) -> None:
         self._mailer = mailer
-        self._database_url = database_url
+        self._proxy = proxy
 
     async def send(self, email: OrderConfirmation) -> None:
         await self._mailer.send(email)
-        conn = await asyncpg.connect(self._database_url)
-        try:
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        finally:
-            await conn.close()
+        await asyncio.to_thread(self._proxy.cut)
 
 
 async def test_a_database_cut_after_the_mail_server_accepted_does_not_resend(
-    notifications, notify_db_url, mail, caplog
+    notify_db_url, mail, caplog
 ):
+    url = urlsplit(notify_db_url)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    credentials = url.netloc.rpartition("@")[0]
+    via_proxy = url._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}".lstrip("@"))
+    store = PostgresNotifications(
+        urlunsplit(via_proxy),
+        pool_size=2,
+        timeout_seconds=2,
+    )
+    await store.ready()
     event = sale()
-    mailer = DatabaseCutAfterSend(Mailer(mail.url, timeout_seconds=5), notify_db_url)
-    with caplog.at_level("WARNING", logger="meshkit.postgres"):
-        assert await notify(notifications, mailer, event) is True
-    assert any("notifications database unavailable" in r.getMessage() for r in caplog.records)
-    assert await notify(notifications, Mailer(mail.url, timeout_seconds=5), event) is False
-    assert len(mail.messages(event.order_id)) == 1
-    [listed], _ = await use_cases.recent_notifications(notifications, 10, "", event.order_id)
-    assert listed.status == "sent"
+    mailer = DatabaseCutAfterSend(Mailer(mail.url, timeout_seconds=5), proxy)
+
+    async def restore_once_the_mark_waits() -> None:
+        await eventually(lambda: "as sent" in caplog.text, what="the mark waiting")
+        await asyncio.to_thread(proxy.restore)
+
+    try:
+        with caplog.at_level("WARNING", logger="meshkit.resilience"):
+            restoring = asyncio.create_task(restore_once_the_mark_waits())
+            assert await notify(store, mailer, event) is True
+            await restoring
+        assert await notify(store, Mailer(mail.url, timeout_seconds=5), event) is False
+        assert len(mail.messages(event.order_id)) == 1
+        [listed], _ = await use_cases.recent_notifications(store, 10, "", event.order_id)
+        assert listed.status == "sent"
+    finally:
+        await store.close()
+        proxy.close()
 
 
 async def test_no_connection_is_held_while_the_mail_server_answers(notify_db_url, mail):
