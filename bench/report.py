@@ -119,6 +119,11 @@ def render(rows: list, pipeline: PipelineResult, args: argparse.Namespace, machi
         f"- subscriber queue depth (both queues): max {pipeline.max_queue_depth},"
         f" at the end {pipeline.final_queue_depth};"
         f" outbox backlog max {pipeline.max_outbox_backlog}",
+        "- max depth per queue: "
+        + ", ".join(
+            f"{queue} {max(sample[1][i] for sample in pipeline.depth_samples)}"
+            for i, queue in enumerate(pipeline.queues)
+        ),
         f"- depth over time (s: {' / '.join(pipeline.queues)} / outbox backlog): "
         + ", ".join(
             f"{t:.0f}: {'/'.join(map(str, q))}/{o}"

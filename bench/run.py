@@ -2,6 +2,7 @@
 
     python -m bench.run            # full: 1, 8, 32 clients, repeated (≈ 15 min)
     python -m bench.run --smoke    # seconds, for CI: proves the harness works
+    python -m bench.run --pipeline-only [--rate 150]   # only the event pipeline (≈ 2 min)
 
 Everything runs in a private sandbox (own databases, RabbitMQ vhost, MongoDB
 wire server, mesh on free ports). Each scenario is warmed up, then measured
@@ -325,6 +326,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", help="override the client counts")
     parser.add_argument("--pipeline-only", action="store_true", help="skip the throughput rows")
     parser.add_argument(
+        "--rate",
+        dest="rate_override",
+        type=float,
+        help="pipeline: orders per second offered (default 300)",
+    )
+    parser.add_argument(
         "--service-env",
         action="append",
         default=[],
@@ -345,6 +352,7 @@ def main() -> None:
         args.clients, args.seconds, args.warmup, args.repeats = [1, 8, 32], 5.0, 2.0, 3
         args.rate, args.pipeline_seconds = 300.0, 20.0
     args.clients = chosen_clients or args.clients
+    args.rate = args.rate_override or args.rate
     output = args.output or (
         ROOT / ("test-artifacts/bench-smoke.md" if args.smoke else "BENCHMARKS.md")
     )
