@@ -1,5 +1,6 @@
 # One image for the three services; compose picks the service with `command:`
-# (python -m inventory_svc | analytics_svc | notify_svc).
+# (python -m inventory_svc | analytics_svc | notify_svc), and the one-shot migrators
+# (python -m inventory_svc.migrate | notify_svc.migrate).
 # Build context: the repository root, trimmed by .dockerignore.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm

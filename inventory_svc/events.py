@@ -151,9 +151,9 @@ class OutboxRelay:
         await broker_reachable(self._broker)
 
     async def _publish(self, entry: OutboxEntry) -> None:
-        # The body goes out as RECORD_SALE wrote it (proto3 JSON of the contract,
-        # checked by the tests): decoding and re-encoding it here cost about a
-        # quarter of the relay's CPU (bench/findings.md).
+        # The body goes out as stored (made by meshkit.events.product_sold_body,
+        # completed by RECORD_SALE; checked by the tests): decoding and re-encoding
+        # it here cost about a quarter of the relay's CPU (bench/findings.md).
         await asyncio.wait_for(
             PUBLISHERS[entry.routing_key].publish(
                 entry.body,
