@@ -69,6 +69,7 @@ class PostgresDatabase:
     ) -> None:
         self.dsn = dsn
         self._label = label  # e.g. "inventory database", for messages
+        self.migrator = "python -m <service>.migrate"  # what applies the migrations
         self._migrations = migrations
         self._pool_size = pool_size
         self._timeout = timeout_seconds
@@ -94,7 +95,9 @@ class PostgresDatabase:
             )
         async with self.connection() as conn:
             if not self._schema_checked:
-                await check_schema(conn, self._migrations, label=self._label)
+                await check_schema(
+                    conn, self._migrations, label=self._label, migrator=self.migrator
+                )
                 self._schema_checked = True
             await conn.fetchval("SELECT 1")
 
@@ -129,6 +132,8 @@ class PostgresStore:
             pool_size=pool_size,
             timeout_seconds=timeout_seconds,
         )
+        # e.g. inventory_svc.store → python -m inventory_svc.migrate
+        self.db.migrator = f"python -m {type(self).__module__.split('.')[0]}.migrate"
 
     async def ready(self) -> None:
         await self.db.ready()
@@ -157,7 +162,13 @@ async def _applied(conn: asyncpg.Connection) -> set[str]:
     return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
 
 
-async def check_schema(conn: asyncpg.Connection, migrations: Traversable, *, label: str) -> None:
+async def check_schema(
+    conn: asyncpg.Connection,
+    migrations: Traversable,
+    *,
+    label: str,
+    migrator: str = "python -m <service>.migrate",
+) -> None:
     """Raise unless the database has exactly the migrations of ``migrations``."""
     known, applied = _versions(migrations), await _applied(conn)
     if unknown := sorted(applied - set(known)):
@@ -167,8 +178,7 @@ async def check_schema(conn: asyncpg.Connection, migrations: Traversable, *, lab
         )
     if missing := [version for version in known if version not in applied]:
         raise SchemaBehind(
-            f"the {label} is waiting for migrations {', '.join(missing)}"
-            " (python -m <service>.migrate applies them)"
+            f"the {label} is waiting for migrations {', '.join(missing)} ({migrator} applies them)"
         )
 
 

@@ -19,6 +19,7 @@ from devtools.sandbox import create_database, drop_database, free_port
 from devtools.topology import ROOT
 from meshkit.postgres import PostgresDatabase, SchemaAhead, SchemaBehind, migrate
 from notify_svc.store import MIGRATIONS as NOTIFY_MIGRATIONS
+from notify_svc.store import PostgresNotifications
 from tests.conftest import PG_SERVER_URL
 
 
@@ -61,14 +62,18 @@ async def test_migrators_started_together_apply_each_file_once(empty_db_url, tmp
 
 
 async def test_a_service_waits_until_its_database_is_migrated(empty_db_url):
-    db = database(empty_db_url, NOTIFY_MIGRATIONS)
+    store = PostgresNotifications(empty_db_url, pool_size=1, timeout_seconds=2)
     try:
-        with pytest.raises(SchemaBehind, match="waiting for migrations 0001_notifications"):
-            await db.ready()
+        with pytest.raises(
+            SchemaBehind,
+            match=r"waiting for migrations 0001_notifications, 0002_notification_lease"
+            r" \(python -m notify_svc.migrate applies them\)",
+        ):
+            await store.ready()
         await migrate(empty_db_url, NOTIFY_MIGRATIONS)
-        await db.ready()
+        await store.ready()
     finally:
-        await db.close()
+        await store.close()
 
 
 async def test_a_database_ahead_of_the_code_is_refused(empty_db_url):
