@@ -40,12 +40,11 @@ class DecreaseStock(BaseModel):
 
 @app.post("/inventory/decrease")
 async def decrease_stock(body: DecreaseStock) -> dict:
+    # sold_by stays "": the baseline knows no caller (no token checked).
+    request = SaleRequest(body.order_id, body.product_id, body.quantity)
     async with pool.acquire() as conn:
         try:
-            remaining = await conn.fetchval(
-                RECORD_SALE,
-                *record_sale_arguments(SaleRequest(body.order_id, body.product_id, body.quantity)),
-            )
+            remaining = await conn.fetchval(RECORD_SALE, *record_sale_arguments(request))
         except asyncpg.UniqueViolationError:
             raise HTTPException(409, "order id already used") from None
     if remaining is None:
