@@ -37,6 +37,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GRPC_HOST=0.0.0.0
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mesh
 COPY --from=build /opt/venv /opt/venv
+# The docs site (built by `make docs`), for Envoy on Kubernetes: too big for a
+# ConfigMap, so Envoy's pod copies it from this image (deploy/k8s/base/envoy-gateway.yaml).
+COPY docs/site/ /opt/polyglotmicro/docs/
 USER 10001
 EXPOSE 50051 50052 50053
 # GRPC_PORT (set per service) tells the probe where to ask.

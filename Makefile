@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BUF    := node_modules/.bin/buf
 
-.PHONY: up down status token keys test check generate docs mongo-ui lint lint-proto breaking drift envoy-validate compose-check bench bench-smoke clean
+.PHONY: up down status token keys test check generate docs mongo-ui lint lint-proto breaking drift envoy-validate compose-check k8s-check bench bench-smoke clean
 
 ## Environments ------------------------------------------------------------
 
@@ -104,8 +104,8 @@ docs: venv tools
 
 # Fails when the committed generated files differ from a fresh `make generate`.
 drift: generate
-	@git add -N gen envoy docs >/dev/null 2>&1 || true
-	@git diff --exit-code --stat -- gen envoy docs || \
+	@git add -N gen envoy docs deploy/k8s/base/envoy >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- gen envoy docs deploy/k8s/base/envoy || \
 	  { echo "Generated files are stale: run 'make generate' and commit the result."; exit 1; }
 
 # The compose config names other hosts and container paths; it is checked
@@ -119,7 +119,14 @@ envoy-validate: venv keys
 compose-check: venv
 	$(BIN)/python -m devtools.compose_check
 
-check: lint lint-proto drift envoy-validate compose-check
+# deploy/k8s, checked without a cluster: both overlays rendered by kubectl's
+# kustomize, Kubernetes and CRD schemas, cross-references, NetworkPolicy paths,
+# Envoy's config; see devtools/k8s_check.py and tests/unit/test_k8s.py.
+k8s-check: venv
+	$(BIN)/python -m devtools.k8s_check
+	$(BIN)/pytest -q tests/unit/test_k8s.py
+
+check: lint lint-proto drift envoy-validate compose-check k8s-check
 
 clean: down
 	rm -rf .run

@@ -1,8 +1,9 @@
-"""Generates Envoy's configuration for the native run, the tests and compose.
+"""Generates Envoy's configuration for the native run, the tests, compose and Kubernetes.
 
 One function builds the config from the mesh topology; only addresses and paths
 differ between deployments. ``python -m devtools.envoy_config`` rewrites the
-checked-in files under envoy/ (``make generate``; CI fails when they drift).
+checked-in files under envoy/ and deploy/k8s/base/envoy/ (``make generate``; CI
+fails when they drift).
 """
 
 import argparse
@@ -575,9 +576,22 @@ COMPOSE_SITE = EnvoySite(
     auth=EdgeAuth(jwks_file="/etc/envoy/auth/jwks.json"),
     backends={name: (name.replace("_", "-"), port) for name, port in GRPC_PORTS.items()},
 )
+# Kubernetes (deploy/k8s): backends are headless Services, so DNS answers with
+# every ready pod and STRICT_DNS makes each one an endpoint that Envoy balances
+# over and health-checks; a short name resolves in Envoy's own namespace. The
+# config and the descriptor set come from one ConfigMap, the docs site from the
+# services' image (deploy/k8s/base/envoy-gateway.yaml).
+K8S_DIR = ROOT / "deploy" / "k8s" / "base" / "envoy"
+K8S_SITE = EnvoySite(
+    listen_address="0.0.0.0",
+    descriptor_path="/etc/envoy/config/mesh.binpb",
+    docs_dir="/etc/envoy/docs",
+    backends={name: (name.replace("_", "-"), port) for name, port in GRPC_PORTS.items()},
+)
 CHECKED_IN = {
     ROOT / "envoy" / "envoy.yaml": EnvoySite(),
     ROOT / "envoy" / "envoy.compose.yaml": COMPOSE_SITE,
+    K8S_DIR / "envoy.yaml": K8S_SITE,
 }
 
 
@@ -603,6 +617,10 @@ def main(argv: list[str]) -> None:
     for path, site in CHECKED_IN.items():
         path.write_text(render(site))
         print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    # kustomize reads files only from inside its kustomization: the ConfigMap's
+    # copy of the descriptor set lives next to the config.
+    (K8S_DIR / DESCRIPTOR_SET.name).write_bytes(DESCRIPTOR_SET.read_bytes())
+    print(f"wrote {(K8S_DIR / DESCRIPTOR_SET.name).relative_to(ROOT)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

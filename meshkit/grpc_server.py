@@ -24,6 +24,8 @@ from meshkit.reflection import mesh_reflection
 from meshkit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+# grpc.health.v1 name of the process itself (see GrpcServer.start).
+LIVENESS = "liveness"
 
 STATUS_OF_ERROR: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -104,6 +106,10 @@ class GrpcServer:
 
     async def start(self) -> None:
         await self.set_serving(False)
+        # SERVING as long as the server answers at all, whatever its dependencies
+        # do: what a liveness probe asks (Kubernetes), so a database outage makes
+        # a replica unready, never restarted.
+        await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         self._server.add_insecure_port(self.address)
         await self._server.start()
         log.info("gRPC listening on %s (%s)", self.address, ", ".join(self._api_names))
