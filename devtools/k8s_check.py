@@ -199,14 +199,15 @@ def _template_pod(obj: Obj) -> Pod:
 
 
 # What the operators run for each custom resource: the pods' labels (the
-# operator's own plus ours) and ports, and the Secrets they generate with the
-# keys this deployment reads (from each operator's documentation).
+# operator's own plus ours) and ports, and the Secrets they generate with their
+# keys (as each operator's source writes them).
 def _operator_pods_and_secrets(obj: Obj) -> tuple[Pod, dict[str, set[str]]]:
     name, kind, spec = obj["metadata"]["name"], obj["kind"], obj["spec"]
     if kind == "Cluster":  # CloudNativePG
         labels = {"cnpg.io/cluster": name, **spec.get("inheritedMetadata", {}).get("labels", {})}
         ports = {"postgresql": 5432, "status": 8000, "metrics": 9187}
-        keys = {"username", "password", "host", "port", "dbname", "uri", "jdbc-uri", "pgpass"}
+        keys = {"username", "user", "password", "host", "port", "dbname", "pgpass", "uri"}
+        keys |= {"jdbc-uri", "fqdn-uri", "fqdn-jdbc-uri"}
         secrets = {f"{name}-app": keys}
     elif kind == "RabbitmqCluster":
         template = spec.get("override", {}).get("statefulSet", {}).get("spec", {})
