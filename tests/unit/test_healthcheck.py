@@ -8,7 +8,9 @@ import pytest_asyncio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from devtools.sandbox import free_port
+from meshkit.grpc_server import LIVENESS, GrpcServer
 from meshkit.healthcheck import main
+from meshkit.settings import ServiceSettings
 
 API = "polyglot.inventory.v1.InventoryService"
 
@@ -61,3 +63,17 @@ async def test_nothing_listening_is_unhealthy_without_traceback(capsys, monkeypa
     err = capsys.readouterr().err
     assert err.startswith("unhealthy: 127.0.0.1:") and "UNAVAILABLE" in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+async def test_liveness_is_serving_while_the_dependencies_are_not(capsys):
+    """Kubernetes' liveness probe asks LIVENESS (deploy/k8s): a database outage
+    makes a replica unready (overall status NOT_SERVING), never restarted."""
+    server = GrpcServer(ServiceSettings(grpc_port=free_port()), [])
+    await server.start()
+    try:
+        await server.set_serving(False)  # what watch_readiness does while the database is away
+        assert await probe("--service", LIVENESS, server.address) == 0
+        assert await probe(server.address) == 1
+        assert capsys.readouterr().err == f"unhealthy: {server.address}: NOT_SERVING\n"
+    finally:
+        await server.stop()
