@@ -8,8 +8,8 @@ import base64
 import pytest
 
 from devtools import k8s_check as k8s
-from devtools.envoy_config import K8S_DIR, K8S_SITE
-from devtools.topology import GRPC_PORTS, ROOT
+from devtools.envoy_config import K8S_DIR, K8S_SITE, render
+from devtools.topology import DESCRIPTOR_SET, GRPC_PORTS, ROOT
 from meshkit.grpc_server import LIVENESS
 
 SERVICES = {name.replace("_", "-"): port for name, port in GRPC_PORTS.items()}
@@ -138,6 +138,12 @@ def test_envoy_is_the_only_way_in_and_reads_the_generated_config(overlay):
     assert K8S_SITE.backends == {
         name: (name.replace("_", "-"), port) for name, port in GRPC_PORTS.items()
     }
+
+
+def test_the_checked_in_kubernetes_envoy_files_are_the_generators_output():
+    # What `make generate` writes (and the drift check compares) for deploy/k8s.
+    assert (K8S_DIR / "envoy.yaml").read_text() == render(K8S_SITE)
+    assert (K8S_DIR / "mesh.binpb").read_bytes() == DESCRIPTOR_SET.read_bytes()
 
 
 # --- NetworkPolicies: exactly the intended paths -------------------------------------
