@@ -580,14 +580,17 @@ COMPOSE_SITE = EnvoySite(
 # every ready pod and STRICT_DNS makes each one an endpoint that Envoy balances
 # over and health-checks; a short name resolves in Envoy's own namespace. The
 # config and the descriptor set come from one ConfigMap, the docs site from the
-# services' image (deploy/k8s/base/envoy-gateway.yaml).
+# services' image, the token keys from the ConfigMap envoy-jwks the deployer
+# makes (deploy/k8s/base/envoy-gateway.yaml).
 K8S_DIR = ROOT / "deploy" / "k8s" / "base" / "envoy"
 K8S_SITE = EnvoySite(
     listen_address="0.0.0.0",
     descriptor_path="/etc/envoy/config/mesh.binpb",
     docs_dir="/etc/envoy/docs",
+    auth=EdgeAuth(jwks_file="/etc/envoy/auth/jwks.json"),
     backends={name: (name.replace("_", "-"), port) for name, port in GRPC_PORTS.items()},
 )
+SITES = {"native": EnvoySite(), "compose": COMPOSE_SITE, "k8s": K8S_SITE}
 CHECKED_IN = {
     ROOT / "envoy" / "envoy.yaml": EnvoySite(),
     ROOT / "envoy" / "envoy.compose.yaml": COMPOSE_SITE,
@@ -599,14 +602,14 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m devtools.envoy_config")
     parser.add_argument(
         "--auth-from-env",
-        choices=["native", "compose"],
+        choices=list(SITES),
         help="render that site with AUTH_ISSUER/AUTH_AUDIENCES/AUTH_JWKS_URI from the"
         " environment (e.g. a real OIDC provider) to --out, instead of the checked-in files",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.auth_from_env:
-        base = COMPOSE_SITE if args.auth_from_env == "compose" else EnvoySite()
+        base = SITES[args.auth_from_env]
         site = replace(base, auth=EdgeAuth.from_env(base=base.auth))
         text = render(site)
         if args.out:

@@ -24,6 +24,7 @@ tests/unit/test_k8s.py compares that with the intended list.
 
 import base64
 import functools
+import json
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from devtools.topology import DOCS_SITE, ROOT
+from devtools import tokens
+from devtools.topology import DOCS_SITE, GRPC_PORTS, ROOT
 
 K8S_DIR = ROOT / "deploy" / "k8s"
 CRD_DIR = K8S_DIR / "crds"
@@ -246,6 +248,11 @@ def deployer_secrets(objects: list[Obj]) -> set[str]:
     }
 
 
+# ConfigMaps the deployer makes (README, "Deploy on Kubernetes"), with their keys:
+# the public keys of the token issuer Envoy trusts, which differ per installation.
+DEPLOYER_CONFIGMAPS = {"envoy-jwks": {"jwks.json"}}
+
+
 @dataclass
 class Model:
     objects: list[Obj]
@@ -274,7 +281,7 @@ class Model:
                     obj.get("binaryData", {})
                 )
         secrets |= dict.fromkeys(deployer_secrets(objects))
-        return cls(objects, pods, secrets, configmaps)
+        return cls(objects, pods, secrets, DEPLOYER_CONFIGMAPS | configmaps)
 
     def of_kind(self, kind: str) -> Iterator[Obj]:
         return (o for o in self.objects if o["kind"] == kind)
@@ -437,6 +444,12 @@ def configmap_file(model: Model, name: str, key: str) -> bytes:
     return base64.b64decode(configmap["binaryData"][key])
 
 
+# Envoy's clusters that are the mesh's backends (the others reach outside), and
+# where its own files are (anything else, like the CA bundle, is the image's).
+MESH_CLUSTERS = {*GRPC_PORTS, "mesh_any"}
+ENVOY_FILES = "/etc/envoy/"
+
+
 def envoy_setup(model: Model) -> tuple[Obj, dict[str, tuple[str, str | None]]]:
     """Envoy's container and its mounts: mountPath → (ConfigMap name or None, volume)."""
     envoy = model.pods.get("envoy")
@@ -474,13 +487,17 @@ def _files_in_envoy_config(config: Any) -> Iterator[str]:
 
 def envoy_local_file(model: Model, path: str) -> Path | bytes | None:
     """What Envoy finds at ``path`` in its container: ConfigMap bytes, or the file
-    of the docs site the image carries (the initContainer copies docs/site)."""
+    of the docs site the image carries (the initContainer copies docs/site); a
+    stand-in for a file of a ConfigMap the deployer makes (a fresh key set)."""
     _, mounts = envoy_setup(model)
     directory, name = str(Path(path).parent), Path(path).name
     for mount, (configmap, _) in mounts.items():
         if configmap and directory == mount:
-            keys = model.configmaps.get(configmap, set())
-            return configmap_file(model, configmap, name) if name in keys else None
+            if name not in model.configmaps.get(configmap, set()):
+                return None
+            if configmap in DEPLOYER_CONFIGMAPS and not model.get("ConfigMap", configmap):
+                return json.dumps(tokens.new_key().jwks()).encode()
+            return configmap_file(model, configmap, name)
         if configmap is None and path.startswith(mount + "/"):
             local = DOCS_SITE / path.removeprefix(mount + "/")
             return local if local.is_file() else None
@@ -491,6 +508,8 @@ def _envoy_problems(model: Model) -> list[str]:
     problems = []
     config = envoy_config(model)
     for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] not in MESH_CLUSTERS:
+            continue  # e.g. an OIDC provider's JWKS endpoint, outside the cluster
         for group in cluster["load_assignment"]["endpoints"]:
             for endpoint in group["lb_endpoints"]:
                 address = endpoint["endpoint"]["address"]["socket_address"]
@@ -511,7 +530,7 @@ def _envoy_problems(model: Model) -> list[str]:
     problems += [
         f"Envoy reads {path}, which its container does not have"
         for path in sorted(set(_files_in_envoy_config(config)))
-        if envoy_local_file(model, path) is None
+        if path.startswith(ENVOY_FILES) and envoy_local_file(model, path) is None
     ]
     envoy, services = model.pods["envoy"], model.pods.get("inventory-svc")
     init = {c["name"]: c for c in envoy.spec.get("initContainers", [])}
@@ -655,6 +674,8 @@ def envoy_validate_problems(objects: list[Obj]) -> list[str]:
     text = yaml.safe_dump(envoy_config(model), sort_keys=False)
     with tempfile.TemporaryDirectory() as tmp:
         for path in set(_files_in_envoy_config(envoy_config(model))):
+            if not path.startswith(ENVOY_FILES):
+                continue  # the image's own (the CA bundle): this machine has it too
             found = envoy_local_file(model, path)
             if found is None:
                 continue  # reported by reference_problems

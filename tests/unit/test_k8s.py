@@ -4,9 +4,11 @@ operators' schemas, their cross-references hold, the NetworkPolicies allow exact
 the intended paths, and each check catches the mistake it is there for."""
 
 import base64
+import os
 
 import pytest
 
+from devtools import envoy_config
 from devtools import k8s_check as k8s
 from devtools.envoy_config import K8S_DIR, K8S_SITE, render
 from devtools.topology import DESCRIPTOR_SET, GRPC_PORTS, ROOT
@@ -96,10 +98,12 @@ def test_prod_credentials_come_only_from_secrets_the_repository_does_not_hold():
             for env in c.get("env", []):
                 # A URL with credentials is only ever assembled from Secret values.
                 assert "@" not in env.get("value", "") or "$(AMQP_PASSWORD)" in env["value"]
-    # The one Secret the deployer makes is named in the README's instructions.
+    # What the deployer makes is named in the README's instructions.
     readme = (ROOT / "README.md").read_text()
     for name in k8s.deployer_secrets(objects):
         assert f"create secret generic {name}" in readme
+    for name, keys in k8s.DEPLOYER_CONFIGMAPS.items():
+        assert all(f"create configmap {name} --from-file={key}=" in readme for key in keys)
 
 
 def test_the_services_use_native_grpc_health_probes(overlay):
@@ -146,6 +150,27 @@ def test_the_checked_in_kubernetes_envoy_files_are_the_generators_output():
     assert (K8S_DIR / "mesh.binpb").read_bytes() == DESCRIPTOR_SET.read_bytes()
 
 
+def test_an_overlay_for_an_oidc_provider_as_the_readme_shows_it(tmp_path, monkeypatch):
+    # README: render Envoy's k8s config for the provider, merge it into envoy-config.
+    issuer = "https://id.example.com/realms/shop"
+    monkeypatch.setenv("AUTH_ISSUER", issuer)
+    monkeypatch.setenv("AUTH_AUDIENCES", "polyglotmicro-api")
+    monkeypatch.setenv("AUTH_JWKS_URI", f"{issuer}/protocol/openid-connect/certs")
+    envoy_config.main(["--auth-from-env", "k8s", "--out", str(tmp_path / "envoy.yaml")])
+    prod = os.path.relpath(k8s.K8S_DIR / "overlays" / "prod", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources:\n  - {prod}\n"
+        "configMapGenerator:\n  - name: envoy-config\n    behavior: merge\n"
+        "    files:\n      - envoy.yaml\n"
+    )
+    objects = k8s.render(tmp_path)
+    (config,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert f"issuer: {issuer}" in config["data"]["envoy.yaml"]
+    assert "mesh.binpb" in config["binaryData"]
+    assert k8s.reference_problems(objects) == []
+    assert k8s.envoy_validate_problems(objects) == []
+
+
 # --- NetworkPolicies: exactly the intended paths -------------------------------------
 
 OUTSIDE_OF_NAMESPACE = {k8s.OUTSIDE, k8s.KUBE_DNS} | {f"ns:{n}" for n in k8s.OTHER_NAMESPACES}
@@ -178,6 +203,7 @@ def intended_paths(overlay: str, pods: set[str]) -> set[tuple[str, str, str]]:
     paths |= {(s, k8s.OUTSIDE, f"TCP/{p}") for s in peers for p in (443, 6443)}
     paths |= {("ns:cnpg-system", db, "TCP/8000") for db in ("inventory-db", "notify-db")}
     paths |= {("ns:rabbitmq-system", "rabbitmq", "TCP/15672")}
+    paths |= {("envoy", k8s.OUTSIDE, "TCP/443")}  # an OIDC provider's JWKS URI
     return paths | {("notify-svc", k8s.OUTSIDE, f"TCP/{p}") for p in (25, 465, 587)}
 
 
