@@ -4,6 +4,7 @@ operators' schemas, their cross-references hold, the NetworkPolicies allow exact
 the intended paths, and each check catches the mistake it is there for."""
 
 import base64
+import importlib.util
 import os
 
 import pytest
@@ -122,6 +123,7 @@ def test_migrations_run_as_jobs_with_the_services_image(overlay):
     for service in ("inventory", "notify"):
         job = container(objects, f"{service}-migrate", kind="Job")
         assert job["command"] == ["python", "-m", f"{service}_svc.migrate"]
+        assert importlib.util.find_spec(f"{service}_svc.migrate") is not None
         assert job["image"] == image
 
 
