@@ -28,6 +28,8 @@ import grpc
 import httpx
 
 from devtools import sandbox
+from devtools.envoy_config import EdgeAuth
+from devtools.tokens import JWKS
 from devtools.topology import ROOT
 
 REST_BODY = 10_000_000
@@ -70,13 +72,13 @@ def oversized_body(size: int = REST_BODY) -> bytes:
     return json.dumps({"product_id": 1, "quantity": 1, "order_id": "x" * size}).encode()
 
 
-def refuse_rest(port: int, size: int = REST_BODY) -> tuple[int, float]:
-    """POST an oversized JSON body, reading while writing; (status, seconds until
-    the status line arrived)."""
+def refuse_rest(port: int, token: str, size: int = REST_BODY) -> tuple[int, float]:
+    """POST an oversized JSON body (with a valid token: the size is the reason to
+    refuse it), reading while writing; (status, seconds until the status line)."""
     body = oversized_body(size)
     head = (
         "POST /inventory/decrease HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
+        f"authorization: Bearer {token}\r\ncontent-length: {len(body)}\r\n\r\n"
     ).encode()
     started = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -114,16 +116,16 @@ def oversized_decrease(size: int = GRPC_MESSAGE) -> bytes:
     return b"\x08\x01\x10\x01\x1a" + _varint(size) + b"x" * size
 
 
-def _flood(port: int, stop: Any, refused: Any) -> None:
+def _flood(port: int, token: str, stop: Any, refused: Any) -> None:
     """One flooding process: oversized bodies until ``stop``; counts the 413s."""
     while not stop.is_set():
-        status, _ = refuse_rest(port)
+        status, _ = refuse_rest(port, token)
         if status == 413:
             with refused.get_lock():
                 refused.value += 1
 
 
-async def refuse_grpc(target: str, count: int) -> list[float]:
+async def refuse_grpc(target: str, count: int, metadata: dict[str, str]) -> list[float]:
     message = oversized_decrease()
     timings = []
     async with grpc.aio.insecure_channel(target) as channel:
@@ -131,7 +133,7 @@ async def refuse_grpc(target: str, count: int) -> list[float]:
         for _ in range(count):
             started = time.perf_counter()
             try:
-                await call(message, timeout=30)
+                await call(message, timeout=30, metadata=tuple(metadata.items()))
                 raise RuntimeError("an oversized message was accepted")
             except grpc.aio.AioRpcError as error:
                 if error.code() is not grpc.StatusCode.INVALID_ARGUMENT:
@@ -208,11 +210,15 @@ async def measure_edge(mesh: sandbox.Mesh, work: Path, product: int, *, smoke: b
     result = EdgeResult()
     port = mesh.plan.http_port
     repeats = 3 if smoke else 20
+    bearer = mesh.token(["orders:write"])
     for _ in range(repeats):
-        status, seconds = await asyncio.to_thread(refuse_rest, port)
+        status, seconds = await asyncio.to_thread(refuse_rest, port, bearer)
         assert status == 413, status
         result.rest_refusal_ms.append(seconds * 1000)
-    result.grpc_refusal_ms = await refuse_grpc(mesh.envoy_target, repeats)
+    # With a token: DecreaseStock is a protected RPC, and the size check comes after
+    # the token check (an anonymous oversized call gets its 401 first).
+    metadata = {"authorization": f"Bearer {bearer}"}
+    result.grpc_refusal_ms = await refuse_grpc(mesh.envoy_target, repeats, metadata)
 
     calls = 20 if smoke else 300
     await normal_calls(mesh.http_url, product, 10)  # warm
@@ -221,7 +227,7 @@ async def measure_edge(mesh: sandbox.Mesh, work: Path, product: int, *, smoke: b
     # Envoy and the machine, not for this process's interpreter.
     stop, refused = multiprocessing.Event(), multiprocessing.Value("i", 0)
     flooders = [
-        multiprocessing.Process(target=_flood, args=(port, stop, refused), daemon=True)
+        multiprocessing.Process(target=_flood, args=(port, bearer, stop, refused), daemon=True)
         for _ in range(2)
     ]
     for process in flooders:
@@ -234,9 +240,10 @@ async def measure_edge(mesh: sandbox.Mesh, work: Path, product: int, *, smoke: b
             process.join(30)
     result.flood_refusals = refused.value
 
-    plan, envoy = sandbox.start_envoy(
+    plan = sandbox.start_envoy(
         work / "overload-edge",
         mesh.plan.grpc_ports,
+        EdgeAuth(jwks_file=str(mesh.plan.run_dir / "auth" / JWKS)),
         wait_healthy=False,
         mutation_rate_per_second=0,
         **OVERLOAD_EDGE,
@@ -256,7 +263,7 @@ async def measure_edge(mesh: sandbox.Mesh, work: Path, product: int, *, smoke: b
         result.seconds = 2.0 if smoke else 10.0
         await overload(base_url, product, result.callers, result.seconds, result)
     finally:
-        envoy.stop()
+        plan.envoy().stop()
     return result
 
 

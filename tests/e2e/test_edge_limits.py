@@ -28,9 +28,10 @@ from grpclib.exceptions import GRPCError
 
 import polyglot.analytics.v1 as analytics_pb
 import polyglot.inventory.v1 as pb
-from devtools.envoy_config import EnvoySite, envoy_config
+from devtools.envoy_config import EdgeAuth, EnvoySite, envoy_config
 from devtools.mesh import MeshPlan
-from devtools.sandbox import free_port, start_envoy
+from devtools.sandbox import Mesh, free_port, start_envoy
+from devtools.tokens import JWKS
 from tests.support.inventory import inventory_state, order, stock_of
 from tests.support.net import Tarpit
 from tests.support.waiting import eventually
@@ -83,13 +84,16 @@ def raw_http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-def post_huge(port: int, path: str, size: int) -> tuple[int, dict[str, str], bytes]:
+def post_huge(
+    port: int, path: str, size: int, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
     """POST a ``size``-byte JSON body the way a client that reads while it writes
     does: stop sending as soon as the server has answered, then read the answer."""
     body = json.dumps({"product_id": 1, "quantity": 1, "order_id": "x" * size}).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     head = (
         f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
+        f"{extra}content-length: {len(body)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(head)
@@ -115,6 +119,12 @@ def grpc_frame(message: bytes) -> bytes:
 
 # --- Envoys of our own ---------------------------------------------------------------
 
+
+def mesh_auth(mesh: Mesh) -> EdgeAuth:
+    """Trust the session mesh's signing key, so its tokens work on our Envoys too."""
+    return EdgeAuth(jwks_file=str(mesh.plan.run_dir / "auth" / JWKS))
+
+
 TIGHT = {
     "mutation_rate_per_second": 2,
     "mutation_burst": 4,
@@ -127,24 +137,27 @@ TIGHT = {
 @pytest.fixture(scope="module")
 def tight_edge(mesh, tmp_path_factory) -> Iterator[MeshPlan]:
     """An Envoy with small limits in front of the session's backends."""
-    plan, envoy = start_envoy(tmp_path_factory.mktemp("tight-edge"), mesh.plan.grpc_ports, **TIGHT)
+    plan = start_envoy(
+        tmp_path_factory.mktemp("tight-edge"), mesh.plan.grpc_ports, mesh_auth(mesh), **TIGHT
+    )
     yield plan
-    envoy.stop()
+    plan.envoy().stop()
 
 
 @pytest.fixture(scope="module")
-def broken_edge(tmp_path_factory) -> Iterator[MeshPlan]:
+def broken_edge(mesh, tmp_path_factory) -> Iterator[MeshPlan]:
     """An Envoy whose backends hang (inventory) or are not there (analytics, notify)."""
     tarpit = Tarpit()
     ports = {"inventory_svc": tarpit.port, "analytics_svc": free_port(), "notify_svc": free_port()}
-    plan, envoy = start_envoy(
+    plan = start_envoy(
         tmp_path_factory.mktemp("broken-edge"),
         ports,
+        mesh_auth(mesh),
         wait_healthy=False,
         timeouts={"read": 1.0, "write": 1.0, "report": 1.0, "meta": 1.0},
     )
     yield plan
-    envoy.stop()
+    plan.envoy().stop()
     tarpit.close()
 
 
@@ -222,9 +235,11 @@ async def test_no_x_envoy_headers_in_answers(http):
         assert not [h for h in reply.headers if h.lower().startswith("x-envoy-")], reply.headers
 
 
-async def test_a_hanging_backend_is_504_and_a_missing_one_503_with_retry_after(broken_edge):
+async def test_a_hanging_backend_is_504_and_a_missing_one_503_with_retry_after(mesh, broken_edge):
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{broken_edge.http_port}", timeout=30
+        base_url=f"http://127.0.0.1:{broken_edge.http_port}",
+        timeout=30,
+        headers=mesh.auth_header(),
     ) as http:
         assert_error(await http.get("/inventory/1"), 504, 4, "did not answer in time")
         reply = await http.get("/analytics/summary")
@@ -232,16 +247,16 @@ async def test_a_hanging_backend_is_504_and_a_missing_one_503_with_retry_after(b
         assert reply.headers["retry-after"] == "1"
 
 
-async def test_native_grpc_callers_get_grpc_statuses_without_internals(broken_edge):
+async def test_native_grpc_callers_get_grpc_statuses_without_internals(mesh, broken_edge):
     channel = grpclib.client.Channel("127.0.0.1", broken_edge.http_port)
     try:
         with pytest.raises(GRPCError) as hung:
             await pb.InventoryServiceStub(channel).get_stock(pb.GetStockRequest(product_id=1))
         assert hung.value.status is Status.DEADLINE_EXCEEDED
         with pytest.raises(GRPCError) as missing:
-            await analytics_pb.AnalyticsServiceStub(channel).get_product_sales(
-                analytics_pb.GetProductSalesRequest(product_id=1)
-            )
+            await analytics_pb.AnalyticsServiceStub(
+                channel, metadata=mesh.auth_header()
+            ).get_product_sales(analytics_pb.GetProductSalesRequest(product_id=1))
         assert missing.value.status is Status.UNAVAILABLE
         for error in (hung.value, missing.value):
             assert error.message and not INTERNALS.search(error.message), error.message
@@ -306,6 +321,7 @@ async def test_an_unknown_grpc_method_is_unimplemented(mesh):
                 Cardinality.UNARY_UNARY,
                 pb.GetStockRequest,
                 pb.GetStockResponse,
+                metadata=mesh.auth_header(),
             ) as stream:
                 await stream.send_message(pb.GetStockRequest(product_id=1), end=True)
                 await stream.recv_message()
@@ -318,7 +334,9 @@ async def test_an_oversized_rest_body_is_refused_at_the_edge(mesh, http, invento
     before = await inventory_state(inventory_db)
     calls_before = upstream_calls(mesh.plan, "inventory_svc")
     refused, normal = await asyncio.gather(
-        asyncio.to_thread(post_huge, mesh.plan.http_port, "/inventory/decrease", 10_000_000),
+        asyncio.to_thread(
+            post_huge, mesh.plan.http_port, "/inventory/decrease", 10_000_000, mesh.auth_header()
+        ),
         http.get("/inventory/1"),
     )
     status, headers, body = refused
@@ -390,10 +408,10 @@ async def test_cors_allows_no_origin_unless_configured(http, tight_edge):
 # --- admission control -----------------------------------------------------------------
 
 
-async def test_mutations_are_rate_limited_per_client(tight_edge, new_product, inventory_db):
+async def test_mutations_are_rate_limited_per_client(mesh, tight_edge, new_product, inventory_db):
     product = await new_product(stock=1000)
     url = f"http://127.0.0.1:{tight_edge.http_port}"
-    async with httpx.AsyncClient(base_url=url) as client:
+    async with httpx.AsyncClient(base_url=url, headers=mesh.auth_header()) as client:
         replies = [
             await client.post(f"/inventory/{product}/restock", json={"quantity": 1})
             for _ in range(TIGHT["mutation_burst"] + 3)
@@ -414,21 +432,25 @@ async def test_mutations_are_rate_limited_per_client(tight_edge, new_product, in
         assert_error(spoofed, 429, 8)
     # Another client address has its own bucket.
     other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
-    async with httpx.AsyncClient(base_url=url, transport=other) as client:
+    async with httpx.AsyncClient(
+        base_url=url, transport=other, headers=mesh.auth_header()
+    ) as client:
         reply = await client.post(f"/inventory/{product}/restock", json={"quantity": 1})
         assert reply.status_code == 200
     assert await stock_of(inventory_db, product) == 1000 + statuses[200] + 1
 
 
 async def test_overload_is_shed_with_json_503_or_429_and_the_mesh_recovers(
-    tight_edge, new_product, inventory_db
+    mesh, tight_edge, new_product, inventory_db
 ):
     """Several times what the tight edge admits, for a bounded number of calls: every
     answer is a success or a JSON 503/429 with retry-after; right after, it serves."""
     product = await new_product(stock=10_000)
     url = f"http://127.0.0.1:{tight_edge.http_port}"
     limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=60, headers=mesh.auth_header()
+    ) as client:
 
         async def read() -> httpx.Response:
             return await client.get(f"/inventory/{product}")

@@ -66,7 +66,7 @@ def test_every_local_reply_status_gets_the_json_shape_and_a_grpc_status():
         .get("value", {})
         .get("default_value")
         for m in mappers
-        if "body_format_override" in m
+        if "body_format_override" in m and "status_code_filter" in m["filter"]
     }
     assert statuses == set(LOCAL_REPLIES)
     grpc = [m for m in mappers if "and_filter" in m["filter"]]
