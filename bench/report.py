@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from bench.edge import EdgeResult, render_edge
 from bench.pipeline import PipelineResult
 
 FINDINGS = Path(__file__).with_name("findings.md")
@@ -70,7 +71,13 @@ def targets(rows: list, pipeline: PipelineResult) -> list[tuple[str, str, bool]]
     return checks
 
 
-def render(rows: list, pipeline: PipelineResult, args: argparse.Namespace, machine: dict) -> str:
+def render(
+    rows: list,
+    pipeline: PipelineResult,
+    args: argparse.Namespace,
+    machine: dict,
+    edge: EdgeResult | None = None,
+) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -130,6 +137,7 @@ def render(rows: list, pipeline: PipelineResult, args: argparse.Namespace, machi
             for t, q, o in pipeline.depth_samples[:: max(1, len(pipeline.depth_samples) // 20)]
         ),
         "",
+        *(render_edge(edge) if edge else []),
         "## Targets",
         "",
         "| target | measured | |",

@@ -331,12 +331,14 @@ def local_path(container_path: str, service: Service, root: Path) -> Path | None
 
 
 def _backends(config: Node) -> Iterator[tuple[str, str, int]]:
-    """(cluster, host, port) of every endpoint."""
+    """(cluster, host, port) of every endpoint on the network (Envoy-internal
+    listeners, which have no socket, are not)."""
     for cluster in config["static_resources"]["clusters"]:
         for group in cluster["load_assignment"]["endpoints"]:
             for endpoint in group["lb_endpoints"]:
-                address = endpoint["endpoint"]["address"]["socket_address"]
-                yield cluster["name"], address["address"], address["port_value"]
+                address = endpoint["endpoint"]["address"].get("socket_address")
+                if address:
+                    yield cluster["name"], address["address"], address["port_value"]
 
 
 def check_envoy_backends(compose: Node, envoy_name: str, config: Node) -> list[str]:

@@ -7,7 +7,9 @@ fails when they drift).
 """
 
 import argparse
+import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from devtools.access import method_access
+from devtools.contracts import load_contracts
 from devtools.tokens import DEV_AUDIENCE, DEV_ISSUER, DEV_KEYS_DIR, JWKS
 from devtools.topology import DESCRIPTOR_SET, DOCS_SITE, GRPC_PORTS, ROOT, grpc_services
 from meshkit.identity import SUBJECT_HEADER
@@ -26,10 +29,13 @@ Config = dict[str, Any]
 
 # Envoy's own error replies (bad JSON, unknown route, no healthy upstream, …)
 # get the same JSON shape as gRPC errors converted by the transcoder.
+# The method and path a request arrived with (kept in metadata before the
+# transcoder rewrites them), and whether a backend was reached (upstream host).
 ACCESS_LOG_FORMAT = (
-    '[%START_TIME%] "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%'
+    '[%START_TIME%] "%DYNAMIC_METADATA(mesh.edge:method)% %DYNAMIC_METADATA(mesh.edge:path):256%'
     ' %PROTOCOL%" %RESPONSE_CODE% grpc=%GRPC_STATUS% %DURATION%ms'
-    " upstream=%UPSTREAM_CLUSTER% %RESPONSE_CODE_DETAILS%\n"
+    " upstream=%UPSTREAM_CLUSTER%@%UPSTREAM_HOST% %RESPONSE_CODE_DETAILS%"
+    " deadline=%REQ(GRPC-TIMEOUT)%\n"
 )
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -50,7 +56,7 @@ NOT_AN_API = {
         "disabled": True,
     }
 }
-LOCAL_REPLY_CODES = {400: 3, 404: 5, 405: 12, 413: 8, 415: 3, 503: 14, 504: 4}
+KIB = 1024
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,11 @@ AUTH_ENV = ("AUTH_ISSUER", "AUTH_AUDIENCES", "AUTH_JWKS_URI", "AUTH_JWKS_FILE")
 
 @dataclass(frozen=True)
 class EnvoySite:
-    """Where one Envoy listens and where it finds the backends."""
+    """Where one Envoy listens, where it finds the backends, and the edge's limits.
+
+    The limits' defaults are the documented ones (README "Limits"); the test
+    sandbox and the benchmarks pass their own.
+    """
 
     listen_address: str = "127.0.0.1"
     listen_port: int = 8080
@@ -111,9 +121,103 @@ class EnvoySite:
     docs_dir: str = str(DOCS_SITE.relative_to(ROOT))
     auth: EdgeAuth = field(default_factory=EdgeAuth)
 
+    # --- strict input ---------------------------------------------------------
+    # A REST/JSON body: the largest request of the API is a few hundred bytes.
+    rest_body_limit_bytes: int = 64 * KIB
+    # A native gRPC message (the services refuse bigger ones with the same cap).
+    grpc_message_limit_bytes: int = 64 * KIB
+    # Request headers, request line included. The services' gRPC metadata limit
+    # is grpcio's default soft limit of 8 KiB, counted with 32 bytes per header
+    # on top of name and value; Envoy adds a few headers of its own. 6 KiB and at
+    # most 40 headers keep every forwarded request under it, so an over-long
+    # header or query string gets Envoy's 431, never a backend's random 429.
+    max_request_headers_kb: int = 6
+    max_request_headers_count: int = 40
+    # Origins a browser may call the API from (CORS); none unless configured.
+    cors_allowed_origins: tuple[str, ...] = ()
+
+    # --- admission control ------------------------------------------------------
+    # Route timeout per kind of RPC (RPC_KINDS): above the services' own database
+    # timeout (DB_TIMEOUT_SECONDS, 5 s), so their UNAVAILABLE answer wins over a 504.
+    # A caller's grpc-timeout is honoured up to the same cap.
+    timeouts: dict[str, float] = field(
+        default_factory=lambda: {"read": 8.0, "write": 10.0, "report": 20.0, "meta": 10.0}
+    )
+    # Mutations (RPCs bound to POST) per client address: a token bucket refilled
+    # with `mutation_rate_per_second` tokens every second, at most `mutation_burst`.
+    # 0 turns the limit off.
+    mutation_rate_per_second: int = 20
+    mutation_burst: int = 40
+    # Circuit breakers per backend: calls in flight, calls waiting for a connection.
+    # Beyond them Envoy answers 503 at once instead of queueing.
+    max_requests_per_backend: int = 256
+    max_pending_per_backend: int = 64
+    # Client connections Envoy holds at once (overload manager).
+    max_downstream_connections: int = 10_000
+    # What a shed request is told (retry-after, seconds).
+    retry_after_seconds: int = 1
+
+
+# Settings the launcher takes from the environment (README "Limits").
+EDGE_ENV = ("CORS_ALLOWED_ORIGINS",)
+
+
+def with_environment(site: EnvoySite, env: dict[str, str] | None = None) -> EnvoySite:
+    """``site`` with the edge settings given in the environment: CORS_ALLOWED_ORIGINS,
+    a comma-separated list of origins (https://shop.example) browsers may call from."""
+    env = dict(os.environ) if env is None else env
+    if origins := env.get("CORS_ALLOWED_ORIGINS", "").strip():
+        site = replace(
+            site, cors_allowed_origins=tuple(o.strip() for o in origins.split(",") if o.strip())
+        )
+    return site
+
+
+# How long each kind of RPC may take (EnvoySite.timeouts). An RPC's kind comes from
+# its REST binding (GET: read, anything else: write) unless listed here.
+RPC_KINDS = {"GetSalesSummary": "report"}
+
+# Envoy's own answers (local replies): HTTP status → (gRPC code, fixed message).
+# Fixed messages, because Envoy's texts carry internals ("upstream connect error or
+# disconnect/reset before headers. reset reason: …"). None keeps Envoy's message:
+# the transcoder's 400s and 404s say which field or route was wrong, and nothing more.
+LOCAL_REPLIES: dict[int, tuple[int, str | None]] = {
+    400: (3, None),  # INVALID_ARGUMENT
+    401: (16, None),  # UNAUTHENTICATED: jwt_authn says what is wrong with the token
+    403: (7, None),  # PERMISSION_DENIED: RBAC, a valid token without the RPC's scope
+    404: (5, None),  # NOT_FOUND
+    405: (3, "this method is not allowed on this path; see the allow header"),
+    408: (4, "the request was not received in time"),
+    413: (3, "the request body is larger than {rest_limit}"),
+    415: (3, "the request body must be JSON (content-type: application/json)"),
+    426: (3, "HTTP/1.0 and HTTP/1.1 or newer are supported"),
+    429: (8, "too many requests from this client; retry in {retry_after} s"),
+    431: (3, "the request headers are larger than {header_limit}"),
+    500: (13, "the gateway failed to handle the request"),
+    501: (12, "this transfer encoding is not supported"),
+    502: (14, "the service gave no valid answer; try again later"),
+    503: (14, "the service is unavailable or overloaded; retry in {retry_after} s"),
+    504: (4, "the service did not answer in time"),
+}
+# Native gRPC callers' messages where they differ.
+GRPC_MESSAGES = {413: "the request message is larger than {grpc_limit}"}
+# gRPC callers get another code where gRPC has a better one: no route is "no such method".
+GRPC_CODES = {404: 12}  # UNIMPLEMENTED
+# Statuses whose local replies tell the caller when to come back.
+RETRY_AFTER = {429, 503}
+# Where the content-type a request arrived with is kept (before the transcoder
+# rewrites it): the local replies answer gRPC callers in gRPC, everybody else in JSON.
+EDGE_METADATA = "mesh.edge"
+GRPC_CONTENT_TYPE = "(?i)^application/grpc"
+JSON_CONTENT_TYPE = r"(?i)^application/json\s*(;.*)?$"
+
 
 def _seconds(value: float) -> str:
     return f"{value:g}s"
+
+
+def _size(limit: int) -> str:
+    return f"{limit // KIB} KiB" if limit % KIB == 0 else f"{limit} bytes"
 
 
 def _typed(type_name: str, **fields: Any) -> Config:
@@ -129,6 +233,19 @@ def _endpoint(host: str, port: int) -> Config:
     return {"endpoint": {"address": _address(host, port)}}
 
 
+def _header(name: str, regex: str, *, invert: bool = False) -> Config:
+    """A route/filter header matcher on a regular expression (RE2)."""
+    return {
+        "name": name,
+        "string_match": {"safe_regex": {"regex": regex}},
+        "invert_match": invert,
+        "treat_missing_header_as_empty": True,
+    }
+
+
+# --- clusters: circuit breakers, health checks ---------------------------------------
+
+
 def _cluster(name: str, host: str, port: int, health_service: str, site: EnvoySite) -> Config:
     return {
         "name": name,
@@ -138,19 +255,29 @@ def _cluster(name: str, host: str, port: int, health_service: str, site: EnvoySi
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
                 "upstreams.http.v3.HttpProtocolOptions",
-                explicit_http_config={"http2_protocol_options": {}},
+                explicit_http_config={
+                    "http2_protocol_options": {
+                        # A backend that died without closing its connection is
+                        # noticed within seconds, not at the next call's timeout.
+                        "connection_keepalive": {"interval": "10s", "timeout": "2s"}
+                    }
+                },
             )
         },
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [_endpoint(host, port)]}],
         },
+        "circuit_breakers": _circuit_breakers(site),
         "health_checks": [
             {
                 "timeout": "1s",
                 "interval": _seconds(site.health_check_seconds),
                 # Without this, idle clusters are only checked once a minute.
                 "no_traffic_interval": _seconds(site.health_check_seconds),
+                # A backend that is down is probed more often, so a restarted one
+                # is back in rotation within half a second of answering SERVING.
+                "unhealthy_interval": _seconds(min(site.health_check_seconds, 0.5)),
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
                 "grpc_health_check": {"service_name": health_service},
@@ -159,70 +286,384 @@ def _cluster(name: str, host: str, port: int, health_service: str, site: EnvoySi
     }
 
 
-def _local_reply_mapper(http_status: int, grpc_code: int) -> Config:
+def _circuit_breakers(site: EnvoySite) -> Config:
+    """Bounded admission per backend: beyond these, a fast 503 (with retry-after)
+    instead of a queue that grows until every caller times out."""
     return {
-        "filter": {
-            "and_filter": {
-                "filters": [
-                    {
-                        "status_code_filter": {
-                            "comparison": {
-                                "op": "EQ",
-                                "value": {
-                                    "default_value": http_status,
-                                    "runtime_key": f"mesh.local_reply.{http_status}",
-                                },
-                            }
-                        }
-                    },
-                    # Only REST callers get a JSON body; native gRPC callers get
-                    # grpc-status trailers. The transcoder rewrites content-type to
-                    # application/grpc before it can fail, so a transcoded request is
-                    # recognised by the original path it leaves behind.
-                    {
-                        "or_filter": {
-                            "filters": [
-                                {
-                                    "header_filter": {
-                                        "header": {
-                                            "name": "content-type",
-                                            "string_match": {"prefix": "application/grpc"},
-                                            "treat_missing_header_as_empty": True,
-                                            "invert_match": True,
-                                        }
-                                    }
-                                },
-                                {
-                                    "header_filter": {
-                                        "header": {
-                                            "name": "x-envoy-original-path",
-                                            "present_match": True,
-                                        }
-                                    }
-                                },
-                            ]
-                        }
-                    },
-                ]
+        "thresholds": [
+            {
+                "priority": "DEFAULT",
+                "max_requests": site.max_requests_per_backend,
+                "max_pending_requests": site.max_pending_per_backend,
+                "max_connections": 64,
+                "max_retries": 3,
+                "track_remaining": True,
             }
-        },
-        "body_format_override": {
-            "json_format": {"code": grpc_code, "message": "%LOCAL_REPLY_BODY%", "details": []},
-            "content_type": "application/json",
-        },
+        ]
     }
 
 
-def _route(prefix: str, cluster: str) -> Config:
+# --- local replies: one error shape ------------------------------------------------
+
+
+def _arrived_as_grpc() -> Config:
+    """The request arrived as native gRPC (by the content-type it came with,
+    recorded before the transcoder rewrites it). Requests that never got that far
+    (codec errors: 431, 501, …) have no record and count as REST."""
     return {
-        "match": {"prefix": prefix},
+        "metadata_filter": {
+            "matcher": {
+                "filter": EDGE_METADATA,
+                "path": [{"key": "content_type"}],
+                "value": {"string_match": {"safe_regex": {"regex": GRPC_CONTENT_TYPE}}},
+            },
+            "match_if_key_not_found": False,
+        }
+    }
+
+
+def _local_reply_mappers(site: EnvoySite) -> list[Config]:
+    mappers = []
+    for status, (code, template) in LOCAL_REPLIES.items():
+        values = {
+            "rest_limit": _size(site.rest_body_limit_bytes),
+            "grpc_limit": _size(site.grpc_message_limit_bytes),
+            "header_limit": f"{site.max_request_headers_kb} KiB",
+            "retry_after": site.retry_after_seconds,
+        }
+        message = template.format(**values) if template else None
+        grpc_message = GRPC_MESSAGES.get(status, template)
+        grpc_message = grpc_message.format(**values) if grpc_message else None
+        headers = (
+            [
+                {
+                    "header": {"key": "retry-after", "value": str(site.retry_after_seconds)},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ]
+            if status in RETRY_AFTER
+            else []
+        )
+        status_filter = {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {
+                        "default_value": status,
+                        "runtime_key": f"mesh.local_reply.{status}",
+                    },
+                }
+            }
+        }
+        # Native gRPC callers: an HTTP 200 trailers-only answer whose grpc-status
+        # and grpc-message say the same as the JSON body would.
+        grpc_mapper: Config = {
+            "filter": {"and_filter": {"filters": [status_filter, _arrived_as_grpc()]}},
+            "headers_to_add": [
+                *headers,
+                {
+                    "header": {"key": "grpc-status", "value": str(GRPC_CODES.get(status, code))},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                },
+            ],
+        }
+        if grpc_message:
+            grpc_mapper["body"] = {"inline_string": grpc_message}
+        # Everybody else (the first mapper that matches wins): the JSON error body.
+        rest_mapper: Config = {
+            "filter": status_filter,
+            "body_format_override": {
+                "json_format": {
+                    "code": code,
+                    "message": message or "%LOCAL_REPLY_BODY%",
+                    "details": [],
+                },
+                "content_type": "application/json",
+            },
+        }
+        if headers:
+            rest_mapper["headers_to_add"] = headers
+        mappers += [grpc_mapper, rest_mapper]
+    return mappers
+
+
+# --- routes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rpc:
+    service: str  # polyglot.inventory.v1.InventoryService
+    name: str  # DecreaseStock
+    backend: str  # inventory_svc
+    http_method: str | None  # POST, or None without a REST binding
+    http_path: str | None  # /inventory/decrease
+
+    @property
+    def kind(self) -> str:
+        return RPC_KINDS.get(self.name) or ("read" if self.http_method == "GET" else "write")
+
+
+def _rpcs(descriptor_set: Path) -> list[_Rpc]:
+    backend_of = {s.full_name: s.backend for s in grpc_services(descriptor_set)}
+    rpcs = []
+    for proto_file in load_contracts(descriptor_set).files:
+        for service in proto_file.services:
+            full_name = f"{proto_file.package}.{service.name}"
+            for rpc in service.rpcs:
+                route = rpc.route
+                rpcs.append(
+                    _Rpc(
+                        full_name,
+                        rpc.name,
+                        backend_of[full_name],
+                        route.method if route else None,
+                        route.path if route else None,
+                    )
+                )
+    return rpcs
+
+
+def _upstream_route(match: Config, cluster: str, timeout: float) -> Config:
+    return {
+        "match": match,
         "route": {
             "cluster": cluster,
-            "timeout": "30s",
-            # Honour the caller's grpc-timeout, capped.
-            "max_stream_duration": {"grpc_timeout_header_max": "30s"},
-            # Only retries that are safe for every RPC: the request never reached a backend.
-            "retry_policy": {"retry_on": "connect-failure,refused-stream", "num_retries": 2},
+            "timeout": _seconds(timeout),
+            # Honour the caller's grpc-timeout, capped at the route's timeout (with
+            # max_stream_duration set, Envoy ignores `timeout` for gRPC upstreams,
+            # which a transcoded REST call is, so the cap is both).
+            "max_stream_duration": {
+                "max_stream_duration": _seconds(timeout),
+                "grpc_timeout_header_max": _seconds(timeout),
+            },
+            # Only retries that are safe for every RPC: the request never reached a
+            # backend. Short back-off: a restarted backend is retried at once.
+            "retry_policy": {
+                "retry_on": "connect-failure,refused-stream,reset-before-request",
+                "num_retries": 2,
+                "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+            },
+        },
+        # The transcoder's copy of the REST path (query string included) is not
+        # forwarded: it would count twice against the backends' metadata limit.
+        "request_headers_to_remove": ["x-envoy-original-path", "x-envoy-original-method"],
+    }
+
+
+def _rpc_route(rpc: _Rpc, site: EnvoySite) -> Config:
+    route = _upstream_route(
+        {"path": f"/{rpc.service}/{rpc.name}"}, rpc.backend, site.timeouts[rpc.kind]
+    )
+    if rpc.http_method not in (None, "GET") and site.mutation_rate_per_second > 0:
+        route["typed_per_filter_config"] = {RATE_LIMIT: _mutation_rate_limit(site)}
+    return route
+
+
+def _mutation_rate_limit(site: EnvoySite) -> Config:
+    """A token bucket per client address for one mutation route (local_ratelimit
+    with a wildcard descriptor: every address gets its own bucket)."""
+    bucket = {
+        "max_tokens": site.mutation_burst,
+        "tokens_per_fill": site.mutation_rate_per_second,
+        "fill_interval": "1s",
+    }
+    return _typed(
+        "filters.http.local_ratelimit.v3.LocalRateLimit",
+        stat_prefix="mutations",
+        # The route-wide bucket only guards the per-address ones' memory; it is
+        # sized so that it never limits on its own.
+        token_bucket={
+            "max_tokens": site.mutation_burst * 1000,
+            "tokens_per_fill": site.mutation_rate_per_second * 1000,
+            "fill_interval": "1s",
+        },
+        filter_enabled={
+            "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+            "runtime_key": "mesh.mutation_rate_limit.enabled",
+        },
+        filter_enforced={
+            "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+            "runtime_key": "mesh.mutation_rate_limit.enforced",
+        },
+        rate_limits=[{"actions": [{"remote_address": {}}]}],
+        descriptors=[{"entries": [{"key": "remote_address"}], "token_bucket": bucket}],
+        max_dynamic_descriptors=10_000,
+        rate_limited_as_resource_exhausted=True,
+    )
+
+
+def _direct_reply(match: Config, status: int, extra: Config | None = None) -> Config:
+    """Envoy answers by itself; the local reply mappers give it the error shape."""
+    return {
+        "match": match,
+        "direct_response": {"status": status},
+        "typed_per_filter_config": {**NOT_AN_API, **(extra or {})},
+    }
+
+
+def _path_regex(template: str) -> str:
+    """/inventory/{product_id}/restock → ^/inventory/[^/]+/restock$ (RE2)."""
+    parts = re.split(r"\{[^}]+\}", template)
+    return "^" + "[^/]+".join(re.escape(part) for part in parts) + "$"
+
+
+def _method_routes(rpcs: list[_Rpc], site: EnvoySite) -> list[Config]:
+    """405 for a known REST path called with a method it does not have.
+
+    Literal paths come first and claim every method they have (/inventory/decrease
+    is POST, and GET as a value of /inventory/{product_id}); a claimed request is
+    left to the transcoder, which rewrites it to its gRPC route. With CORS origins
+    configured, OPTIONS is claimed too: the CORS filter answers preflights only on
+    routes that lead somewhere.
+    """
+    preflight = {"OPTIONS"} if site.cors_allowed_origins else set()
+    templates: dict[str, set[str]] = {}
+    for rpc in rpcs:
+        if rpc.http_path:
+            templates.setdefault(_path_regex(rpc.http_path), set()).add(rpc.http_method or "")
+    # fewer placeholders first: the most specific path wins
+    ordered = sorted(templates, key=lambda regex: (regex.count("[^/]+"), regex))
+    routes = []
+    for regex in ordered:
+        allowed = {
+            method
+            for other, methods in templates.items()
+            if re.fullmatch(other, regex.strip("^$").replace("\\", "")) or other == regex
+            for method in methods
+        }
+        methods = ", ".join(sorted(allowed))
+        wrong_method = {
+            "safe_regex": {"regex": regex},
+            "headers": [
+                _header(":method", "|".join(sorted(allowed | preflight)), invert=True),
+                # gRPC callers on a REST path get the 415 below, not a 405.
+                _header("content-type", GRPC_CONTENT_TYPE, invert=True),
+            ],
+        }
+        route = _direct_reply(wrong_method, 405)
+        route["response_headers_to_add"] = [
+            {
+                "header": {"key": "allow", "value": methods},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+        routes.append(route)
+        backend = next(r.backend for r in rpcs if r.http_path and _path_regex(r.http_path) == regex)
+        routes.append(_upstream_route({"safe_regex": {"regex": regex}}, backend, 1))
+    return routes
+
+
+def _not_json_route() -> Config:
+    """415 for a body that is not JSON, on any path, before anything is transcoded:
+    an HTML form or a text/plain POST from another site (the classic CSRF
+    request, which needs no CORS preflight) never reaches a service."""
+    return _direct_reply(
+        {
+            "prefix": "/",
+            "headers": [
+                _header(":method", "POST|PUT|PATCH"),
+                _header("content-type", JSON_CONTENT_TYPE, invert=True),
+                _header("content-type", GRPC_CONTENT_TYPE, invert=True),
+            ],
+        },
+        415,
+    )
+
+
+# A gRPC method's path: /package.Service/Method.
+GRPC_PATH = r"^/[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*/[A-Za-z_][A-Za-z0-9_]*$"
+REFUSALS = "edge_refusals"  # Envoy's internal listener and the cluster that reaches it
+
+
+def _grpc_content_type_routes() -> list[Config]:
+    """Requests that say application/grpc but match no gRPC route.
+
+    On a gRPC method's path (an unknown method) they get a gRPC answer: 404, which
+    gRPC callers receive as UNIMPLEMENTED. On any other path (a REST path, say) a
+    415 with the JSON body. Envoy answers every request that arrived as gRPC in
+    gRPC (HTTP 200 and a grpc-status header), which a REST caller reads as an empty
+    success, so that 415 comes from an internal listener of this same Envoy (no
+    socket, see _refusals_listener) and is passed through as a real HTTP answer.
+    """
+    grpc = _header("content-type", GRPC_CONTENT_TYPE)
+    unknown_method = _direct_reply({"safe_regex": {"regex": GRPC_PATH}, "headers": [grpc]}, 404)
+    not_grpc = {
+        "match": {"prefix": "/", "headers": [grpc]},
+        "route": {"cluster": REFUSALS, "timeout": "1s"},
+        "request_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": "application/octet-stream"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "typed_per_filter_config": NOT_AN_API,
+    }
+    return [unknown_method, not_grpc]
+
+
+def _refusals_listener() -> Config:
+    """An in-process listener (no socket) that answers 415 with the JSON error body."""
+    code, message = LOCAL_REPLIES[415]
+    body = json.dumps({"code": code, "message": message, "details": []}, separators=(",", ":"))
+    refuse = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 415, "body": {"inline_string": body}},
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+    }
+    manager = {
+        **_typed("filters.network.http_connection_manager.v3.HttpConnectionManager"),
+        "stat_prefix": REFUSALS,
+        "route_config": {
+            "virtual_hosts": [{"name": REFUSALS, "domains": ["*"], "routes": [refuse]}]
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": _typed("filters.http.router.v3.Router"),
+            }
+        ],
+    }
+    return {
+        "name": REFUSALS,
+        "internal_listener": {},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def _refusals_cluster() -> Config:
+    return {
+        "name": REFUSALS,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": REFUSALS,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "envoy_internal_address": {"server_listener_name": REFUSALS}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
         },
     }
 
@@ -269,13 +710,24 @@ def envoy_config(
 ) -> Config:
     services = grpc_services(descriptor_set)
     backends = sorted({s.backend for s in services}, key=lambda b: GRPC_PORTS[b])
-    routes = _docs_routes(site, docs_site)
-    routes += [_route(f"/{s.full_name}/", s.backend) for s in services]
+    rpcs = _rpcs(descriptor_set)
+    meta = site.timeouts["meta"]
     # Reflection: every backend serves the whole mesh's descriptors, so any
     # healthy one may answer. Health: a backend only knows its own services, and
     # a path cannot say which one is asked about, so the front door's
     # (inventory_svc) answers; Envoy's admin /clusters shows every backend.
-    routes += [_route("/grpc.reflection.", "mesh_any"), _route("/grpc.health.v1.", backends[0])]
+    reflection = _upstream_route({"prefix": "/grpc.reflection."}, "mesh_any", meta)
+    # Reflection is a stream in both directions: it cannot wait for a whole body.
+    reflection["typed_per_filter_config"] = {BUFFER: BUFFER_DISABLED}
+    routes = [
+        _not_json_route(),
+        *[_rpc_route(rpc, site) for rpc in rpcs],
+        reflection,
+        _upstream_route({"prefix": "/grpc.health.v1."}, backends[0], meta),
+        *_grpc_content_type_routes(),
+        *_docs_routes(site, docs_site),
+        *_method_routes(rpcs, site),
+    ]
     clusters = [
         _cluster(b, *site.backends[b], next(s.full_name for s in services if s.backend == b), site)
         for b in backends
@@ -284,16 +736,26 @@ def envoy_config(
     any_backend["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
         _endpoint(*site.backends[b]) for b in backends
     ]
-    clusters.append(any_backend)
+    clusters += [any_backend, _refusals_cluster()]
     if site.auth.jwks_uri:
         clusters.append(_jwks_cluster(site.auth))
     return {
         "admin": {"address": _address("127.0.0.1", site.admin_port)},
+        "bootstrap_extensions": [
+            {
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": _typed("bootstrap.internal_listener.v3.InternalListener"),
+            }
+        ],
+        "overload_manager": _overload_manager(site),
         "static_resources": {
             "listeners": [
                 {
                     "name": "ingress",
                     "address": _address(site.listen_address, site.listen_port),
+                    # Flow control per connection: a client streaming a huge body is
+                    # read in small pieces, not buffered whole.
+                    "per_connection_buffer_limit_bytes": 64 * KIB,
                     "filter_chains": [
                         {
                             "filters": [
@@ -301,22 +763,157 @@ def envoy_config(
                             ]
                         }
                     ],
-                }
+                },
+                _refusals_listener(),
             ],
             "clusters": clusters,
         },
     }
 
 
+def _overload_manager(site: EnvoySite) -> Config:
+    """A hard cap on client connections: past it Envoy stops accepting, instead of
+    running out of memory or file descriptors."""
+    return {
+        "resource_monitors": [
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": _typed(
+                    "resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    max_active_downstream_connections=site.max_downstream_connections,
+                ),
+            }
+        ]
+    }
+
+
+RATE_LIMIT = "envoy.filters.http.local_ratelimit"
+BUFFER = "envoy.filters.http.buffer"
+BUFFER_DISABLED = _typed("filters.http.buffer.v3.BufferPerRoute", disabled=True)
+CORS = "envoy.filters.http.cors"
+
+
+def _cors_policy(site: EnvoySite) -> Config:
+    return _typed(
+        "filters.http.cors.v3.CorsPolicy",
+        allow_origin_string_match=[{"exact": origin} for origin in site.cors_allowed_origins],
+        allow_methods="GET, POST",
+        allow_headers="authorization, content-type, grpc-timeout, x-grpc-web, x-user-agent",
+        expose_headers="grpc-status, grpc-message, retry-after",
+        max_age="600",
+    )
+
+
+def _http_filters(site: EnvoySite, services: list, descriptor_set: Path) -> list[Config]:
+    return [
+        # CORS first: a preflight from an allowed origin is answered here; without
+        # configured origins no response carries access-control-allow-origin, so a
+        # browser lets no other site read an answer.
+        {"name": CORS, "typed_config": _typed("filters.http.cors.v3.Cors")},
+        # The content-type a request arrived with, before the transcoder rewrites
+        # it (the local replies answer in gRPC or in JSON by it).
+        {
+            "name": "envoy.filters.http.header_to_metadata",
+            "typed_config": _typed(
+                "filters.http.header_to_metadata.v3.Config",
+                request_rules=[
+                    {
+                        "header": header,
+                        "on_header_present": {
+                            "metadata_namespace": EDGE_METADATA,
+                            "key": key,
+                            "type": "STRING",
+                        },
+                        "remove": False,
+                    }
+                    for header, key in (
+                        ("content-type", "content_type"),
+                        (":method", "method"),
+                        (":path", "path"),
+                    )
+                ],
+            ),
+        },
+        {
+            "name": TRANSCODER,
+            "typed_config": _typed(
+                "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                proto_descriptor=site.descriptor_path,
+                services=[s.full_name for s in services],
+                # snake_case JSON (as in the seed), zeros and empty lists printed.
+                print_options={
+                    "add_whitespace": False,
+                    "always_print_primitive_fields": True,
+                    "preserve_proto_field_names": True,
+                },
+                # gRPC errors become HTTP codes with a google.rpc.Status JSON body.
+                convert_grpc_status=True,
+                # Unknown routes → 404 and unknown query parameters → 400,
+                # instead of passing garbage upstream.
+                request_validation_options={
+                    "reject_unknown_method": True,
+                    "reject_unknown_query_parameters": True,
+                    "reject_binding_body_field_collisions": True,
+                },
+                # A bigger JSON body is refused (413) while it arrives, before
+                # anything is sent upstream.
+                max_request_body_size=site.rest_body_limit_bytes,
+            ),
+        },
+        # After the transcoder: REST calls carry their gRPC method path by
+        # now, so one rule per RPC covers both ways in.
+        *_auth_filters(site.auth, descriptor_set),
+        # After the transcoder, so REST and native gRPC calls of one RPC share the
+        # route (and the client's bucket). Enabled per route (mutations).
+        {
+            "name": RATE_LIMIT,
+            "typed_config": _typed(
+                "filters.http.local_ratelimit.v3.LocalRateLimit", stat_prefix="mutations"
+            ),
+        },
+        # The whole gRPC message before it goes upstream: a bigger one (5 bytes of
+        # gRPC framing on top of the message limit) is refused here with 413 /
+        # INVALID_ARGUMENT, and the backend never sees it.
+        {
+            "name": BUFFER,
+            "typed_config": _typed(
+                "filters.http.buffer.v3.Buffer",
+                max_request_bytes=site.grpc_message_limit_bytes + 5,
+            ),
+        },
+        {
+            "name": "envoy.filters.http.router",
+            # No x-envoy-upstream-service-time and friends in answers.
+            "typed_config": _typed("filters.http.router.v3.Router", suppress_envoy_headers=True),
+        },
+    ]
+
+
 def _http_connection_manager(
     site: EnvoySite, services: list, routes: list[Config], descriptor_set: Path
 ) -> Config:
+    virtual_host: Config = {"name": "mesh", "domains": ["*"], "routes": routes}
+    if site.cors_allowed_origins:
+        virtual_host["typed_per_filter_config"] = {CORS: _cors_policy(site)}
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             **_typed("filters.network.http_connection_manager.v3.HttpConnectionManager"),
             "stat_prefix": "ingress",
             "codec_type": "AUTO",  # HTTP/1.1 for REST, HTTP/2 (h2c) for native gRPC
+            # Envoy is the edge: the client is the connection's peer, never what an
+            # x-forwarded-for header claims (the per-client rate limit keys on it).
+            "use_remote_address": True,
+            "max_request_headers_kb": site.max_request_headers_kb,
+            "common_http_protocol_options": {
+                "max_headers_count": site.max_request_headers_count,
+                "headers_with_underscores_action": "REJECT_REQUEST",
+            },
+            # HTTP/1.0 clients (plain `curl --http1.0`, old tools) are served, not
+            # told to upgrade.
+            "http_protocol_options": {"accept_http_10": True, "default_host_for_http_10": "mesh"},
+            # A client that sends its headers slowly is cut off (slowloris).
+            "request_headers_timeout": "10s",
             "access_log": [
                 {
                     "name": "envoy.access_loggers.stdout",
@@ -327,52 +924,23 @@ def _http_connection_manager(
                 }
             ],
             "local_reply_config": {
-                "mappers": [
-                    *_audience_reply_mappers(),
-                    *(
-                        _local_reply_mapper(h, g)
-                        for h, g in {**LOCAL_REPLY_CODES, **AUTH_REPLY_CODES}.items()
-                    ),
-                ]
+                "mappers": [*_audience_reply_mappers(), *_local_reply_mappers(site)]
             },
             "route_config": {
                 "name": "mesh",
                 # The docs' vendored JavaScript is served as direct responses.
                 "max_direct_response_body_size_bytes": 16 * 1024 * 1024,
-                "virtual_hosts": [{"name": "mesh", "domains": ["*"], "routes": routes}],
+                "virtual_hosts": [virtual_host],
+                # Whatever a backend sends in x-envoy-* stays inside the mesh.
+                "response_headers_to_remove": [
+                    "x-envoy-upstream-service-time",
+                    "x-envoy-upstream-healthchecked-cluster",
+                    "x-envoy-overloaded",
+                    "x-envoy-ratelimited",
+                    "x-envoy-degraded",
+                ],
             },
-            "http_filters": [
-                {
-                    "name": TRANSCODER,
-                    "typed_config": _typed(
-                        "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
-                        proto_descriptor=site.descriptor_path,
-                        services=[s.full_name for s in services],
-                        # snake_case JSON (as in the seed), zeros and empty lists printed.
-                        print_options={
-                            "add_whitespace": False,
-                            "always_print_primitive_fields": True,
-                            "preserve_proto_field_names": True,
-                        },
-                        # gRPC errors become HTTP codes with a google.rpc.Status JSON body.
-                        convert_grpc_status=True,
-                        # Unknown routes → 404 and unknown query parameters → 400,
-                        # instead of passing garbage upstream.
-                        request_validation_options={
-                            "reject_unknown_method": True,
-                            "reject_unknown_query_parameters": True,
-                            "reject_binding_body_field_collisions": True,
-                        },
-                    ),
-                },
-                # After the transcoder: REST calls carry their gRPC method path by
-                # now, so one rule per RPC covers both ways in.
-                *_auth_filters(site.auth, descriptor_set),
-                {
-                    "name": "envoy.filters.http.router",
-                    "typed_config": _typed("filters.http.router.v3.Router"),
-                },
-            ],
+            "http_filters": _http_filters(site, services, descriptor_set),
         },
     }
 
@@ -408,7 +976,8 @@ def _cel(expression: str) -> Config:
 WRONG_AUDIENCE = (
     "response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')"
 )
-# As in _local_reply_mapper: REST callers, including transcoded ones.
+# REST callers, including transcoded ones (jwt_authn answers before the router
+# drops the transcoder's x-envoy-original-path).
 REST_CALLER = (
     "(!('content-type' in request.headers)"
     " || !request.headers['content-type'].startsWith('application/grpc')"

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 
-from devtools.envoy_config import AUTH_ENV, EdgeAuth, EnvoySite, render
+from devtools.envoy_config import AUTH_ENV, EDGE_ENV, EdgeAuth, EnvoySite, render, with_environment
 from devtools.mesh import MeshPlan, mongo_answers, native_plan
 from devtools.processes import ManagedProcess, StartupFailed, python_module
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
@@ -162,12 +162,17 @@ def edge_auth(plan: MeshPlan) -> tuple[MeshPlan, str]:
     auth = EdgeAuth.from_env()
     if not auth.jwks_uri:
         ensure_keys(DEV_KEYS_DIR)
-    if not any(os.environ.get(name) for name in AUTH_ENV):
-        return plan, 'TOKEN=$(make -s token), then -H "authorization: Bearer $TOKEN"'
+    dev_tokens = 'TOKEN=$(make -s token), then -H "authorization: Bearer $TOKEN"'
+    # Edge settings (CORS_ALLOWED_ORIGINS) or OIDC settings in the environment: an
+    # Envoy config rendered with them; otherwise the checked-in envoy/envoy.yaml.
+    if not any(os.environ.get(name) for name in (*AUTH_ENV, *EDGE_ENV)):
+        return plan, dev_tokens
     config = plan.run_dir / "envoy.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(render(EnvoySite(auth=auth)))
+    config.write_text(render(with_environment(EnvoySite(auth=auth))))
     plan = MeshPlan(**{**plan.__dict__, "envoy_config": config})
+    if not any(os.environ.get(name) for name in AUTH_ENV):
+        return plan, dev_tokens
     return plan, f"from {auth.issuer} (audiences {', '.join(auth.audiences)}; {config})"
 
 

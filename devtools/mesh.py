@@ -77,6 +77,14 @@ class MeshPlan:
     def backend_ready(self, name: str) -> bool:
         return grpc_serving(f"127.0.0.1:{self.grpc_ports[name]}")
 
+    def envoy_live(self) -> bool:
+        """Envoy's admin answers (whatever the backends' health)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1):
+                return True
+        except OSError:
+            return False
+
     def envoy_ready(self, names: list[str] | None = None) -> bool:
         """Envoy is live and has seen the backends (default: all) pass their health check."""
         try:

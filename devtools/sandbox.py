@@ -12,6 +12,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -141,8 +142,9 @@ class Mesh:
 
 
 def sandbox_site(
-    http_port: int, admin_port: int, grpc_ports: dict[str, int], auth: EdgeAuth
+    http_port: int, admin_port: int, grpc_ports: dict[str, int], auth: EdgeAuth, **edge: Any
 ) -> EnvoySite:
+    """A sandbox Envoy's site; ``edge`` overrides EnvoySite's limits."""
     return EnvoySite(
         listen_port=http_port,
         admin_port=admin_port,
@@ -150,21 +152,34 @@ def sandbox_site(
         backends={name: ("127.0.0.1", port) for name, port in grpc_ports.items()},
         health_check_seconds=0.5,
         auth=auth,
+        **edge,
     )
 
 
-def start_envoy(run_dir: Path, grpc_ports: dict[str, int], auth: EdgeAuth) -> MeshPlan:
-    """Another Envoy, on free ports, in front of running backends with other ``auth``
-    settings (e.g. a remote JWKS); returns its plan. Stop it with ``plan.envoy().stop()``."""
+def start_envoy(
+    run_dir: Path,
+    grpc_ports: dict[str, int],
+    auth: EdgeAuth,
+    *,
+    wait_healthy: bool = True,
+    **edge: Any,
+) -> MeshPlan:
+    """Another Envoy, on free ports, in front of backends at ``grpc_ports`` (running
+    ones, or none at all with ``wait_healthy=False``), with other ``auth`` settings
+    (e.g. a remote JWKS) or other limits (``edge``: EnvoySite fields); returns its
+    plan. Stop it with ``plan.envoy().stop()``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     http_port, admin_port = free_port(), free_port()
     config = run_dir / "envoy.yaml"
-    config.write_text(render(sandbox_site(http_port, admin_port, grpc_ports, auth)))
+    config.write_text(render(sandbox_site(http_port, admin_port, grpc_ports, auth, **edge)))
     plan = MeshPlan(run_dir, config, http_port, admin_port, grpc_ports)
     envoy = plan.envoy()
     envoy.start()
     try:
-        envoy.wait_until(plan.envoy_ready, "healthy clusters")
+        envoy.wait_until(
+            (lambda: plan.envoy_ready()) if wait_healthy else (lambda: plan.envoy_live()),
+            "healthy clusters" if wait_healthy else "a live admin endpoint",
+        )
     except Exception:
         envoy.stop()
         raise
@@ -190,9 +205,14 @@ def migrate(env: dict[str, str], names: list[str]) -> None:
             raise RuntimeError(f"{name}.migrate failed:\n{done.stdout}{done.stderr}")
 
 
-def start_mesh(run_dir: Path, env: dict[str, str], only: list[str] | None = None) -> Mesh:
+def start_mesh(
+    run_dir: Path,
+    env: dict[str, str],
+    only: list[str] | None = None,
+    edge: dict[str, Any] | None = None,
+) -> Mesh:
     """Backends (all, or ``only`` these), migrated first, and an Envoy in front of
-    them, on free ports."""
+    them, on free ports; ``edge`` overrides the Envoy's limits (EnvoySite fields)."""
     names = only or backends()
     migrate(env, names)
     grpc_ports = {name: free_port() for name in backends()}
@@ -200,7 +220,11 @@ def start_mesh(run_dir: Path, env: dict[str, str], only: list[str] | None = None
     config = run_dir / "envoy.yaml"
     signing_key = ensure_keys(run_dir / "auth")
     site = sandbox_site(
-        http_port, admin_port, grpc_ports, EdgeAuth(jwks_file=str(run_dir / "auth" / JWKS))
+        http_port,
+        admin_port,
+        grpc_ports,
+        EdgeAuth(jwks_file=str(run_dir / "auth" / JWKS)),
+        **(edge or {}),
     )
     config.write_text(render(site))
     mesh = Mesh(

@@ -183,7 +183,7 @@ REJECTED = [
     ("GET", "/inventory?page_size=5000", None, 400, 3, "page_size must be between 0 and 1000"),
     ("GET", "/inventory?page_token=nonsense", None, 400, 3, "page_token is not one this service"),
     ("GET", "/nowhere", None, 404, 5, "Could not resolve /nowhere to a method"),
-    ("DELETE", "/inventory/1", None, 404, 5, "Could not resolve /inventory/1 to a method"),
+    ("DELETE", "/inventory/1", None, 405, 3, "this method is not allowed on this path"),
     ("POST", "/inventory/999999/restock", {"quantity": 1}, 404, 5, "product 999999 does not exist"),
     ("POST", "/inventory/1/restock", {"quantity": 0}, 400, 3, "quantity must be between 1 and"),
 ]

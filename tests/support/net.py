@@ -1,4 +1,5 @@
 import asyncio
+import socket
 import threading
 from contextlib import suppress
 
@@ -66,3 +67,39 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers -= {writer, up_writer}
+
+
+class Tarpit:
+    """A TCP server that accepts connections and never answers: a backend that hangs.
+
+    Envoy connects to it, sends its request and waits, so the only way out is a
+    timeout. Reads and discards what it gets, so the sender never blocks.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self._open: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with suppress(OSError):
+            while True:
+                conn, _ = self._sock.accept()
+                self._open.append(conn)
+                threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _drain(conn: socket.socket) -> None:
+        with suppress(OSError):
+            while conn.recv(65536):
+                pass
+
+    def close(self) -> None:
+        self._sock.close()
+        for conn in self._open:
+            with suppress(OSError):
+                conn.close()

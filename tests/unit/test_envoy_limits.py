@@ -1,0 +1,116 @@
+"""The edge's limits as rendered into Envoy's config (the behaviour itself is tested
+through a real Envoy in tests/e2e/test_edge_limits.py)."""
+
+from devtools.envoy_config import (
+    LOCAL_REPLIES,
+    EnvoySite,
+    envoy_config,
+    with_environment,
+)
+
+
+def _manager(config: dict) -> dict:
+    listener = config["static_resources"]["listeners"][0]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def _rpc_routes(config: dict) -> dict[str, dict]:
+    routes = _manager(config)["route_config"]["virtual_hosts"][0]["routes"]
+    return {
+        r["match"]["path"]: r for r in routes if r["match"].get("path", "").startswith("/polyglot.")
+    }
+
+
+def test_every_rpc_has_a_timeout_by_its_kind_that_also_caps_grpc_timeout():
+    site = EnvoySite(timeouts={"read": 3.0, "write": 4.0, "report": 7.0, "meta": 9.0})
+    routes = _rpc_routes(envoy_config(site))
+    expected = {
+        "/polyglot.inventory.v1.InventoryService/GetStock": "3s",
+        "/polyglot.inventory.v1.InventoryService/DecreaseStock": "4s",
+        "/polyglot.inventory.v1.InventoryService/RestockProduct": "4s",
+        "/polyglot.analytics.v1.AnalyticsService/GetSalesSummary": "7s",
+        "/polyglot.notify.v1.NotificationService/ListNotifications": "3s",
+    }
+    for path, timeout in expected.items():
+        route = routes[path]["route"]
+        assert route["timeout"] == timeout
+        assert route["max_stream_duration"] == {
+            "max_stream_duration": timeout,
+            "grpc_timeout_header_max": timeout,
+        }
+        assert "x-envoy-original-path" in routes[path]["request_headers_to_remove"]
+
+
+def test_only_mutations_are_rate_limited_and_zero_turns_it_off():
+    routes = _rpc_routes(envoy_config(EnvoySite(mutation_rate_per_second=7, mutation_burst=9)))
+    limited = {path for path, r in routes.items() if r.get("typed_per_filter_config")}
+    assert limited == {
+        "/polyglot.inventory.v1.InventoryService/DecreaseStock",
+        "/polyglot.inventory.v1.InventoryService/RestockProduct",
+    }
+    limit = routes["/polyglot.inventory.v1.InventoryService/DecreaseStock"][
+        "typed_per_filter_config"
+    ]["envoy.filters.http.local_ratelimit"]
+    assert limit["descriptors"][0]["token_bucket"]["tokens_per_fill"] == 7
+    assert limit["descriptors"][0]["token_bucket"]["max_tokens"] == 9
+    routes = _rpc_routes(envoy_config(EnvoySite(mutation_rate_per_second=0)))
+    assert not any(r.get("typed_per_filter_config") for r in routes.values())
+
+
+def test_every_local_reply_status_gets_the_json_shape_and_a_grpc_status():
+    mappers = _manager(envoy_config(EnvoySite()))["local_reply_config"]["mappers"]
+    statuses = {
+        m["filter"]
+        .get("status_code_filter", {})
+        .get("comparison", {})
+        .get("value", {})
+        .get("default_value")
+        for m in mappers
+        if "body_format_override" in m and "status_code_filter" in m["filter"]
+    }
+    assert statuses == set(LOCAL_REPLIES)
+    grpc = [m for m in mappers if "and_filter" in m["filter"]]
+    assert len(grpc) == len(LOCAL_REPLIES)
+    assert all(any(h["header"]["key"] == "grpc-status" for h in m["headers_to_add"]) for m in grpc)
+
+
+def test_cors_origins_come_from_the_environment():
+    assert EnvoySite().cors_allowed_origins == ()
+    site = with_environment(
+        EnvoySite(), {"CORS_ALLOWED_ORIGINS": "https://a.example, https://b.example"}
+    )
+    assert site.cors_allowed_origins == ("https://a.example", "https://b.example")
+    vhost = _manager(envoy_config(site))["route_config"]["virtual_hosts"][0]
+    policy = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert policy["allow_origin_string_match"] == [
+        {"exact": "https://a.example"},
+        {"exact": "https://b.example"},
+    ]
+    assert (
+        "typed_per_filter_config"
+        not in _manager(envoy_config(EnvoySite()))["route_config"]["virtual_hosts"][0]
+    )
+
+
+def test_limits_reach_the_config():
+    site = EnvoySite(
+        rest_body_limit_bytes=1000,
+        grpc_message_limit_bytes=2000,
+        max_request_headers_kb=3,
+        max_requests_per_backend=11,
+        max_pending_per_backend=5,
+        max_downstream_connections=77,
+    )
+    config = envoy_config(site)
+    manager = _manager(config)
+    assert manager["max_request_headers_kb"] == 3
+    filters = {f["name"]: f["typed_config"] for f in manager["http_filters"]}
+    assert filters["envoy.filters.http.grpc_json_transcoder"]["max_request_body_size"] == 1000
+    assert filters["envoy.filters.http.buffer"]["max_request_bytes"] == 2005
+    inventory = next(
+        c for c in config["static_resources"]["clusters"] if c["name"] == "inventory_svc"
+    )
+    threshold = inventory["circuit_breakers"]["thresholds"][0]
+    assert (threshold["max_requests"], threshold["max_pending_requests"]) == (11, 5)
+    monitor = config["overload_manager"]["resource_monitors"][0]["typed_config"]
+    assert monitor["max_active_downstream_connections"] == 77
