@@ -82,11 +82,6 @@ class ManagedProcess:
         if self.pid_path:
             self.pid_path.unlink(missing_ok=True)
 
-    def kill(self) -> None:
-        """SIGKILL without warning: a crash, for fault tests."""
-        self.signal(signal.SIGKILL)
-        self._wait_exit(5)
-
     def exit_code(self, timeout: float) -> int | None:
         """Wait up to ``timeout`` for the exit; its code, or None if still running.
 

@@ -6,9 +6,7 @@ so the suite neither needs nor disturbs a mesh started with `make up`.
 """
 
 import itertools
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 
 import asyncpg
 import grpclib.client
@@ -23,27 +21,15 @@ from devtools.sandbox import (
     create_vhost,
     delete_vhost,
     drop_database,
-    start_mesh,
     start_mongo,
 )
 from inventory_svc.store import MIGRATIONS as INVENTORY_MIGRATIONS
 from meshkit.postgres import apply_migrations
+from tests.support.net import TcpProxy
+from tests.support.servers import PG_SERVER_URL, RABBIT_SERVER_URL, start_test_mesh
 from tests.support.smtp import MailCatcher
 
-PG_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-RABBIT_SERVER_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-# Tests wait on conditions, so fast probes make them fast, not flaky.
-FAST = {"HEALTH_PROBE_SECONDS": "0.2", "SHUTDOWN_GRACE_SECONDS": "10", "OUTBOX_POLL_SECONDS": "0.5"}
-# The suite sells hundreds of orders from one address in a burst: the per-client
-# mutation limit is raised (tests/e2e/test_edge_limits.py checks it on its own Envoy).
-TEST_EDGE = {"mutation_rate_per_second": 10_000, "mutation_burst": 10_000}
-
-
 # --- infrastructure of our own -------------------------------------------------
-
-
-def start_test_mesh(run_dir: Path, env: dict[str, str], only: list[str] | None = None) -> Mesh:
-    return start_mesh(run_dir, {**FAST, **env}, only, edge=TEST_EDGE)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -54,7 +40,8 @@ async def inventory_db_url() -> AsyncIterator[str]:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def notify_db_url() -> AsyncIterator[str]:
+async def mesh_notify_db_url() -> AsyncIterator[str]:
+    """notify_svc's database in the session mesh."""
     url = await create_database(PG_SERVER_URL, "polyglot_test_notify")
     yield url
     await drop_database(url)
@@ -65,6 +52,15 @@ def amqp_url() -> Iterator[str]:
     url = create_vhost(RABBIT_SERVER_URL, "polyglot_test")
     yield url
     delete_vhost(url)
+
+
+@pytest.fixture(scope="session")
+def broker(amqp_url: str) -> Iterator[TcpProxy]:
+    """The session mesh reaches RabbitMQ through this proxy: ``broker.cut()`` is a
+    broker outage for the test mesh alone, never for anyone else on that broker."""
+    proxy = TcpProxy.in_front_of(amqp_url, 5672)
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture(scope="session")
@@ -84,11 +80,13 @@ def mail() -> Iterator[MailCatcher]:
 
 
 @pytest.fixture(scope="session")
-def mesh_env(inventory_db_url, notify_db_url, amqp_url, mongo_url, mail) -> dict[str, str]:
+def mesh_env(
+    inventory_db_url, mesh_notify_db_url, amqp_url, broker, mongo_url, mail
+) -> dict[str, str]:
     return {
         "INVENTORY_DATABASE_URL": inventory_db_url,
-        "NOTIFY_DATABASE_URL": notify_db_url,
-        "AMQP_URL": amqp_url,
+        "NOTIFY_DATABASE_URL": mesh_notify_db_url,
+        "AMQP_URL": broker.route(amqp_url),
         "MONGO_URL": mongo_url,
         "SMTP_URL": mail.url,
     }
@@ -107,8 +105,8 @@ async def inventory_db(inventory_db_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def notify_db(notify_db_url: str, mesh: "Mesh") -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(notify_db_url, min_size=1, max_size=2)
+async def notify_db(mesh_notify_db_url: str, mesh: "Mesh") -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(mesh_notify_db_url, min_size=1, max_size=2)
     yield pool
     await pool.close()
 

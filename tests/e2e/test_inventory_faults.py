@@ -7,7 +7,6 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import grpc
 import grpclib.client
@@ -17,16 +16,16 @@ from grpclib.exceptions import GRPCError
 
 import polyglot.inventory.v1 as pb
 from devtools.processes import ManagedProcess, grpc_health, grpc_serving, python_module
-from tests.conftest import FAST, start_test_mesh
 from tests.support.inventory import stock_of
 from tests.support.net import TcpProxy, free_port
+from tests.support.servers import FAST, start_test_mesh
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
 def db_proxy(inventory_db_url):
-    target = urlsplit(inventory_db_url)
-    proxy = TcpProxy(target.hostname, target.port or 5432)
-    yield proxy, inventory_db_url.replace(f":{target.port}/", f":{proxy.port}/")
+    proxy = TcpProxy.in_front_of(inventory_db_url, 5432)
+    yield proxy, proxy.route(inventory_db_url)
     proxy.close()
 
 
@@ -51,15 +50,6 @@ def lone_inventory(tmp_path, database_url: str, env: dict) -> tuple[ManagedProce
     )
     process.start()
     return process, f"127.0.0.1:{port}"
-
-
-def wait_for(condition, timeout: float = 20.0):
-    """Poll ``condition`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-    return result
 
 
 async def test_database_outage_is_503_and_unavailable_then_recovers(
@@ -88,7 +78,7 @@ async def test_database_outage_is_503_and_unavailable_then_recovers(
             "details": [],
         }
         assert time.monotonic() - started < 5  # an answer, not a hang
-        await asyncio.to_thread(wait_for, lambda: not grpc_serving(backend))
+        await eventually(lambda: not grpc_serving(backend), what="NOT_SERVING without database")
 
         channel = grpclib.client.Channel(*mesh.envoy_target.split(":"))
         with pytest.raises(GRPCError) as raised:
@@ -98,7 +88,7 @@ async def test_database_outage_is_503_and_unavailable_then_recovers(
         assert await stock_of(inventory_db, product) == 10
 
         proxy.restore()
-        await asyncio.to_thread(wait_for, lambda: grpc_serving(backend))
+        await eventually(lambda: grpc_serving(backend), what="SERVING again")
         reply = await http.post(
             "/inventory/decrease",
             json={"product_id": product, "quantity": 1, "order_id": f"O-{uuid.uuid4().hex}"},
@@ -146,11 +136,15 @@ async def test_sigterm_finishes_in_flight_calls_then_exits(
             sale = asyncio.ensure_future(
                 decrease(pb.DecreaseStockRequest(product_id=product, quantity=3, order_id="O-d1"))
             )
-            await wait_until_waiting_on_lock(inventory_db, product)
-            process.signal(signal.SIGTERM)
-            await asyncio.to_thread(
-                wait_for, lambda: "SIGTERM received" in process.log_path.read_text()
+            await eventually(
+                lambda: inventory_db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE products%'"
+                ),
+                what=f"the sale of product {product} waiting on the row lock",
             )
+            process.signal(signal.SIGTERM)
+            await eventually(lambda: "SIGTERM received" in process.log_path.read_text())
             # No new sales once draining has begun: refused, or cancelled if it
             # slipped in before the listener closed — never served.
             with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -168,18 +162,6 @@ async def test_sigterm_finishes_in_flight_calls_then_exits(
         process.stop()
     assert await stock_of(inventory_db, product) == 7
     assert await inventory_db.fetchval("SELECT count(*) FROM sales WHERE order_id = 'O-d2'") == 0
-
-
-async def wait_until_waiting_on_lock(db, product: int) -> None:
-    for _ in range(400):
-        waiting = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE products%'"
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"no sale of product {product} waited on the row lock")
 
 
 def test_invalid_settings_exit_with_a_clear_message():
@@ -208,9 +190,9 @@ async def test_several_workers_share_the_port_and_stop_together(
     process, address = lone_inventory(tmp_path, inventory_db_url, {**mesh_env, "WORKERS": "2"})
     try:
         await asyncio.to_thread(process.wait_until, lambda: grpc_serving(address), "SERVING")
-        workers = await asyncio.to_thread(
-            wait_for,
+        workers = await eventually(
             lambda: len(_worker_pids(process.pid)) == 2 and _worker_pids(process.pid),
+            what="two workers",
         )
         # Both workers bound the one port and serve (the kernel spreads connections).
         listening = [
@@ -230,9 +212,9 @@ async def test_a_dead_worker_takes_the_service_down_for_its_supervisor(
     process, address = lone_inventory(tmp_path, inventory_db_url, {**mesh_env, "WORKERS": "2"})
     try:
         await asyncio.to_thread(process.wait_until, lambda: grpc_serving(address), "SERVING")
-        first, second = await asyncio.to_thread(
-            wait_for,
+        first, second = await eventually(
             lambda: len(_worker_pids(process.pid)) == 2 and _worker_pids(process.pid),
+            what="two workers",
         )
         os.kill(first, signal.SIGKILL)
         # The parent stops the other worker gracefully and reports the failure.

@@ -1,14 +1,11 @@
 """Native gRPC through Envoy's single port, with the betterproto (grpclib) client."""
 
-import asyncio
-from collections import Counter
-
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 import polyglot.inventory.v1 as pb
-from tests.support.inventory import inventory_state, order, stock_of
+from tests.support.inventory import inventory_state, order
 
 
 async def test_get_stock_of_a_seed_product(inventory_via_envoy):
@@ -79,26 +76,3 @@ async def test_order_conflict_is_already_exists(inventory_via_envoy, new_product
             pb.DecreaseStockRequest(product_id=product, quantity=2, order_id=order_id)
         )
     assert raised.value.status is Status.ALREADY_EXISTS
-
-
-async def test_200_concurrent_sales_of_one_against_stock_100(
-    inventory_via_envoy, inventory_db, new_product
-):
-    product = await new_product(stock=100)
-
-    async def sell() -> Status:
-        try:
-            await inventory_via_envoy.decrease_stock(
-                pb.DecreaseStockRequest(product_id=product, quantity=1, order_id=order())
-            )
-            return Status.OK
-        except GRPCError as error:
-            return error.status
-
-    outcomes = Counter(await asyncio.gather(*(sell() for _ in range(200))))
-    assert outcomes == {Status.OK: 100, Status.FAILED_PRECONDITION: 100}
-    assert await stock_of(inventory_db, product) == 0
-    sold = await inventory_db.fetchval(
-        "SELECT sum(quantity) FROM sales WHERE product_id = $1", product
-    )
-    assert sold == 100

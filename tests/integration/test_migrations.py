@@ -20,7 +20,7 @@ from devtools.topology import ROOT
 from meshkit.postgres import PostgresDatabase, SchemaAhead, SchemaBehind, migrate
 from notify_svc.store import MIGRATIONS as NOTIFY_MIGRATIONS
 from notify_svc.store import PostgresNotifications
-from tests.conftest import PG_SERVER_URL
+from tests.support.servers import PG_SERVER_URL
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from notify_svc import use_cases
 from notify_svc.domain import OrderConfirmation, Sale
 from notify_svc.mailer import Mailer
 from notify_svc.store import MIGRATIONS, PostgresNotifications
-from tests.conftest import PG_SERVER_URL
 from tests.support.net import TcpProxy
+from tests.support.servers import PG_SERVER_URL
 from tests.support.waiting import eventually
 
 LEASE_SECONDS = 30.0

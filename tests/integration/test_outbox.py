@@ -19,8 +19,8 @@ from inventory_svc.domain import InsufficientStock, SaleRequest
 from inventory_svc.store import MIGRATIONS, OutboxEntry, PostgresInventory, PostgresOutbox
 from meshkit.events import PRODUCT_SOLD
 from meshkit.postgres import migrate
-from tests.conftest import PG_SERVER_URL
 from tests.support.inventory import order
+from tests.support.servers import PG_SERVER_URL
 from tests.support.waiting import eventually
 
 

@@ -2,6 +2,7 @@ import asyncio
 import socket
 import threading
 from contextlib import suppress
+from urllib.parse import urlsplit
 
 from devtools.sandbox import free_port
 
@@ -23,6 +24,19 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self.restore()
+
+    @classmethod
+    def in_front_of(cls, url: str, default_port: int) -> "TcpProxy":
+        """A proxy to the server of ``url`` (postgresql://…, amqp://…)."""
+        target = urlsplit(url)
+        return cls(target.hostname or "127.0.0.1", target.port or default_port)
+
+    def route(self, url: str) -> str:
+        """``url`` with this proxy as its server."""
+        parts = urlsplit(url)
+        credentials = parts.netloc.rpartition("@")[0]
+        at = "@" if credentials else ""
+        return parts._replace(netloc=f"{credentials}{at}127.0.0.1:{self.port}").geturl()
 
     def _call(self, coro) -> object:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
