@@ -4,7 +4,6 @@ check catches the mistake it is there for."""
 
 import copy
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from devtools import compose_check as cc
 from devtools.sandbox import free_port
 from devtools.topology import ROOT
+from tests.support.waiting import eventually
 
 OUR_SERVICES = {"inventory-svc": "inventory_svc", "analytics-svc": "analytics_svc"}
 OUR_SERVICES["notify-svc"] = "notify_svc"
@@ -31,15 +31,15 @@ def test_the_repository_passes_every_check():
 
 def test_only_envoy_and_the_dashboards_publish_ports(compose):
     published = {
-        name: cc.published_ports(service)
+        name: [(p.get("host_ip"), p["published"], p["target"]) for p in service["ports"]]
         for name, service in cc.services(compose).items()
         if service.get("ports")
     }
     assert published == {
-        "envoy": [(8080, 8080)],
-        "rabbitmq": [(15672, 15672)],
-        "mongo-express": [(8081, 8081)],
-        "mailpit": [(8025, 8025)],
+        "envoy": [(None, "8080", 8080)],
+        "rabbitmq": [("127.0.0.1", "15672", 15672)],
+        "mongo-express": [("127.0.0.1", "8081", 8081)],
+        "mailpit": [("127.0.0.1", "8025", 8025)],
     }
 
 
@@ -50,15 +50,21 @@ def test_services_wait_for_healthy_dependencies(compose):
         for name, s in services.items()
     }
     conditions = {
-        how["condition"] for s in services.values() for how in (s.get("depends_on") or {}).values()
+        (dep == cc.GUARD, how["condition"])
+        for s in services.values()
+        for dep, how in (s.get("depends_on") or {}).items()
     }
-    assert conditions == {"service_healthy", "service_completed_successfully"}
+    assert conditions == {
+        (False, "service_healthy"),
+        (False, "service_completed_successfully"),  # the migration jobs
+        (True, "service_completed_successfully"),
+    }
     assert waits["inventory-svc"] == {"inventory-migrate", "postgres", "rabbitmq"}
     assert waits["analytics-svc"] == {"mongo", "rabbitmq"}
     assert waits["notify-svc"] == {"notify-migrate", "postgres", "rabbitmq", "mailpit"}
     for job in ("inventory-migrate", "notify-migrate"):  # one-shot: succeeds, then exits
         assert services[job]["restart"] == "no"
-        assert services[job]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+        assert services[job]["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert services[job]["command"][-1].endswith(".migrate")
     assert waits["envoy"] == set(OUR_SERVICES)
 
@@ -66,52 +72,89 @@ def test_services_wait_for_healthy_dependencies(compose):
 def test_our_services_share_one_image_and_probe_grpc_health(compose):
     for name, package in OUR_SERVICES.items():
         service = cc.services(compose)[name]
-        assert service["build"] == {"context": ".", "dockerfile": "Dockerfile"}
+        assert service["build"] == {"context": str(ROOT), "dockerfile": "Dockerfile"}
         assert service["command"] == ["python", "-m", package]
         assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "meshkit.healthcheck"]
-        assert cc.environment(service)["GRPC_HOST"] == "0.0.0.0"
+        assert service["environment"]["GRPC_HOST"] == "0.0.0.0"
         assert "ports" not in service
 
 
-def test_interpolation_follows_compose_rules():
-    uses: dict[str, set[str | None]] = {}
-    text = "${A:-x} $${B} ${C-y} ${D:+z} $D ${E:?set E}"
-    result = cc.interpolate(text, {"A": "", "C": "", "D": "d"}, uses)
-    assert result == "x ${B}  z d "
-    assert uses == {"A": {"x"}, "C": {"y"}, "D": {None}, "E": {None}}
-
-
 def test_variables_must_match_env_example():
-    uses = {"KNOWN": {"same"}, "DRIFTED": {"old"}, "MISSING": {None}}
-    env = {"KNOWN": "same", "DRIFTED": "new", "STALE": "x"}
-    assert cc.check_variables(uses, env) == [
+    def variable(default: str = "", required: bool = False) -> dict:
+        return {"DefaultValue": default, "Required": required}
+
+    variables = {"KNOWN": variable("same"), "DRIFTED": variable("old"), "MISSING": variable()}
+    variables |= {"DB_PASSWORD": variable("secret"), "DB_USER": variable(required=True)}
+    env = {"KNOWN": "same", "DRIFTED": "new", "STALE": "x", "DB_PASSWORD": "p", "DB_USER": "u"}
+    assert cc.check_variables(variables, env) == [
         ".env.example: STALE is not used by compose.yaml",
-        "compose.yaml: ${DRIFTED} defaults to 'old', .env.example says 'new'",
+        "compose.yaml: ${DB_PASSWORD} is a credential: ${DB_PASSWORD:?…}, no default",
+        "compose.yaml: ${DRIFTED} defaults to 'old', .env.example: 'new'",
         "compose.yaml: ${MISSING} is not in .env.example",
     ]
 
 
-def test_schema_violations_are_reported(compose):
-    compose["services"]["envoy"]["imagee"] = "typo"
-    compose["services"]["postgres"]["restart"] = 5
-    problems = cc.check_schema(compose)
-    assert any("services/envoy" in p and "imagee" in p for p in problems)
-    assert any(p.startswith("compose.yaml: services/postgres/restart:") for p in problems)
+def test_compose_itself_refuses_broken_files(tmp_path: Path):
+    # Schema, unknown dependencies, undeclared volumes: Docker Compose's own checks.
+    (tmp_path / ".env.example").write_text("TAG=1\n")
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  app:\n    image: app:${TAG}\n    depends_on: [billing]\n"
+    )
+    compose, problems = cc.load(tmp_path)
+    assert compose == {}
+    assert problems and "billing" in problems[0]
+    (tmp_path / "compose.yaml").write_text("services:\n  app:\n    imagee: x\n")
+    assert "imagee" in "".join(cc.load(tmp_path)[1])
 
 
-def test_broken_references_are_reported(compose):
+def test_missing_env_file_stops_compose(tmp_path: Path):
+    (tmp_path / "compose.yaml").write_text((ROOT / "compose.yaml").read_text())
+    (tmp_path / ".env.example").write_text("")
+    _, problems = cc.load(tmp_path)
+    assert any("copy .env.example to .env" in p for p in problems)
+
+
+def test_container_rules_are_enforced(compose):
     services = cc.services(compose)
-    services["envoy"]["depends_on"]["billing-svc"] = {"condition": "service_healthy"}
-    services["mongo"]["volumes"].append("./no/such/dir:/x")
-    services["rabbitmq"]["volumes"] = ["undeclared:/var/lib/rabbitmq"]
+    services["mongo"]["volumes"].append({"type": "bind", "source": "/no/such/dir", "target": "/x"})
     del services["mailpit"]["healthcheck"]
     services["mongo-express"]["image"] = "mongo-express:latest"
-    assert sorted(cc.check_references(compose, ROOT)) == [
-        "service envoy: depends on unknown service 'billing-svc'",
+    assert sorted(cc.check_services(compose, cc.read_env_file(ROOT / ".env.example"))) == [
         "service mailpit: no healthcheck",
         "service mongo-express: image 'mongo-express:latest' is not pinned to a version",
-        "service mongo: bind mount source ./no/such/dir does not exist",
-        "service rabbitmq: volume 'undeclared' is not declared",
+        "service mongo: bind mount source /no/such/dir does not exist",
+    ]
+
+
+def guard_run(compose: dict, **changes: str) -> subprocess.CompletedProcess:
+    """The credentials guard's real script (compose's $$ unescaped), run by sh."""
+    guard = cc.services(compose)[cc.GUARD]
+    script = guard["entrypoint"][2].replace("$$", "$")
+    env = {"PATH": "/usr/bin:/bin", **guard["environment"], **changes}
+    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+
+
+def test_the_example_passwords_stop_compose_outside_development(compose):
+    refused = guard_run(compose)
+    assert refused.returncode == 1
+    for name in ("POSTGRES", "RABBITMQ", "MONGO_ROOT", "MONGO_EXPRESS"):
+        assert f"{name}_PASSWORD is the example value of .env.example" in refused.stderr
+    assert guard_run(compose, POLYGLOT_DEV="1").returncode == 0
+    passwords = [
+        n for n in cc.services(compose)[cc.GUARD]["environment"] if n.endswith("_PASSWORD")
+    ]
+    assert guard_run(compose, **dict.fromkeys(passwords, "own-S3cret")).returncode == 0
+
+
+def test_every_container_starts_after_the_credentials_guard(compose):
+    env = cc.read_env_file(ROOT / ".env.example")
+    assert cc.check_credentials_guard(compose, env) == []
+    del cc.services(compose)["mongo"]["depends_on"]
+    del cc.services(compose)[cc.GUARD]["environment"]["RABBITMQ_PASSWORD"]
+    assert sorted(cc.check_credentials_guard(compose, env)) == [
+        "service credentials-check: does not check RABBITMQ_PASSWORD",
+        "service mongo-express: may start before credentials-check succeeded",
+        "service mongo: may start before credentials-check succeeded",
     ]
 
 
@@ -122,17 +165,14 @@ def test_envoy_must_mount_the_generated_config_and_reach_our_services(compose):
         "Envoy cluster notify_svc: notify-svc:50053, but its GRPC_PORT is 6000",
         "Envoy cluster mesh_any: notify-svc:50053, but its GRPC_PORT is 6000",
     ]
-    services["envoy"]["volumes"] = [
-        v
-        for v in services["envoy"]["volumes"]
-        if not (isinstance(v, str) and v.endswith(":/etc/envoy/docs:ro"))
-    ]
+    volumes = services["envoy"]["volumes"]
+    volumes[:] = [v for v in volumes if v["target"] != "/etc/envoy/docs"]
     services["notify-svc"]["environment"]["GRPC_PORT"] = "50053"
     problems = cc.check_envoy(compose, ROOT)
     assert problems and all("/etc/envoy/docs/" in p for p in problems)
-    services["envoy"]["volumes"][0] = "./envoy/envoy.yaml:/etc/envoy/envoy.yaml:ro"
+    volumes[0]["source"] = str(ROOT / "envoy" / "envoy.yaml")
     (problem,) = cc.check_envoy(compose, ROOT)
-    assert "envoy.yaml as Envoy's config, not" in problem
+    assert "does not mount" in problem and "envoy.compose.yaml as Envoy's config" in problem
 
 
 def test_envoy_validation_rejects_a_broken_config():
@@ -141,38 +181,28 @@ def test_envoy_validation_rejects_a_broken_config():
     assert "unknown enum value: 'NO_SUCH'" in problem
 
 
-def test_dockerignore_semantics(tmp_path: Path):
-    (tmp_path / ".dockerignore").write_text("# allowlist\n*\n!app/\n**/__pycache__\n*.py[co]\n")
-    assert cc.dockerignored(tmp_path, "secrets.env")
-    assert not cc.dockerignored(tmp_path, "app/main.py")
-    assert cc.dockerignored(tmp_path, "app/__pycache__/main.cpython-311.pyc")
-    assert not cc.dockerignored(tmp_path / "elsewhere", "anything")  # no .dockerignore
-
-
 def project(tmp_path: Path, dockerfile: str, pyproject_data: str = "") -> dict:
     """A minimal project: one package with a data file, and a compose service building it."""
     (tmp_path / "pkg" / "migrations").mkdir(parents=True, exist_ok=True)
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "pkg" / "migrations" / "0001.sql").write_text("SELECT 1;\n")
-    (tmp_path / ".dockerignore").write_text("*\n!pkg/\n!pyproject.toml\n")
+    (tmp_path / ".dockerignore").write_text("*\n!pkg/\n!pyproject.toml\n**/__pycache__\n")
     (tmp_path / "Dockerfile").write_text(dockerfile)
     (tmp_path / "pyproject.toml").write_text(
         '[tool.setuptools.packages.find]\ninclude = ["pkg*"]\n'
         f"[tool.setuptools.package-data]\n{pyproject_data}"
     )
-    return {"services": {"app": {"build": "."}}}
+    return {"services": {"app": {"build": {"context": str(tmp_path), "dockerfile": "Dockerfile"}}}}
 
 
 def test_copy_sources_must_exist_and_be_in_the_context(tmp_path: Path):
     compose = project(tmp_path, "FROM scratch\nCOPY pyproject.toml pkg/ \\\n  README.md /src/\n")
     (tmp_path / "README.md").write_text("")
-    assert cc.check_builds(compose, tmp_path) == [
-        "Dockerfile: COPY source README.md is .dockerignored"
-    ]
+    assert cc.check_builds(compose) == ["Dockerfile: COPY source README.md is .dockerignored"]
     (tmp_path / "Dockerfile").write_text("FROM scratch AS a\nCOPY gone.txt /\nCOPY --from=a /x /\n")
-    assert cc.check_builds(compose, tmp_path) == ["Dockerfile: COPY source gone.txt does not exist"]
+    assert cc.check_builds(compose) == ["Dockerfile: COPY source gone.txt does not exist"]
     (tmp_path / "Dockerfile").unlink()
-    assert cc.check_builds(compose, tmp_path) == [
+    assert cc.check_builds(compose) == [
         f"service app: Dockerfile {tmp_path / 'Dockerfile'} does not exist"
     ]
 
@@ -194,26 +224,28 @@ def test_hadolint_warnings_fail(tmp_path: Path):
     assert "DL3013" in problems  # unpinned pip install
 
 
-def test_envoy_healthcheck_command_against_a_real_envoy(compose, tmp_path: Path):
+async def test_envoy_healthcheck_command_against_a_real_envoy(compose, tmp_path: Path):
     # The container's command (after compose's $$ unescaping), with the admin port
     # moved to a free one; Envoy answers /ready only when it is LIVE.
     test = cc.services(compose)["envoy"]["healthcheck"]["test"]
     assert test[:3] == ["CMD", "bash", "-c"] and "/dev/tcp/127.0.0.1/9901" in test[3]
     port = free_port()
-    script = test[3].replace("/9901", f"/{port}")
+    script = test[3].replace("$$", "$").replace("/9901", f"/{port}")
     config = tmp_path / "envoy.yaml"
     config.write_text(
         f"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}\n"
     )
-    assert subprocess.run(["bash", "-c", script], capture_output=True).returncode != 0
-    envoy = subprocess.Popen(
+
+    def healthy() -> bool:
+        return subprocess.run(["bash", "-c", script], capture_output=True).returncode == 0
+
+    assert not healthy()
+    envoy = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
         [str(cc.BIN / "envoy"), "-c", str(config), "--disable-hot-restart", "--log-level", "error"]
     )
     try:
-        deadline = time.monotonic() + 15
-        while subprocess.run(["bash", "-c", script], capture_output=True).returncode != 0:
-            assert envoy.poll() is None and time.monotonic() < deadline, "Envoy never got ready"
-            time.sleep(0.1)
+        await eventually(lambda: envoy.poll() is not None or healthy(), what="Envoy ready")
+        assert envoy.poll() is None and healthy()
     finally:
         envoy.terminate()
         envoy.wait(10)
