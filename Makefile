@@ -2,24 +2,37 @@
 #   make up      run the whole mesh natively (background), wait until healthy
 #   make down    stop it
 #   make test    run the test suite (starts its own mesh on free ports)
+#   make lock    re-pin the whole environment (requirements.lock) after editing pyproject.toml
 #   make check   the static checks CI runs (lint, codegen drift, Envoy config)
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 BUF    := node_modules/.bin/buf
+# Every package of the environment, transitive ones too, pinned with hashes.
+LOCK   := requirements.lock
+PIP_TOOLS := pip-tools==7.6.2
 
-.PHONY: up down status token keys test check generate docs mongo-ui lint lint-proto breaking drift envoy-validate compose-check k8s-check bench bench-smoke clean
+.PHONY: up down status token keys test test-outage lock check generate docs mongo-ui lint lint-proto breaking drift envoy-validate compose-check k8s-check bench bench-smoke clean
 
 ## Environments ------------------------------------------------------------
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "PolyglotMicro needs Python 3.11 or newer (found: $$($(PYTHON) --version)). Set PYTHON=python3.X."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+# After changing a pin in pyproject.toml: re-resolve the whole environment, from
+# PyPI, keeping every other pin (LOCK_ARGS="--upgrade-package NAME" to move one).
+lock:
+	$(PYTHON) -m venv .run/pip-tools
+	.run/pip-tools/bin/pip install --quiet $(PIP_TOOLS)
+	CUSTOM_COMPILE_COMMAND="make lock" .run/pip-tools/bin/pip-compile --quiet \
+	  --generate-hashes --strip-extras --extra dev --unsafe-package polyglotmicro \
+	  --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -72,8 +85,16 @@ bench-smoke: venv
 
 ## Tests and checks --------------------------------------------------------
 
+# First checks PostgreSQL and RabbitMQ (reachable, login, rights) and says what to fix.
 test: venv
+	@$(BIN)/python -m devtools.preflight
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Opt-in: a real RabbitMQ outage (rabbitmqctl stop_app, root): stops the broker
+# for everyone on this machine, a `make up` mesh included.
+test-outage: venv
+	@$(BIN)/python -m devtools.preflight
+	$(BIN)/pytest -m broker_outage $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

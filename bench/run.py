@@ -43,10 +43,9 @@ from devtools.processes import ManagedProcess
 from devtools.topology import ROOT
 from meshkit.events import SUBSCRIPTIONS
 
-PG_SERVER_URL = os.environ.get(
-    "BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-AMQP_SERVER_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+# Its own variables, else the tests' servers (TEST_POSTGRES_URL, TEST_AMQP_URL).
+PG_SERVER_URL = os.environ.get("BENCH_POSTGRES_URL", sandbox.PG_SERVER_URL)
+AMQP_SERVER_URL = os.environ.get("BENCH_AMQP_URL", sandbox.RABBIT_SERVER_URL)
 HOT_PRODUCT = 100_000  # one product every client fights over
 SPREAD = (100_001, 1_000)  # first id, count: contention spread over 1000 products
 BIG_STOCK = 2_000_000_000
@@ -351,6 +350,13 @@ def main() -> None:
         help="markdown report (default BENCHMARKS.md; smoke: test-artifacts/)",
     )
     args = parser.parse_args()
+    missing = {"wrk": "wrk", "pgbench": "postgresql-client"}
+    missing = {tool: pkg for tool, pkg in missing.items() if shutil.which(tool) is None}
+    if missing:
+        sys.exit(
+            f"make bench needs {' and '.join(missing)}, which are not installed.\n"
+            f"  Debian/Ubuntu: sudo apt-get install -y {' '.join(missing.values())}"
+        )
     chosen_clients = args.clients
     if args.smoke:
         args.clients, args.seconds, args.warmup, args.repeats = [8], 1.0, 0.5, 1

@@ -13,13 +13,11 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
-
-import aio_pika
-import asyncpg
+from urllib.parse import urlsplit
 
 from devtools.envoy_config import AUTH_ENV, EDGE_ENV, EdgeAuth, EnvoySite, render, with_environment
 from devtools.mesh import MeshPlan, mongo_answers, native_plan
+from devtools.preflight import InfrastructureMissing, check_rabbitmq, ensure_database
 from devtools.processes import ManagedProcess, StartupFailed, python_module
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from devtools.topology import backends, migrators
@@ -33,50 +31,9 @@ RABBITMQ_UI_URL = "http://localhost:15672"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
-class InfrastructureMissing(RuntimeError):
-    pass
-
-
 def _port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-async def ensure_database(database_url: str, env_var: str) -> None:
-    """Create the service's database when the server has none by that name."""
-    parts = urlsplit(database_url)
-    name = parts.path.lstrip("/")
-    maintenance = urlunsplit(parts._replace(path="/postgres"))
-    try:
-        conn = await asyncpg.connect(maintenance, timeout=5)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise InfrastructureMissing(
-            f"PostgreSQL is not reachable at {parts.hostname}:{parts.port or 5432} ({exc}).\n"
-            "  Start it: sudo pg_ctlcluster $(ls /etc/postgresql) main start\n"
-            "  Install it (Debian/Ubuntu): sudo apt-get install -y postgresql\n"
-            f"  Or use another server: {env_var}=postgresql://USER:PASSWORD@HOST:5432/{name}"
-            " make up"
-        ) from exc
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            await conn.execute(f'CREATE DATABASE "{name}"')
-            print(f"created database {name}")
-    finally:
-        await conn.close()
-
-
-async def check_rabbitmq(amqp_url: str) -> None:
-    parts = urlsplit(amqp_url)
-    try:
-        connection = await aio_pika.connect(amqp_url, timeout=5)
-        await connection.close()
-    except Exception as exc:  # aio-pika raises several types for "cannot connect"
-        raise InfrastructureMissing(
-            f"RabbitMQ is not reachable at {parts.hostname}:{parts.port or 5672} ({exc}).\n"
-            "  Start it: sudo rabbitmq-server -detached\n"
-            "  Install it (Debian/Ubuntu): sudo apt-get install -y rabbitmq-server\n"
-            "  Or use another broker: AMQP_URL=amqp://USER:PASSWORD@HOST:5672/VHOST make up"
-        ) from exc
 
 
 def rabbitmq_management(amqp_url: str) -> str:
@@ -127,7 +84,7 @@ def up(plan: MeshPlan) -> None:
     inventory, notify = load_settings(InventorySettings), load_settings(NotifySettings)
     asyncio.run(ensure_database(str(inventory.inventory_database_url), "INVENTORY_DATABASE_URL"))
     asyncio.run(ensure_database(str(notify.notify_database_url), "NOTIFY_DATABASE_URL"))
-    asyncio.run(check_rabbitmq(str(inventory.amqp_url)))
+    asyncio.run(check_rabbitmq(str(inventory.amqp_url), "AMQP_URL"))
     rabbitmq_ui = rabbitmq_management(str(inventory.amqp_url))
     plan = MeshPlan(**{**plan.__dict__, "env": {**plan.env, "MONGO_URL": mongo_url(plan)}})
     for service in migrators():

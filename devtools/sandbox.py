@@ -5,15 +5,19 @@ wire server and a whole mesh on free ports — so neither ever touches a mesh
 started with `make up`.
 """
 
+import base64
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -22,6 +26,10 @@ from devtools.mesh import MeshPlan, mongo_answers
 from devtools.processes import ManagedProcess
 from devtools.tokens import JWKS, SigningKey, ensure_keys
 from devtools.topology import DESCRIPTOR_SET, ROOT, backends, migrators
+
+# The servers the tests and the benchmarks make their databases and vhost on.
+PG_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+RABBIT_SERVER_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 def free_port() -> int:
@@ -67,16 +75,75 @@ def rabbitmqctl(*args: str) -> str:
     ).stdout
 
 
+def _management(amqp_url: str, method: str, path: str, body: dict | None = None) -> bytes:
+    """One call to RabbitMQ's management HTTP API as the user of ``amqp_url``."""
+    parts = urlsplit(amqp_url)
+    base = os.environ.get("RABBITMQ_MANAGEMENT_URL") or f"http://{parts.hostname}:15672"
+    login = f"{unquote(parts.username or 'guest')}:{unquote(parts.password or 'guest')}"
+    request = urllib.request.Request(
+        f"{base.rstrip('/')}/api/{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "authorization": f"Basic {base64.b64encode(login.encode()).decode()}",
+            "content-type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return reply.read()
+
+
+def vhost_admin_problem(amqp_url: str) -> str | None:
+    """None when we can create virtual hosts (management API or rabbitmqctl); else why not."""
+    try:
+        tags = json.loads(_management(amqp_url, "GET", "whoami"))["tags"]
+        tags = tags if isinstance(tags, list) else tags.split(",")
+        if "administrator" in tags:
+            return None
+        api = f"the management API answers, but {urlsplit(amqp_url).username} is no administrator"
+    except (OSError, ValueError, KeyError) as exc:
+        api = f"no management API ({exc})"
+    if shutil.which("rabbitmqctl") is None:
+        return f"{api}, and there is no rabbitmqctl"
+    try:
+        rabbitmqctl("list_vhosts")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        stderr = (getattr(exc, "stderr", "") or "").strip().splitlines()
+        return f"{api}, and rabbitmqctl failed ({stderr[-1] if stderr else exc})"
+    return None
+
+
+def _use_management(amqp_url: str) -> bool:
+    try:
+        _management(amqp_url, "GET", "whoami")
+    except OSError:
+        return False
+    return True
+
+
 def create_vhost(server_url: str, prefix: str) -> str:
-    """A RabbitMQ virtual host of our own (guest may use it); returns its AMQP URL."""
+    """A RabbitMQ virtual host of our own, for the user of ``server_url``; its AMQP URL.
+
+    Through the management HTTP API when it answers (no root needed: the user needs
+    the administrator tag), else with rabbitmqctl (root or the broker's user)."""
     vhost = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    user = unquote(urlsplit(server_url).username or "guest")
+    if _use_management(server_url):
+        _management(server_url, "PUT", f"vhosts/{quote(vhost, safe='')}", {})
+        everything = {"configure": ".*", "write": ".*", "read": ".*"}
+        _management(server_url, "PUT", f"permissions/{vhost}/{quote(user, safe='')}", everything)
+    else:
+        rabbitmqctl("add_vhost", vhost)
+        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
     return f"{server_url.rstrip('/')}/{vhost}"
 
 
 def delete_vhost(amqp_url: str) -> None:
-    rabbitmqctl("delete_vhost", urlsplit(amqp_url).path.lstrip("/"))
+    vhost = urlsplit(amqp_url).path.lstrip("/")
+    if _use_management(amqp_url):
+        _management(amqp_url, "DELETE", f"vhosts/{quote(vhost, safe='')}")
+    else:
+        rabbitmqctl("delete_vhost", vhost)
 
 
 # --- MongoDB ------------------------------------------------------------------

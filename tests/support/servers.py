@@ -1,12 +1,10 @@
 """The servers the suite runs against, and how it starts a mesh of its own."""
 
-import os
 from pathlib import Path
 
-from devtools.sandbox import Mesh, start_mesh
+from devtools.sandbox import PG_SERVER_URL, RABBIT_SERVER_URL, Mesh, start_mesh
 
-PG_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-RABBIT_SERVER_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+__all__ = ["FAST", "PG_SERVER_URL", "RABBIT_SERVER_URL", "start_test_mesh"]
 # Tests wait on conditions, so fast probes make them fast, not flaky.
 FAST = {"HEALTH_PROBE_SECONDS": "0.2", "SHUTDOWN_GRACE_SECONDS": "10", "OUTBOX_POLL_SECONDS": "0.5"}
 # The suite sells hundreds of orders from one address in a burst: the per-client
