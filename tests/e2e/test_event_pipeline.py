@@ -6,6 +6,7 @@ SMTP server and Envoy; every wait is a condition with a deadline."""
 import asyncio
 import json
 import signal
+from collections.abc import Callable
 
 import aio_pika
 import pytest
@@ -214,72 +215,56 @@ async def _at_least(counter, n: int) -> bool:
     return sum((await counter).values()) >= n
 
 
-async def outage_delays_sales_events_but_loses_none(
-    mesh, http, pipeline, new_product, inventory_db, *, break_broker, mend_broker
-) -> None:
-    """While the broker is away sales go on, their events wait in the outbox and
-    the relay says so; once it is back every sale arrives exactly once."""
-    product = await new_product(stock=100)
-    orders = [order() for _ in range(10)]
-    relay = mesh.grpc_target("inventory_svc")
-    await asyncio.to_thread(break_broker)
-    try:
-        for order_id in orders:  # sales go on: the outbox keeps their events
-            await sell(http, product, order_id)
+@pytest.fixture
+def sales_through_an_outage(mesh, http, pipeline, new_product, inventory_db):
+    """While the broker is away (``break_broker`` until ``mend_broker``) sales go on,
+    their events wait in the outbox and the relay says so; once it is back every
+    sale arrives exactly once."""
+
+    async def scenario(break_broker: Callable[[], object], mend_broker: Callable[[], object]):
+        product = await new_product(stock=100)
+        orders = [order() for _ in range(10)]
+        relay = mesh.grpc_target("inventory_svc")
+        await asyncio.to_thread(break_broker)
+        try:
+            for order_id in orders:  # sales go on: the outbox keeps their events
+                await sell(http, product, order_id)
+            await eventually(
+                lambda: grpc_health(relay, "inventory_svc.outbox_relay") == "NOT_SERVING",
+                what="the relay reporting the outage",
+            )
+            assert grpc_health(relay) == "SERVING"  # the API stays in Envoy's rotation
+            backlog = await inventory_db.fetchval(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            )
+            assert backlog >= len(orders)
+        finally:
+            await asyncio.to_thread(mend_broker)
+        await eventually(lambda: pipeline.complete(orders), within=120, what="catch-up")
+        assert await pipeline.documents(orders) == {o: 1 for o in orders}
+        assert await pipeline.notifications(orders) == {o: 1 for o in orders}
+        assert pipeline.emails(orders) == {o: 1 for o in orders}
         await eventually(
-            lambda: grpc_health(relay, "inventory_svc.outbox_relay") == "NOT_SERVING",
-            what="the relay reporting the outage",
+            lambda: grpc_health(relay, "inventory_svc.outbox_relay") == "SERVING",
+            what="the relay healthy again",
         )
-        assert grpc_health(relay) == "SERVING"  # the API stays in Envoy's rotation
-        backlog = await inventory_db.fetchval(
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-        )
-        assert backlog >= len(orders)
-    finally:
-        await asyncio.to_thread(mend_broker)
-    await eventually(lambda: pipeline.complete(orders), within=120, what="catch-up after outage")
-    assert await pipeline.documents(orders) == {o: 1 for o in orders}
-    assert await pipeline.notifications(orders) == {o: 1 for o in orders}
-    assert pipeline.emails(orders) == {o: 1 for o in orders}
-    await eventually(
-        lambda: grpc_health(relay, "inventory_svc.outbox_relay") == "SERVING",
-        what="the relay healthy again",
-    )
+
+    return scenario
 
 
 async def test_cut_broker_connections_delay_sales_events_but_lose_none(
-    mesh, http, pipeline, new_product, inventory_db, broker
+    sales_through_an_outage, broker
 ):
     """The outage as the test mesh sees it: its connections to RabbitMQ dropped
     and new ones refused (the proxy in front of the broker), nobody else's."""
-    await outage_delays_sales_events_but_loses_none(
-        mesh,
-        http,
-        pipeline,
-        new_product,
-        inventory_db,
-        break_broker=broker.cut,
-        mend_broker=broker.restore,
-    )
+    await sales_through_an_outage(broker.cut, broker.restore)
 
 
 @pytest.mark.broker_outage
-async def test_a_broker_outage_delays_sales_events_but_loses_none(
-    mesh, http, pipeline, new_product, inventory_db
-):
+async def test_a_broker_outage_delays_sales_events_but_loses_none(sales_through_an_outage):
     """A real outage: RabbitMQ itself stopped (``rabbitmqctl stop_app``, needs root).
     Opt-in (``make test-outage``): it stops the broker for everyone on the machine."""
-
-    def restart() -> None:
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
-
-    await outage_delays_sales_events_but_loses_none(
-        mesh,
-        http,
-        pipeline,
-        new_product,
-        inventory_db,
-        break_broker=lambda: rabbitmqctl("stop_app"),
-        mend_broker=restart,
+    await sales_through_an_outage(
+        lambda: rabbitmqctl("stop_app"),
+        lambda: (rabbitmqctl("start_app"), rabbitmqctl("await_startup")),
     )
