@@ -12,6 +12,7 @@ BUF    := node_modules/.bin/buf
 # Every package of the environment, transitive ones too, pinned with hashes.
 LOCK   := requirements.lock
 PIP_TOOLS := pip-tools==7.6.2
+PIP    := pip==26.3
 
 .PHONY: up down status token keys test test-outage lock check generate docs mongo-ui lint lint-proto breaking drift envoy-validate compose-check k8s-check bench bench-smoke clean
 
@@ -21,6 +22,7 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "PolyglotMicro needs Python 3.11 or newer (found: $$($(PYTHON) --version)). Set PYTHON=python3.X."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade $(PIP)  # Debian's pip 23 builds sdists the legacy way
 	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@

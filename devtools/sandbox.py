@@ -5,14 +5,10 @@ wire server and a whole mesh on free ports — so neither ever touches a mesh
 started with `make up`.
 """
 
-import base64
-import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +16,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 
 from devtools.envoy_config import EdgeAuth, EnvoySite, render
 from devtools.mesh import MeshPlan, mongo_answers
@@ -75,50 +72,37 @@ def rabbitmqctl(*args: str) -> str:
     ).stdout
 
 
-def _management(amqp_url: str, method: str, path: str, body: dict | None = None) -> bytes:
+def _management(amqp_url: str, method: str, path: str, body: dict | None = None) -> httpx.Response:
     """One call to RabbitMQ's management HTTP API as the user of ``amqp_url``."""
     parts = urlsplit(amqp_url)
     base = os.environ.get("RABBITMQ_MANAGEMENT_URL") or f"http://{parts.hostname}:15672"
-    login = f"{unquote(parts.username or 'guest')}:{unquote(parts.password or 'guest')}"
-    request = urllib.request.Request(
-        f"{base.rstrip('/')}/api/{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={
-            "authorization": f"Basic {base64.b64encode(login.encode()).decode()}",
-            "content-type": "application/json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=10) as reply:
-        return reply.read()
+    login = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+    reply = httpx.request(method, f"{base.rstrip('/')}/api/{path}", auth=login, json=body)
+    return reply.raise_for_status()
+
+
+def _use_management(amqp_url: str) -> bool:
+    """Whether the management API answers (it may still refuse a non-administrator)."""
+    try:
+        _management(amqp_url, "GET", "whoami")
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def vhost_admin_problem(amqp_url: str) -> str | None:
     """None when we can create virtual hosts (management API or rabbitmqctl); else why not."""
-    try:
-        tags = json.loads(_management(amqp_url, "GET", "whoami"))["tags"]
-        tags = tags if isinstance(tags, list) else tags.split(",")
-        if "administrator" in tags:
+    if _use_management(amqp_url):
+        tags = _management(amqp_url, "GET", "whoami").json()["tags"]
+        if "administrator" in (tags if isinstance(tags, list) else tags.split(",")):
             return None
-        api = f"the management API answers, but {urlsplit(amqp_url).username} is no administrator"
-    except (OSError, ValueError, KeyError) as exc:
-        api = f"no management API ({exc})"
-    if shutil.which("rabbitmqctl") is None:
-        return f"{api}, and there is no rabbitmqctl"
+        return f"the management API answers, but {urlsplit(amqp_url).username} is no administrator"
     try:
         rabbitmqctl("list_vhosts")
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        stderr = (getattr(exc, "stderr", "") or "").strip().splitlines()
-        return f"{api}, and rabbitmqctl failed ({stderr[-1] if stderr else exc})"
+    except (OSError, subprocess.SubprocessError) as exc:
+        stderr = (getattr(exc, "stderr", "") or str(exc)).strip().splitlines()
+        return f"no management API, and rabbitmqctl failed ({stderr[-1] if stderr else exc})"
     return None
-
-
-def _use_management(amqp_url: str) -> bool:
-    try:
-        _management(amqp_url, "GET", "whoami")
-    except OSError:
-        return False
-    return True
 
 
 def create_vhost(server_url: str, prefix: str) -> str:
