@@ -6,6 +6,7 @@ the variable and the command that fixes it, never in a driver's traceback.
 """
 
 import asyncio
+import logging
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +27,11 @@ RABBIT_USER_FIX = (
     "    sudo rabbitmqctl set_permissions polyglot '.*' '.*' '.*'\n"
     "  and: {var}=amqp://polyglot:polyglot@127.0.0.1:5672/"
 )
+
+
+# aio-pika logs each failed connect itself; the message below says it once, better.
+for _noisy in ("aio_pika", "aiormq"):
+    logging.getLogger(_noisy).setLevel(logging.CRITICAL)
 
 
 class InfrastructureMissing(RuntimeError):
