@@ -21,6 +21,7 @@ services at their GRPC_PORT and its mounted files exist. Exits 1, one line per p
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -292,26 +293,13 @@ def check_envoy(compose: Compose, root: Path) -> list[str]:
     if listener not in {port["target"] for port in service.get("ports") or []}:
         problems.append(f"service {name}: Envoy's port {listener} is unpublished")
     # The real Envoy validates the config with /etc/envoy/... mapped to local files.
-    for path in sorted(set(_strings(config)), key=len, reverse=True):
-        if path.startswith("/etc/envoy/"):
-            local = local_path(path, service)
-            if local is None or not local.exists():
-                problems.append(
-                    f"service {name}: Envoy reads {path}; its volumes do not provide it"
-                )
-            else:
-                text = text.replace(path, str(local))
+    for path in sorted(set(re.findall(r"/etc/envoy/[^\s\"',]+", text)), key=len, reverse=True):
+        local = local_path(path, service)
+        if local is None or not local.exists():
+            problems.append(f"service {name}: Envoy reads {path}; its volumes do not provide it")
+        else:
+            text = text.replace(path, str(local))
     return problems or validate_envoy(text)
-
-
-def _strings(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        node = list(node.values())
-    if isinstance(node, list):
-        for value in node:
-            yield from _strings(value)
-    elif isinstance(node, str):
-        yield node
 
 
 def validate_envoy(config_text: str) -> list[str]:
