@@ -7,12 +7,14 @@ the variable and the command that fixes it, never in a driver's traceback.
 
 import asyncio
 import logging
+import subprocess
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq.exceptions
 import asyncpg
+import httpx
 
 from devtools import sandbox
 
@@ -104,6 +106,11 @@ async def check_rabbitmq(amqp_url: str, env_var: str) -> None:
             + RABBIT_USER_FIX.format(var=env_var)
         ) from exc
     except Exception as exc:  # aio-pika raises several types for "cannot connect"
+        if "Connection.Close" in str(exc):  # logged in, but the vhost is not allowed
+            raise InfrastructureMissing(
+                f"RabbitMQ at {where} refused {parts.username} access to virtual host"
+                f" {parts.path or '/'}.\n" + RABBIT_USER_FIX.format(var=env_var)
+            ) from exc
         raise InfrastructureMissing(
             f"RabbitMQ is not reachable at {where} ({exc}).\n"
             "  Start it: sudo rabbitmq-server -detached\n"
@@ -114,15 +121,19 @@ async def check_rabbitmq(amqp_url: str, env_var: str) -> None:
 
 def check_may_create_vhosts(amqp_url: str) -> None:
     """The tests create a virtual host: over the management API, or rabbitmqctl."""
-    if (problem := sandbox.vhost_admin_problem(amqp_url)) is not None:
+    try:
+        sandbox.delete_vhost(sandbox.create_vhost(amqp_url, "polyglot_preflight"))
+    except (httpx.HTTPError, OSError, subprocess.SubprocessError) as exc:
+        stderr = (getattr(exc, "stderr", None) or "").strip().splitlines()  # rabbitmqctl's
+        detail = stderr[-1:] or str(exc).splitlines()[:1]
         raise InfrastructureMissing(
-            f"The tests cannot create a RabbitMQ virtual host: {problem}.\n"
+            f"The tests cannot create a RabbitMQ virtual host ({' '.join(detail)}).\n"
             "  Either let your RabbitMQ user do it over the management API:\n"
             "    sudo rabbitmq-plugins enable rabbitmq_management\n"
             "    sudo rabbitmqctl set_user_tags USER administrator\n"
             "  (USER from TEST_AMQP_URL; RABBITMQ_MANAGEMENT_URL if not on port 15672),\n"
             "  or run the tests as a user who may run rabbitmqctl (root)."
-        )
+        ) from exc
 
 
 async def check_for_tests() -> None:

@@ -90,21 +90,6 @@ def _use_management(amqp_url: str) -> bool:
     return True
 
 
-def vhost_admin_problem(amqp_url: str) -> str | None:
-    """None when we can create virtual hosts (management API or rabbitmqctl); else why not."""
-    if _use_management(amqp_url):
-        tags = _management(amqp_url, "GET", "whoami").json()["tags"]
-        if "administrator" in (tags if isinstance(tags, list) else tags.split(",")):
-            return None
-        return f"the management API answers, but {urlsplit(amqp_url).username} is no administrator"
-    try:
-        rabbitmqctl("list_vhosts")
-    except (OSError, subprocess.SubprocessError) as exc:
-        stderr = (getattr(exc, "stderr", "") or str(exc)).strip().splitlines()
-        return f"no management API, and rabbitmqctl failed ({stderr[-1] if stderr else exc})"
-    return None
-
-
 def create_vhost(server_url: str, prefix: str) -> str:
     """A RabbitMQ virtual host of our own, for the user of ``server_url``; its AMQP URL.
 
