@@ -32,7 +32,7 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 lock:
 	$(PYTHON) -m venv .run/pip-tools
 	.run/pip-tools/bin/pip install --quiet $(PIP_TOOLS)
-	CUSTOM_COMPILE_COMMAND="make lock" .run/pip-tools/bin/pip-compile --quiet \
+	PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND="make lock" .run/pip-tools/bin/pip-compile --quiet \
 	  --generate-hashes --strip-extras --extra dev --unsafe-package polyglotmicro \
 	  --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml
 
