@@ -99,8 +99,8 @@ def test_prod_credentials_come_only_from_secrets_the_repository_does_not_hold():
             for env in c.get("env", []):
                 # A URL with credentials is only ever assembled from Secret values.
                 assert "@" not in env.get("value", "") or "$(AMQP_PASSWORD)" in env["value"]
-    # What the deployer makes is named in the README's instructions.
-    readme = (ROOT / "README.md").read_text()
+    # What the deployer makes is named in the deployment instructions.
+    readme = (ROOT / "deploy" / "k8s" / "README.md").read_text()
     for name in k8s.deployer_secrets(objects):
         assert f"create secret generic {name}" in readme
     for name, keys in k8s.DEPLOYER_CONFIGMAPS.items():
