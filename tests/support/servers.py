@@ -4,7 +4,8 @@ from pathlib import Path
 
 from devtools.sandbox import PG_SERVER_URL, RABBIT_SERVER_URL, Mesh, start_mesh
 
-__all__ = ["FAST", "PG_SERVER_URL", "RABBIT_SERVER_URL", "start_test_mesh"]
+__all__ = ["FAST", "PG_SERVER_URL", "RABBIT_SERVER_URL", "TEST_EDGE", "start_test_mesh"]
+
 # Tests wait on conditions, so fast probes make them fast, not flaky.
 FAST = {"HEALTH_PROBE_SECONDS": "0.2", "SHUTDOWN_GRACE_SECONDS": "10", "OUTBOX_POLL_SECONDS": "0.5"}
 # The suite sells hundreds of orders from one address in a burst: the per-client
