@@ -1,12 +1,19 @@
-"""Server reflection for the whole mesh, doc comments included.
+"""Server reflection for the whole mesh, doc comments included, in both protocol versions.
 
 Every service serves the descriptors of every contract, so a client behind
 Envoy sees all services whichever backend answers its reflection request.
 grpcio-reflection rebuilds each file from the descriptor pool, which drops
 ``source_code_info`` (the doc comments that grpcurl ``describe`` and Postman
 show); we answer with the buf-built files as they are.
+
+grpcio-reflection (1.85) implements only ``grpc.reflection.v1alpha``; newer
+clients (grpcurl ≥ 1.8.8, Postman, grpcui) ask ``grpc.reflection.v1`` first.
+v1 is the same protocol under another package name (identical messages and
+field numbers), so the same servicer answers both, and the v1 file descriptor
+is derived from the v1alpha one rather than vendored.
 """
 
+from functools import cache
 from importlib import resources
 
 import grpc
@@ -17,19 +24,54 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha.reflection_pb2 import FileDescriptorResponse, ServerReflectionResponse
 
+V1ALPHA = "grpc.reflection.v1alpha"
+V1 = "grpc.reflection.v1"
+
 
 def mesh_descriptor_set() -> bytes:
     """The buf-built descriptor set of every contract in proto/ (see `make generate`)."""
     return (resources.files("polyglot") / "mesh.binpb").read_bytes()
 
 
+def reflection_v1_file() -> FileDescriptorProto:
+    """grpc/reflection/v1/reflection.proto, derived from the v1alpha file."""
+    file = FileDescriptorProto.FromString(reflection_pb2.DESCRIPTOR.serialized_pb)
+    file.name = file.name.replace("/v1alpha/", "/v1/")
+    file.package = V1
+    file.ClearField("options")
+    for message in file.message_type:
+        for field in message.field:
+            if field.HasField("type_name"):
+                field.type_name = field.type_name.replace(f".{V1ALPHA}.", f".{V1}.")
+    for service in file.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(f".{V1ALPHA}.", f".{V1}.")
+            method.output_type = method.output_type.replace(f".{V1ALPHA}.", f".{V1}.")
+    return file
+
+
+def mesh_files() -> list[FileDescriptorProto]:
+    """Every mesh contract plus grpc.health.v1 and both reflection versions."""
+    files = list(FileDescriptorSet.FromString(mesh_descriptor_set()).file)
+    for module in (health_pb2, reflection_pb2):
+        files.append(FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb))
+    files.append(reflection_v1_file())
+    return files
+
+
+@cache
+def mesh_pool() -> DescriptorPool:
+    """A descriptor pool of ``mesh_files()`` (shared: building it parses every file)."""
+    pool = DescriptorPool()
+    for file in mesh_files():
+        pool.Add(file)
+    return pool
+
+
 class MeshReflection(reflection.aio.ReflectionServicer):
     def __init__(self, files: list[FileDescriptorProto]) -> None:
-        pool = DescriptorPool()
-        for file in files:
-            pool.Add(file)
         names = [f"{f.package}.{s.name}" for f in files for s in f.service]
-        super().__init__(names, pool=pool)
+        super().__init__(names, pool=mesh_pool())
         self._serialized = {file.name: file.SerializeToString() for file in files}
 
     def _file_by_filename(self, request: object, filename: str) -> ServerReflectionResponse:
@@ -70,9 +112,17 @@ class MeshReflection(reflection.aio.ReflectionServicer):
         return proto.SerializeToString()
 
 
-def mesh_reflection() -> MeshReflection:
-    """Reflection over every mesh contract plus grpc.health.v1 and reflection itself."""
-    files = list(FileDescriptorSet.FromString(mesh_descriptor_set()).file)
-    for module in (health_pb2, reflection_pb2):
-        files.append(FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb))
-    return MeshReflection(files)
+def reflection_handlers() -> list[grpc.GenericRpcHandler]:
+    """grpcio handlers for ``grpc.reflection.v1alpha`` and ``grpc.reflection.v1``."""
+    servicer = MeshReflection(mesh_files())
+    method = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    return [
+        grpc.method_handlers_generic_handler(
+            f"{package}.ServerReflection", {"ServerReflectionInfo": method}
+        )
+        for package in (V1ALPHA, V1)
+    ]

@@ -1,0 +1,255 @@
+"""What a service does with input no proper client sends: malformed protobuf,
+oversized messages, more calls than it takes at once, callers that give up.
+Also both versions of server reflection."""
+
+import asyncio
+import contextlib
+import random
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2
+
+import polyglot.analytics.v1 as analytics_pb
+import polyglot.inventory.v1 as pb
+from devtools.processes import grpc_serving
+from tests.e2e.test_inventory_faults import lone_inventory, wait_until_waiting_on_lock
+from tests.support.inventory import inventory_state, order, stock_of
+from tests.support.raw_grpc import call_raw
+from tests.support.waiting import eventually
+
+DECREASE = "/polyglot.inventory.v1.InventoryService/DecreaseStock"
+SUMMARY = "/polyglot.analytics.v1.AnalyticsService/GetSalesSummary"
+NOTIFICATIONS = "/polyglot.notify.v1.NotificationService/ListNotifications"
+
+# (method, bytes, what the message must say): the issue's cases and their kin.
+MALFORMED = [
+    # quantity (field 2, an int32) sent length-delimited: betterproto stored a list
+    # and the domain failed with "'<=' not supported between 'list' and 'int'".
+    (DECREASE, bytes([0x12, 2, 0x41, 0x42]), "field quantity has the wrong wire type"),
+    # order_id with invalid UTF-8: was UnicodeDecodeError.
+    (DECREASE, bytes([0x1A, 2, 0xFF, 0xFE]), "bad UTF-8"),
+    # product_id as fixed64: was KeyError: 'int32'.
+    (DECREASE, bytes([0x09]) + b"\x01" * 8, "field product_id has the wrong wire type"),
+    (DECREASE, bytes([0x08, 0xFF]), "wire format was corrupt"),  # truncated varint
+    (DECREASE, bytes([0x1A, 10, 0x41]), "wire format was corrupt"),  # truncated string
+    (DECREASE, bytes([0x08]) + b"\xff" * 10 + b"\x01", "wire format was corrupt"),  # 11-byte varint
+    # start_time.nanos length-delimited: was "unsupported operand type(s) for //".
+    (SUMMARY, bytes([0x0A, 3, 0x12, 1, 0x41]), "field start_time.nanos has the wrong wire type"),
+    (SUMMARY, bytes([0x0A, 0x02, 0x0A, 0x00]) * 3 + bytes([0x0A, 0x80]), "wire format was corrupt"),
+    (NOTIFICATIONS, bytes([0x0A, 1, 0xC0]), "bad UTF-8"),
+]
+
+
+def _backend_of(method: str) -> str:
+    return method.split(".")[1] + "_svc"
+
+
+@pytest.mark.parametrize("via_envoy", [False, True], ids=["direct", "envoy"])
+async def test_malformed_protobuf_is_invalid_argument_with_a_readable_message(
+    mesh, inventory_db, via_envoy
+):
+    before = await inventory_state(inventory_db)
+    logs = {name: p.log_path for name, p in mesh.processes.items() if name != "envoy"}
+    sizes = {name: path.stat().st_size for name, path in logs.items()}
+    for method, payload, says in MALFORMED:
+        target = mesh.envoy_target if via_envoy else mesh.grpc_target(_backend_of(method))
+        async with grpc.aio.insecure_channel(target) as channel:
+            code, message = await call_raw(channel, method, payload)
+        request = method.rsplit("/", 1)[1] + "Request"
+        assert code is grpc.StatusCode.INVALID_ARGUMENT, (method, payload, code, message)
+        assert message.startswith(f"the request is not a valid {request}: "), message
+        assert says in message
+        assert "Error" not in message and "Traceback" not in message
+    assert await inventory_state(inventory_db) == before
+    for name, path in logs.items():
+        with path.open() as log:
+            log.seek(sizes[name])
+            new = log.read()
+        assert "Traceback" not in new
+        refused = [line for line in new.splitlines() if "refused a malformed request" in line]
+        assert len(refused) == sum(_backend_of(m) == name for m, _, _ in MALFORMED)
+
+
+async def test_unknown_fields_are_ignored_as_proto3_says(mesh, new_product, inventory_db):
+    product = await new_product(stock=5)
+    request = bytes(pb.DecreaseStockRequest(product_id=product, quantity=2, order_id=order()))
+    from_a_newer_contract = bytes([0xA0, 0x06, 0x07]) + request  # field 100, a varint
+    async with grpc.aio.insecure_channel(mesh.grpc_target("inventory_svc")) as channel:
+        code, _ = await call_raw(channel, DECREASE, from_a_newer_contract)
+    assert code is grpc.StatusCode.OK
+    assert await stock_of(inventory_db, product) == 3
+
+
+async def test_an_oversized_request_is_refused_before_it_is_parsed(mesh):
+    # The issue's case: ~3.9 MB of repeated start_time fields to GetSalesSummary.
+    huge = bytes([0x0A, 0x02, 0x08, 0x01]) * 1_000_000
+    async with grpc.aio.insecure_channel(
+        mesh.grpc_target("analytics_svc"), options=[("grpc.max_send_message_length", -1)]
+    ) as channel:
+        code, message = await call_raw(channel, SUMMARY, huge)
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, (code, message)
+        # The service is none the worse for it.
+        reply = await channel.unary_unary(
+            SUMMARY, response_deserializer=analytics_pb.GetSalesSummaryResponse.FromString
+        )(bytes(analytics_pb.GetSalesSummaryRequest()), timeout=30)
+    assert reply.orders >= 0
+    assert "Traceback" not in mesh.processes["analytics_svc"].log_path.read_text()
+
+
+async def test_calls_beyond_the_concurrency_cap_are_refused_not_queued(
+    tmp_path, inventory_db_url, inventory_db, new_product, mesh_env
+):
+    product = await new_product(stock=10)
+    process, address = lone_inventory(
+        tmp_path, inventory_db_url, {**mesh_env, "GRPC_MAX_CONCURRENT_RPCS": "2"}
+    )
+    try:
+        await asyncio.to_thread(process.wait_until, lambda: grpc_serving(address), "SERVING")
+        async with grpc.aio.insecure_channel(address) as channel:
+            decrease = channel.unary_unary(
+                DECREASE, response_deserializer=pb.DecreaseStockResponse.FromString
+            )
+
+            def sale(order_id: str) -> bytes:
+                return bytes(
+                    pb.DecreaseStockRequest(product_id=product, quantity=1, order_id=order_id)
+                )
+
+            async with inventory_db.acquire() as blocker, blocker.transaction():
+                await blocker.execute(
+                    "SELECT 1 FROM products WHERE product_id = $1 FOR UPDATE", product
+                )
+                held = [asyncio.ensure_future(decrease(sale(order()), timeout=60)) for _ in "ab"]
+                await eventually(
+                    lambda: _waiting_on_lock(inventory_db, 2), what="two sales on the row lock"
+                )
+                code, message = await call_raw(channel, DECREASE, sale(order()))
+                assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, (code, message)
+            # Lock released: the two calls in hand complete.
+            assert sorted(r.current_stock for r in await asyncio.gather(*held)) == [8, 9]
+    finally:
+        process.stop()
+    assert await stock_of(inventory_db, product) == 8
+    assert "Traceback" not in process.log_path.read_text()
+
+
+async def _waiting_on_lock(db, count: int) -> bool:
+    waiting = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE products%'"
+    )
+    return waiting >= count
+
+
+async def test_a_call_whose_deadline_passed_stops_its_work(mesh, inventory_db, new_product):
+    product = await new_product(stock=10)
+    order_id = order()
+    request = bytes(pb.DecreaseStockRequest(product_id=product, quantity=1, order_id=order_id))
+    async with (
+        grpc.aio.insecure_channel(mesh.grpc_target("inventory_svc")) as channel,
+        inventory_db.acquire() as blocker,
+        blocker.transaction(),
+    ):
+        await blocker.execute("SELECT 1 FROM products WHERE product_id = $1 FOR UPDATE", product)
+        call = asyncio.ensure_future(call_raw(channel, DECREASE, request, deadline=5))
+        await wait_until_waiting_on_lock(inventory_db, product)
+        code, _ = await call
+        assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+        # grpc.aio cancels the handler; asyncpg cancels its statement in PostgreSQL.
+        await eventually(
+            lambda: _waiting_on_lock_none(inventory_db), what="the sale's statement cancelled"
+        )
+    # The lock is gone and the abandoned sale never happened.
+    assert await stock_of(inventory_db, product) == 10
+    assert (
+        await inventory_db.fetchval("SELECT count(*) FROM sales WHERE order_id = $1", order_id) == 0
+    )
+
+
+async def _waiting_on_lock_none(db) -> bool:
+    return not await _waiting_on_lock(db, 1)
+
+
+async def test_cancelled_sales_are_told_truthfully_by_their_replay(mesh, inventory_db, new_product):
+    """Cancel DecreaseStock calls at random points; each replay tells what happened.
+
+    Whether or not a cancelled call committed, its replay must answer the sale
+    (recorded once), the stock must be the start minus every sale, each sale must
+    have one outbox event, and the remaining stocks must be a clean countdown.
+    """
+    stock, quantity, count = 1000, 3, 40
+    product = await new_product(stock=stock)
+    orders = [order() for _ in range(count)]
+    rng = random.Random(20261128)
+
+    def request(order_id: str) -> bytes:
+        return bytes(
+            pb.DecreaseStockRequest(product_id=product, quantity=quantity, order_id=order_id)
+        )
+
+    async with grpc.aio.insecure_channel(mesh.grpc_target("inventory_svc")) as channel:
+        decrease = channel.unary_unary(
+            DECREASE, response_deserializer=pb.DecreaseStockResponse.FromString
+        )
+
+        async def cancelled_soon(order_id: str) -> None:
+            call = decrease(request(order_id), timeout=30)
+            await asyncio.sleep(rng.uniform(0, 0.03))  # a random point in the call's life
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+
+        await asyncio.gather(*(cancelled_soon(o) for o in orders))
+        replies = [await decrease(request(o), timeout=30) for o in orders]
+    assert all(
+        r.order_id == o and r.product_id == product for r, o in zip(replies, orders, strict=True)
+    )
+    assert sorted(r.current_stock for r in replies) == [
+        stock - quantity * n for n in range(count, 0, -1)
+    ]
+    assert await stock_of(inventory_db, product) == stock - quantity * count
+    sales = await inventory_db.fetch(
+        "SELECT order_id, remaining_stock FROM sales WHERE product_id = $1", product
+    )
+    assert sorted(s["order_id"] for s in sales) == sorted(orders)
+    events = await inventory_db.fetch(
+        "SELECT payload->>'order_id' AS order_id FROM outbox WHERE payload->>'product_id' = $1",
+        str(product),
+    )
+    assert sorted(e["order_id"] for e in events) == sorted(orders)
+    assert "Traceback" not in mesh.processes["inventory_svc"].log_path.read_text()
+
+
+@pytest.mark.parametrize("version", ["v1alpha", "v1"])
+@pytest.mark.parametrize("via_envoy", [False, True], ids=["direct", "envoy"])
+async def test_reflection_answers_both_protocol_versions(mesh, version, via_envoy):
+    target = mesh.envoy_target if via_envoy else mesh.grpc_target("notify_svc")
+    method = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+    async with grpc.aio.insecure_channel(target) as channel:
+        # v1 and v1alpha share their messages' wire format: the v1alpha classes serve both.
+        stream = channel.stream_stream(
+            method,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        call = stream(timeout=30)
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        listed = await call.read()
+        await call.write(
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="polyglot.inventory.v1.InventoryService"
+            )
+        )
+        files = await call.read()
+        await call.done_writing()
+    names = {s.name for s in listed.list_services_response.service}
+    assert {
+        "polyglot.inventory.v1.InventoryService",
+        "polyglot.analytics.v1.AnalyticsService",
+        "polyglot.notify.v1.NotificationService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    assert files.file_descriptor_response.file_descriptor_proto
