@@ -22,7 +22,7 @@ from devtools.processes import ManagedProcess, StartupFailed, python_module
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from devtools.topology import backends, migrators
 from inventory_svc.settings import InventorySettings
-from meshkit.settings import load_settings
+from meshkit.settings import load_settings, without_credentials
 from notify_svc.settings import NotifySettings
 
 EMBEDDED_MONGO_PORT = 27017
@@ -72,7 +72,9 @@ def mongo_url(plan: MeshPlan) -> str:
     """MONGO_URL when given (checked), else an embedded server under .run/mongo."""
     if url := os.environ.get("MONGO_URL"):
         if not mongo_answers(url):
-            raise InfrastructureMissing(f"MongoDB does not answer at MONGO_URL={url}.")
+            raise InfrastructureMissing(
+                f"MongoDB does not answer at MONGO_URL={without_credentials(url)}."
+            )
         return url
     url = f"mongodb://127.0.0.1:{EMBEDDED_MONGO_PORT}"
     mongo = plan.embedded_mongo(EMBEDDED_MONGO_PORT)

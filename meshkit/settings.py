@@ -1,6 +1,8 @@
 """Settings shared by every service, read from environment variables."""
 
+import re
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AmqpDsn, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,15 +39,49 @@ SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 
 def load_settings(settings_type: type[SettingsT]) -> SettingsT:
-    """Read and validate settings; exit with a readable message when one is wrong."""
+    """Read and validate settings; exit with a readable message when one is wrong.
+
+    The message shows each wrong value, except what may be a credential: URLs
+    are shown without their password and query, and the value of a secret-like
+    setting that is not even a URL is not shown at all.
+    """
     try:
         return settings_type()
     except ValidationError as exc:
         problems = "\n".join(
             f"  {'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-            f" (got {error.get('input')!r})"
+            f" (got {shown_value(str(error['loc'][:1]), error.get('input'))})"
             for error in exc.errors()
         )
         raise SystemExit(
             f"{settings_type.__name__}: invalid settings in the environment:\n{problems}"
         ) from None
+
+
+# Settings whose value may be, or contain, a credential.
+_SECRET_LIKE = re.compile(r"url|dsn|password|passwd|secret|token|key|credential", re.IGNORECASE)
+
+
+def shown_value(name: str, value: object) -> str:
+    """``value`` as a settings error may print it (see ``load_settings``)."""
+    text = str(value)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        parts = None
+    if parts is not None and parts.scheme and parts.netloc:
+        return repr(without_credentials(text))
+    if _SECRET_LIKE.search(name):
+        return "a value not shown, as it may hold a credential"
+    return repr(value)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with its password masked and without query or fragment (which may hold one)."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at:
+        user = userinfo.partition(":")[0]
+        userinfo = f"{user}:***" if ":" in userinfo else user
+        host = f"{userinfo}@{host}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -25,4 +25,3 @@ async def call_raw(
     except grpc.aio.AioRpcError as error:
         return error.code(), error.details() or ""
     return grpc.StatusCode.OK, ""
-
