@@ -5,11 +5,25 @@ from datetime import datetime, timedelta
 
 from meshkit import paging
 from meshkit.errors import InvalidArgument
+from meshkit.limits import Limit
 
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_WINDOW = timedelta(days=366)
 DEFAULT_TOP_PRODUCTS, MAX_TOP_PRODUCTS = 5, 100
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+MAX_PRODUCT_ID = 2**31 - 1  # an int32 in the contract
+
+_API = "polyglot.analytics.v1"
+# What the checks below enforce, as data for the OpenAPI document (meshkit.limits).
+# The window (start before end, at most MAX_WINDOW) spans two fields: the
+# contract's comments say it, a JSON schema cannot.
+REQUEST_LIMITS = {
+    f"{_API}.GetProductSalesRequest.product_id": Limit(minimum=1, maximum=MAX_PRODUCT_ID),
+    f"{_API}.GetSalesSummaryRequest.top_products": Limit(minimum=0, maximum=MAX_TOP_PRODUCTS),
+    f"{_API}.ListSaleEventsRequest.page_size": Limit(minimum=0, maximum=MAX_PAGE_SIZE),
+    f"{_API}.ListSaleEventsRequest.page_token": Limit(max_length=paging.MAX_PAGE_TOKEN_LENGTH),
+    f"{_API}.ListSaleEventsRequest.product_id": Limit(minimum=0, maximum=MAX_PRODUCT_ID),
+}
 
 
 @dataclass(frozen=True)

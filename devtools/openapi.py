@@ -3,9 +3,14 @@
 Paths come from the ``google.api.http`` rules, schemas from the messages, shaped
 as Envoy's transcoder prints them (proto3 JSON mapping with proto field names:
 int64 as strings, Timestamps as RFC 3339 strings, enums by name). Error responses
-carry the JSON status body Envoy produces. Built by ``python -m devtools.docs_site``.
+carry the JSON status body Envoy produces. Request fields carry the value limits
+the services enforce (minimum, maximum, maxLength, pattern, required), read from
+each service's ``domain.REQUEST_LIMITS`` (meshkit.limits), so a client generated
+from this document refuses what the services refuse. Built by
+``python -m devtools.docs_site``.
 """
 
+import importlib
 import re
 from typing import Any
 
@@ -13,6 +18,8 @@ from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
 
 from devtools.access import required_scope
 from devtools.contracts import Contracts, Field, HttpRoute, Message, Rpc, Service, summary
+from devtools.topology import backends
+from meshkit.limits import Limit
 
 Schema = dict[str, Any]
 
@@ -159,7 +166,44 @@ def _value_schema(contracts: Contracts, field: Field) -> Schema:
     raise ValueError(f"{field.name}: no JSON mapping for {field.type_name} in the generator")
 
 
-def field_schema(contracts: Contracts, field: Field) -> Schema:
+Limits = dict[str, Limit]  # "<message full name>.<field>" → Limit
+
+
+def request_limits() -> Limits:
+    """The limits every backend's domain module declares (``REQUEST_LIMITS``)."""
+    limits: Limits = {}
+    for backend in backends():
+        limits.update(importlib.import_module(f"{backend}.domain").REQUEST_LIMITS)
+    return limits
+
+
+def _check_limits(contracts: Contracts, limits: Limits) -> None:
+    """Every limit names a scalar field of the contracts: a renamed field must not
+    silently lose its limits."""
+    fields = {
+        f"{message.full_name}.{field.name}": field
+        for message in contracts.messages.values()
+        for field in message.fields
+    }
+    for key in limits:
+        if key not in fields or fields[key].type not in SCALARS or fields[key].repeated:
+            raise ValueError(f"REQUEST_LIMITS names {key}, not a scalar field of the contracts")
+
+
+def limit_schema(limit: Limit | None) -> Schema:
+    """JSON schema keywords for ``limit`` (OpenAPI 3.0 regexes are ECMA 262)."""
+    if limit is None:
+        return {}
+    keywords = {
+        "minimum": limit.minimum,
+        "maximum": limit.maximum,
+        "maxLength": limit.max_length,
+        "pattern": f"^{limit.pattern.pattern}$" if limit.pattern else None,
+    }
+    return {key: value for key, value in keywords.items() if value is not None}
+
+
+def field_schema(contracts: Contracts, field: Field, limit: Limit | None = None) -> Schema:
     if entry := contracts.map_entry(field):
         key, value = entry.fields
         schema: Schema = {
@@ -170,24 +214,30 @@ def field_schema(contracts: Contracts, field: Field) -> Schema:
     elif field.repeated:
         schema = {"type": "array", "items": _value_schema(contracts, field)}
     else:
-        schema = _value_schema(contracts, field)
+        schema = {**_value_schema(contracts, field), **limit_schema(limit)}
     description = (schema.pop("description", "") + markdown(field.comment)).strip()
     if "$ref" in schema:  # OpenAPI 3.0 ignores siblings of $ref
         schema = {"allOf": [schema]}
     return {**schema, "description": description} if description else schema
 
 
-def message_schema(contracts: Contracts, message: Message, skip: tuple[str, ...] = ()) -> Schema:
-    properties = {f.name: field_schema(contracts, f) for f in message.fields if f.name not in skip}
-    description = markdown(message.comment)
-    return {"type": "object", "description": description, "properties": properties}
+def message_schema(
+    contracts: Contracts, message: Message, limits: Limits, skip: tuple[str, ...] = ()
+) -> Schema:
+    fields = [f for f in message.fields if f.name not in skip]
+    limit = {f.name: limits.get(f"{message.full_name}.{f.name}") for f in fields}
+    properties = {f.name: field_schema(contracts, f, limit[f.name]) for f in fields}
+    schema = {"type": "object", "description": markdown(message.comment), "properties": properties}
+    if required := [f.name for f in fields if limit[f.name] and limit[f.name].required]:
+        schema["required"] = required
+    return schema
 
 
-def _components(contracts: Contracts) -> dict[str, Any]:
+def _components(contracts: Contracts, limits: Limits) -> dict[str, Any]:
     schemas: dict[str, Schema] = {}
     for message in contracts.messages.values():
         if not message.map_entry:
-            schemas[schema_name(message.full_name)] = message_schema(contracts, message)
+            schemas[schema_name(message.full_name)] = message_schema(contracts, message, limits)
     for enum in contracts.enums.values():
         values = "\n".join(f"- `{v.name}`: {markdown(v.comment)}" for v in enum.values)
         schemas[schema_name(enum.full_name)] = {
@@ -233,35 +283,41 @@ def error_codes(rpc: Rpc) -> list[int]:
     return sorted([*ALWAYS, *named])
 
 
-def _parameter(contracts: Contracts, field: Field, where: str) -> dict[str, Any]:
-    schema = field_schema(contracts, field)
+def _parameter(
+    contracts: Contracts, field: Field, where: str, limit: Limit | None
+) -> dict[str, Any]:
+    schema = field_schema(contracts, field, limit)
     description = schema.pop("description", "")
     schema.pop("example", None)  # Swagger UI would pre-fill "Try it out" with it
     parameter = {"name": field.name, "in": where, "required": where == "path", "schema": schema}
     return {**parameter, "description": description} if description else parameter
 
 
-def _request(contracts: Contracts, rpc: Rpc, route: HttpRoute) -> dict[str, Any]:
+def _request(contracts: Contracts, rpc: Rpc, route: HttpRoute, limits: Limits) -> dict[str, Any]:
     """Parameters and request body: path fields, then the body or the query."""
     request = contracts.messages[rpc.request]
     by_name = {f.name: f for f in request.fields}
     bound = tuple(route.path_params)
     if unknown := [p for p in bound if p not in by_name]:
         raise ValueError(f"{rpc.name}: path parameters {unknown} are not request fields")
-    parameters = [_parameter(contracts, by_name[p], "path") for p in bound]
+
+    def parameter(field: Field, where: str) -> dict[str, Any]:
+        return _parameter(contracts, field, where, limits.get(f"{rpc.request}.{field.name}"))
+
+    parameters = [parameter(by_name[p], "path") for p in bound]
     if not route.body:
-        parameters += [
-            _parameter(contracts, f, "query") for f in request.fields if f.name not in bound
-        ]
+        parameters += [parameter(f, "query") for f in request.fields if f.name not in bound]
         return {"parameters": parameters}
     if route.body != "*":
         raise ValueError(f"{rpc.name}: body {route.body!r} (one field) is not documented yet")
-    schema = message_schema(contracts, request, skip=bound) if bound else _ref(rpc.request)
+    schema = message_schema(contracts, request, limits, skip=bound) if bound else _ref(rpc.request)
     body = {"required": True, "content": {"application/json": {"schema": schema}}}
     return {"parameters": parameters, "requestBody": body}
 
 
-def _operation(contracts: Contracts, service: Service, rpc: Rpc, route: HttpRoute) -> Schema:
+def _operation(
+    contracts: Contracts, service: Service, rpc: Rpc, route: HttpRoute, limits: Limits
+) -> Schema:
     grpc_name = f"{service.full_name}/{rpc.name}"
     response = contracts.messages[rpc.response]
     responses: dict[str, Any] = {
@@ -279,7 +335,7 @@ def _operation(contracts: Contracts, service: Service, rpc: Rpc, route: HttpRout
         "operationId": operation_id(service, rpc),
         "summary": summary(rpc.comment).replace("`", ""),  # plain text in Swagger UI
         "description": f"{markdown(rpc.comment)}\n\n{access}\n\ngRPC: `{grpc_name}`",
-        **_request(contracts, rpc, route),
+        **_request(contracts, rpc, route, limits),
         "responses": responses,
         # Public operations say so explicitly (an empty requirement list). OpenAPI 3.0
         # lets only OAuth2/OIDC schemes list scopes, so the scope is an extension.
@@ -288,12 +344,15 @@ def _operation(contracts: Contracts, service: Service, rpc: Rpc, route: HttpRout
     }
 
 
-def openapi(contracts: Contracts) -> dict[str, Any]:
+def openapi(contracts: Contracts, limits: Limits | None = None) -> dict[str, Any]:
+    """The document; ``limits`` defaults to what the services declare (``request_limits``)."""
+    limits = request_limits() if limits is None else limits
+    _check_limits(contracts, limits)
     paths: dict[str, dict[str, Any]] = {}
     for service in contracts.services:
         for rpc in service.rpcs:
             if rpc.route:
-                operation = _operation(contracts, service, rpc, rpc.route)
+                operation = _operation(contracts, service, rpc, rpc.route, limits)
                 paths.setdefault(rpc.route.path, {})[rpc.route.method.lower()] = operation
     return {
         "openapi": "3.0.3",
@@ -313,5 +372,5 @@ def openapi(contracts: Contracts) -> dict[str, Any]:
         "servers": [{"url": "/", "description": "the Envoy serving this page"}],
         "tags": [{"name": s.name, "description": markdown(s.comment)} for s in contracts.services],
         "paths": paths,
-        "components": _components(contracts),
+        "components": _components(contracts, limits),
     }

@@ -1,10 +1,10 @@
 """Inventory rules, free of I/O: what a valid sale is and how replays are judged."""
 
-import re
 from dataclasses import dataclass
 
 from meshkit import paging
 from meshkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from meshkit.limits import MAX_ORDER_ID_LENGTH, ORDER_ID, Limit
 
 MAX_SALE_QUANTITY = 10_000
 MAX_RESTOCK_QUANTITY = 1_000_000
@@ -12,7 +12,22 @@ MAX_STOCK = 2**31 - 1  # the stock is an int32 in the contract
 MAX_PRODUCT_ID = 2**31 - 1  # an int32 in the contract, an integer column in PostgreSQL
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1_000
-ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+_API = "polyglot.inventory.v1"
+_PRODUCT_ID = Limit(minimum=1, maximum=MAX_PRODUCT_ID)
+# What the checks below enforce, as data for the OpenAPI document (meshkit.limits).
+REQUEST_LIMITS = {
+    f"{_API}.GetStockRequest.product_id": _PRODUCT_ID,
+    f"{_API}.ListProductsRequest.page_size": Limit(minimum=0, maximum=MAX_PAGE_SIZE),
+    f"{_API}.ListProductsRequest.page_token": Limit(max_length=paging.MAX_PAGE_TOKEN_LENGTH),
+    f"{_API}.DecreaseStockRequest.product_id": _PRODUCT_ID,
+    f"{_API}.DecreaseStockRequest.quantity": Limit(minimum=1, maximum=MAX_SALE_QUANTITY),
+    f"{_API}.DecreaseStockRequest.order_id": Limit(
+        max_length=MAX_ORDER_ID_LENGTH, pattern=ORDER_ID
+    ),
+    f"{_API}.RestockProductRequest.product_id": _PRODUCT_ID,
+    f"{_API}.RestockProductRequest.quantity": Limit(minimum=1, maximum=MAX_RESTOCK_QUANTITY),
+}
 
 
 @dataclass(frozen=True)
@@ -96,7 +111,8 @@ def sale_request(order_id: str, product_id: int, quantity: int, sold_by: str = "
         raise InvalidArgument("order_id is required")
     if not ORDER_ID.fullmatch(order_id):
         raise InvalidArgument(
-            "order_id must be 1 to 64 characters from letters, digits and '-_.:',"
+            f"order_id must be 1 to {MAX_ORDER_ID_LENGTH} characters from letters, digits"
+            " and '-_.:',"
             f" starting with a letter or digit, got {order_id[:80]!r}"
         )
     return SaleRequest(order_id=order_id, product_id=product_id, quantity=quantity, sold_by=sold_by)

@@ -16,6 +16,9 @@ from typing import TypeVar
 from meshkit.errors import InvalidArgument
 
 Cursor = list[str | int]
+# Tokens this module issues are well under 200 characters; a longer one is not ours
+# (and is refused before any decoding work).
+MAX_PAGE_TOKEN_LENGTH = 512
 Item = TypeVar("Item")
 
 
@@ -38,6 +41,8 @@ def encode_cursor(*sort_key: str | int) -> str:
 
 def decode_cursor(token: str, *types: type) -> Cursor:
     """The sort key inside ``token``, checked against the expected ``types``."""
+    if len(token) > MAX_PAGE_TOKEN_LENGTH:
+        raise ForeignPageToken
     try:
         values = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (binascii.Error, ValueError, RecursionError):  # RecursionError: deeply nested JSON

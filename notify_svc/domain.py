@@ -1,13 +1,25 @@
 """Notification rules, free of I/O: what the order confirmation says, and paging."""
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from meshkit import paging
-from meshkit.errors import Unavailable
+from meshkit.errors import InvalidArgument, Unavailable
+from meshkit.limits import MAX_ORDER_ID_LENGTH, ORDER_ID, Limit
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 MESSAGE_ID_DOMAIN = "polyglotmicro.local"
+
+_API = "polyglot.notify.v1"
+# What the checks below enforce, as data for the OpenAPI document (meshkit.limits).
+REQUEST_LIMITS = {
+    f"{_API}.ListNotificationsRequest.page_size": Limit(minimum=0, maximum=MAX_PAGE_SIZE),
+    f"{_API}.ListNotificationsRequest.page_token": Limit(max_length=paging.MAX_PAGE_TOKEN_LENGTH),
+    f"{_API}.ListNotificationsRequest.order_id": Limit(
+        max_length=MAX_ORDER_ID_LENGTH, pattern=re.compile(f"(?:{ORDER_ID.pattern})?")
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,9 @@ def order_confirmation(sale: Sale, *, sender: str, recipient: str) -> OrderConfi
 
 def notifications_page(page_size: int, page_token: str, order_id: str) -> NotificationsPage:
     size = paging.page_size(page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
+    if order_id and not ORDER_ID.fullmatch(order_id):
+        # No notification can have it; and PostgreSQL refuses some characters (NUL).
+        raise InvalidArgument(f"order_id must be empty or an order id, got {order_id[:80]!r}")
     return NotificationsPage(size, paging.decode_time_cursor(page_token), order_id)
 
 

@@ -13,6 +13,8 @@ from devtools.contracts import Contracts, load_contracts
 from devtools.docs_site import doc_html, render_pages
 from devtools.openapi import openapi
 from devtools.topology import DOCS_SITE, grpc_services
+from inventory_svc import domain as inventory_domain
+from meshkit.limits import Limit
 
 # Rendering the AsyncAPI page: see devtools/asyncapi.py for why this warning is harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:Default value .* is not JSON serializable")
@@ -134,7 +136,12 @@ def test_parameters_follow_the_http_rule(spec):
             "name": "product_id",
             "in": "path",
             "required": True,
-            "schema": {"type": "integer", "format": "int32"},
+            "schema": {
+                "type": "integer",
+                "format": "int32",
+                "minimum": 1,
+                "maximum": inventory_domain.MAX_PRODUCT_ID,
+            },
             "description": "Product id (positive).",
         }
     ]
@@ -145,6 +152,37 @@ def test_parameters_follow_the_http_rule(spec):
     ]
     summary = ops["AnalyticsService-GetSalesSummary"][2]["parameters"][0]
     assert summary["schema"] == {"type": "string", "format": "date-time"}
+
+
+def test_request_schemas_state_the_limits_the_domain_enforces(spec):
+    schemas = spec["components"]["schemas"]
+    decrease = schemas["inventory.v1.DecreaseStockRequest"]
+    assert decrease["required"] == ["product_id", "quantity", "order_id"]
+    quantity, order_id = decrease["properties"]["quantity"], decrease["properties"]["order_id"]
+    assert (quantity["minimum"], quantity["maximum"]) == (1, inventory_domain.MAX_SALE_QUANTITY)
+    assert order_id["maxLength"] == inventory_domain.MAX_ORDER_ID_LENGTH
+    assert order_id["pattern"] == f"^{inventory_domain.ORDER_ID.pattern}$"
+    ops = operations(spec)
+    restock = ops["InventoryService-RestockProduct"][2]["requestBody"]["content"]
+    body = restock["application/json"]["schema"]
+    assert body["properties"]["quantity"]["maximum"] == inventory_domain.MAX_RESTOCK_QUANTITY
+    assert body["required"] == ["quantity"]
+    by_name = {
+        (op, p["name"]): p["schema"] for op, (_, _, o) in ops.items() for p in o["parameters"]
+    }
+    assert by_name["NotificationService-ListNotifications", "page_size"]["maximum"] == 500
+    assert by_name["AnalyticsService-GetSalesSummary", "top_products"]["maximum"] == 100
+    assert "maxLength" in by_name["InventoryService-ListProducts", "page_token"]
+    # Response messages carry no limits.
+    assert (
+        "maximum"
+        not in schemas["inventory.v1.DecreaseStockResponse"]["properties"]["current_stock"]
+    )
+
+
+def test_a_limit_on_a_field_the_contracts_lack_fails_the_build(contracts):
+    with pytest.raises(ValueError, match=r"DecreaseStockRequest\.qty"):
+        openapi(contracts, {"polyglot.inventory.v1.DecreaseStockRequest.qty": Limit(minimum=1)})
 
 
 def test_request_bodies_hold_the_fields_not_bound_in_the_path(spec):
