@@ -1,7 +1,7 @@
 """Analytics rules, free of I/O: what a recordable sale is, windows and paging."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from meshkit import paging
 from meshkit.errors import InvalidArgument
@@ -9,6 +9,9 @@ from meshkit.limits import Limit
 
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_WINDOW = timedelta(days=366)
+# No sale predates the Unix epoch; and a window computed back from year 1 would
+# overflow datetime (found by the gRPC fuzz test: INTERNAL before this check).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_TOP_PRODUCTS, MAX_TOP_PRODUCTS = 5, 100
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 MAX_PRODUCT_ID = 2**31 - 1  # an int32 in the contract
@@ -82,8 +85,11 @@ def valid_product_id(product_id: int) -> int:
 def summary_window(
     start: datetime | None, end: datetime | None, top_products: int, now: datetime
 ) -> SummaryWindow:
+    for name, at in (("start_time", start), ("end_time", end)):
+        if at is not None and at < EARLIEST:
+            raise InvalidArgument(f"{name} must not be before {EARLIEST.isoformat()}")
     end = end or now
-    start = start or end - DEFAULT_WINDOW
+    start = start or max(end - DEFAULT_WINDOW, EARLIEST)
     if start >= end:
         raise InvalidArgument(
             f"start_time ({start.isoformat()}) must be before end_time ({end.isoformat()})"

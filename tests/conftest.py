@@ -6,6 +6,7 @@ so the suite neither needs nor disturbs a mesh started with `make up`.
 """
 
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
@@ -139,6 +140,32 @@ def mesh(tmp_path_factory, inventory_db, mesh_env) -> Iterator[Mesh]:
     running = start_test_mesh(tmp_path_factory.mktemp("mesh"), mesh_env)
     yield running
     running.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def scratch_mesh(tmp_path_factory, mongo_url, mail) -> AsyncIterator[Mesh]:
+    """A second mesh with databases and a vhost of its own, for tests that send
+    whatever a generator makes up (fuzzing, schemathesis): they may sell and
+    restock the seed products, which the other tests rely on."""
+    inventory_url = await create_database(PG_SERVER_URL, "polyglot_scratch_inventory")
+    notify_url = await create_database(PG_SERVER_URL, "polyglot_scratch_notify")
+    vhost = create_vhost(RABBIT_SERVER_URL, "polyglot_scratch")
+    env = {
+        "INVENTORY_DATABASE_URL": inventory_url,
+        "NOTIFY_DATABASE_URL": notify_url,
+        "AMQP_URL": vhost,
+        "MONGO_URL": mongo_url,
+        "ANALYTICS_DATABASE": f"scratch_{uuid.uuid4().hex[:8]}",
+        "SMTP_URL": mail.url,
+    }
+    running = start_test_mesh(tmp_path_factory.mktemp("scratch_mesh"), env)
+    try:
+        yield running
+    finally:
+        running.stop()
+        delete_vhost(vhost)
+        await drop_database(inventory_url)
+        await drop_database(notify_url)
 
 
 @pytest_asyncio.fixture(scope="session")
