@@ -62,7 +62,10 @@ class GetProductSalesResponse(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class GetSalesSummaryRequest(betterproto.Message):
-    """The time window to summarise."""
+    """
+    The time window to summarise: start before end, at most 366 days, nothing
+     before 1970-01-01T00:00:00Z.
+    """
 
     start_time: datetime = betterproto.message_field(1)
     """

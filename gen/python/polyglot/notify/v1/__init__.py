@@ -80,7 +80,10 @@ class ListNotificationsRequest(betterproto.Message):
     """Which notifications to list."""
 
     order_id: str = betterproto.string_field(1)
-    """Only the notifications of this order when not empty."""
+    """
+    Only the notifications of this order when not empty (then an order id:
+     1 to 64 characters from letters, digits and '-_.:').
+    """
 
     page_size: int = betterproto.int32_field(2)
     """Maximum number of notifications: 1 to 500, 50 when 0 or unset."""
