@@ -127,6 +127,7 @@ async def test_the_rest_api_keeps_its_openapi_document(scratch_mesh, tmp_path):
             "--report-har-path",
             str(har),
         ],
+        cwd=tmp_path,  # schemathesis keeps a cache in .schemathesis/ under its cwd
         capture_output=True,
         text=True,
         timeout=1800,
