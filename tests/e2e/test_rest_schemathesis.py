@@ -5,9 +5,9 @@ on the scratch mesh (its own databases: generated calls sell and restock the
 seed products). Then: no 5xx, every response (errors too) conforms to the
 document, and nothing changed except what the accepted (2xx) calls did.
 
-Bounded for CI; SCHEMATHESIS_MAX_EXAMPLES (default 5) scales it, e.g.
-``SCHEMATHESIS_MAX_EXAMPLES=60 make test PYTEST_ARGS=tests/e2e/test_rest_schemathesis.py``
-sends well over 2000 requests.
+Bounded for CI; SCHEMATHESIS_MAX_EXAMPLES (default 3, about 350 requests) scales
+it: ``SCHEMATHESIS_MAX_EXAMPLES=150 make test PYTEST_ARGS=tests/e2e/test_rest_schemathesis.py``
+sends about 2400 (measured: 2405, about 3.5 minutes).
 """
 
 import asyncio
@@ -23,7 +23,7 @@ import asyncpg
 
 from devtools.topology import DOCS_SITE
 
-MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "5"))
+MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "3"))
 SEED = os.environ.get("SCHEMATHESIS_SEED", "20261128")
 ST = Path(sys.executable).parent / "st"
 
@@ -116,8 +116,11 @@ async def test_the_rest_api_keeps_its_openapi_document(scratch_mesh, tmp_path):
             str(MAX_EXAMPLES),
             "--seed",
             SEED,
+            # One worker: with two, Hypothesis's lambda descriptions call ast.parse
+            # from two threads, which CPython 3.11 does not survive ("AST
+            # constructor recursion depth mismatch", a SystemError inside st).
             "--workers",
-            "2",
+            "1",
             "--request-timeout",
             "30",
             "--suppress-health-check",
