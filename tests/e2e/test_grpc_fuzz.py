@@ -13,6 +13,7 @@ import zlib
 import grpc
 import pytest
 
+from devtools.access import required_scope
 from devtools.topology import grpc_services
 from meshkit.reflection import mesh_pool
 from tests.support.protofuzz import ProtoFuzzer
@@ -29,27 +30,38 @@ DOCUMENTED = {
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.ALREADY_EXISTS,
 }
-# Envoy's own refusals of protected methods called without a token.
-AT_THE_EDGE = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 PYTHON_TEXT = re.compile(r"Traceback|\b[A-Z][A-Za-z]*(Error|Exception)\b|\bline \d+\b")
 
 METHODS = [
-    (service.backend, f"/{service.full_name}/{method.name}", method.input_type)
+    (
+        service.backend,
+        f"/{service.full_name}/{method.name}",
+        method.input_type,
+        required_scope(service.full_name, method.name),
+    )
     for service in grpc_services()
     for method in mesh_pool().FindServiceByName(service.full_name).methods
 ]
 
 
-@pytest.mark.parametrize("via_envoy", [False, True], ids=["direct", "envoy"])
-async def test_fuzzed_requests_get_only_documented_answers(scratch_mesh, via_envoy):
+@pytest.mark.parametrize(
+    ("via_envoy", "with_token"),
+    [(False, False), (True, True), (True, False)],
+    ids=["direct", "envoy", "envoy-without-token"],
+)
+async def test_fuzzed_requests_get_only_documented_answers(scratch_mesh, via_envoy, with_token):
+    """Through Envoy with a token holding every scope, the bytes reach the services;
+    without one, protected methods are refused at the edge, whatever the bytes."""
     mesh = scratch_mesh
+    token = tuple(mesh.auth_header().items()) if with_token else ()
     backends = {name: p for name, p in mesh.processes.items() if name != "envoy"}
     log_sizes = {name: p.log_path.stat().st_size for name, p in backends.items()}
     surprises, answered = [], 0
-    for backend, method, request_type in METHODS:
+    for backend, method, request_type, scope in METHODS:
         target = mesh.envoy_target if via_envoy else mesh.grpc_target(backend)
-        expected = DOCUMENTED | AT_THE_EDGE if via_envoy else DOCUMENTED
-        seed = SEED * 1_000_003 + zlib.crc32(f"{method}{via_envoy}".encode())
+        refused_at_the_edge = via_envoy and not with_token and scope is not None
+        expected = {grpc.StatusCode.UNAUTHENTICATED} if refused_at_the_edge else DOCUMENTED
+        seed = SEED * 1_000_003 + zlib.crc32(f"{method}{via_envoy}{with_token}".encode())
         fuzzer = ProtoFuzzer(seed)
         async with grpc.aio.insecure_channel(target) as channel:
             for case in range(CASES):
@@ -57,7 +69,7 @@ async def test_fuzzed_requests_get_only_documented_answers(scratch_mesh, via_env
                 payload = (
                     fuzzer.valid(request_type) if case % 4 == 0 else fuzzer.mutate(request_type)
                 )
-                code, message = await call_raw(channel, method, payload)
+                code, message = await call_raw(channel, method, payload, metadata=token)
                 answered += 1
                 if code not in expected or PYTHON_TEXT.search(message):
                     surprises.append((method, case, payload.hex(), code.name, message))

@@ -35,8 +35,9 @@ ST = Path(sys.executable).parent / "st"
 #   exist (404) or a time window the contract's comment forbids (start ≥ end).
 # - unsupported_method / allow_header_conformance: a method a path does not
 #   have is Envoy's answer (edge-limits owns it), not the services'.
-# - ignored_auth / use_after_free / ensure_resource_availability /
-#   object_level_authorization: no auth in the document yet; no DELETE.
+# - ignored_auth / object_level_authorization: the auth matrix test
+#   (edge-auth) proves every RPC and token case; use_after_free /
+#   ensure_resource_availability: the API has no DELETE.
 CHECKS = [
     "not_a_server_error",
     "status_code_conformance",
@@ -125,6 +126,10 @@ async def test_the_rest_api_keeps_its_openapi_document(scratch_mesh, tmp_path):
             "30",
             "--suppress-health-check",
             "too_slow",
+            # A token with every scope, so generated calls reach the services
+            # (the auth matrix test covers calls without one).
+            "--header",
+            f"authorization: Bearer {mesh.token()}",
             "--report",
             "har",
             "--report-har-path",

@@ -54,8 +54,9 @@ async def test_malformed_protobuf_is_invalid_argument_with_a_readable_message(
     sizes = {name: path.stat().st_size for name, path in logs.items()}
     for method, payload, says in MALFORMED:
         target = mesh.envoy_target if via_envoy else mesh.grpc_target(_backend_of(method))
+        token = tuple(mesh.auth_header().items()) if via_envoy else ()
         async with grpc.aio.insecure_channel(target) as channel:
-            code, message = await call_raw(channel, method, payload)
+            code, message = await call_raw(channel, method, payload, metadata=token)
         request = method.rsplit("/", 1)[1] + "Request"
         assert code is grpc.StatusCode.INVALID_ARGUMENT, (method, payload, code, message)
         assert message.startswith(f"the request is not a valid {request}: "), message
