@@ -75,3 +75,18 @@ def test_services_accept_the_tokens_they_issue():
     token = paging.encode_time_cursor(AT, EVENT_ID)
     assert notify.notifications_page(10, token, "").after == (AT, EVENT_ID)
     assert analytics.events_page(10, token, 0).after == (AT, EVENT_ID)
+
+
+def test_an_over_long_token_is_foreign_before_any_decoding():
+    token = paging.encode_cursor("x" * paging.MAX_PAGE_TOKEN_LENGTH)
+    assert len(token) > paging.MAX_PAGE_TOKEN_LENGTH
+    with pytest.raises(InvalidArgument, match=FOREIGN):
+        paging.decode_cursor(token, str)
+
+
+@pytest.mark.parametrize("order_id", ["\x00", "a b", "x" * 65, "-x"])
+def test_notify_filters_only_by_real_order_ids(order_id):
+    # A NUL would reach PostgreSQL, which refuses it in text (INTERNAL).
+    with pytest.raises(InvalidArgument, match="order_id must be empty or an order id"):
+        notify.notifications_page(10, "", order_id=order_id)
+    assert notify.notifications_page(10, "", order_id="ORD-1").order_id == "ORD-1"
