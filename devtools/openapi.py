@@ -115,16 +115,52 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
             )
         },
     ),
+    413: (
+        "PayloadTooLarge",
+        "INVALID_ARGUMENT (code 3), from Envoy: the request body is over its limit."
+        " It will never fit, so this is not a 429.",
+        {"INVALID_ARGUMENT": _status(3, "the request body is larger than 64 KiB")},
+    ),
+    415: (
+        "UnsupportedMediaType",
+        "INVALID_ARGUMENT (code 3), from Envoy: the body is not `application/json`.",
+        {
+            "INVALID_ARGUMENT": _status(
+                3, "the request body must be JSON (content-type: application/json)"
+            )
+        },
+    ),
+    429: (
+        "TooManyRequests",
+        "RESOURCE_EXHAUSTED (code 8): too many mutations from this client (Envoy's rate"
+        " limit, with `retry-after`), or a service at its cap of calls in progress."
+        " Nothing was changed; retry later.",
+        {"RESOURCE_EXHAUSTED": _status(8, "too many requests from this client; retry in 1 s")},
+    ),
+    431: (
+        "RequestHeaderFieldsTooLarge",
+        "INVALID_ARGUMENT (code 3), from Envoy: the request headers are over its limit.",
+        {"INVALID_ARGUMENT": _status(3, "the request headers are larger than 6 KiB")},
+    ),
     503: (
         "Unavailable",
         "UNAVAILABLE (code 14): the service or its database is unreachable right now;"
         " retry later. Nothing was changed.",
         {"UNAVAILABLE": _status(14, "the inventory database is unavailable; try again later")},
     ),
+    504: (
+        "GatewayTimeout",
+        "DEADLINE_EXCEEDED (code 4), from Envoy: no answer within the operation's"
+        " timeout. A write may or may not have happened: replay it with the same"
+        " idempotency key to find out.",
+        {"DEADLINE_EXCEEDED": _status(4, "the service did not answer in time")},
+    ),
 }
-# Every route can answer 400 (Envoy validates the request) and 503 (a backend or its
-# database is down); 404 and 409 where the RPC's doc comment names the gRPC code.
-ALWAYS = (400, 503)
+# Every route can answer 400 (Envoy validates the request), 429, 431, 503 and 504
+# (Envoy's and the services' limits); routes with a body 413 and 415; 404 and 409
+# where the RPC's doc comment names the gRPC code.
+ALWAYS = (400, 429, 431, 503, 504)
+WITH_BODY = (413, 415)
 BEARER = "bearer"  # the security scheme: Swagger UI's "Authorize" button
 NAMED_IN_COMMENT = {404: "NOT_FOUND", 409: "ALREADY_EXISTS"}
 
@@ -328,7 +364,8 @@ def _operation(
     }
     scope = required_scope(service.full_name, rpc.name)
     access = f"Needs a bearer token with scope `{scope}`." if scope else "Public: no token."
-    for status in sorted([*error_codes(rpc), *((401, 403) if scope else ())]):
+    with_body = WITH_BODY if route.body else ()
+    for status in sorted([*error_codes(rpc), *((401, 403) if scope else ()), *with_body]):
         responses[str(status)] = {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
     return {
         "tags": [service.name],

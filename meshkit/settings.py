@@ -29,8 +29,10 @@ class ServiceSettings(BaseSettings):
     # contracts fits in well under 1 KiB; Envoy refuses larger bodies before this.
     grpc_max_message_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # Calls in progress at once, per process; more are refused (RESOURCE_EXHAUSTED)
-    # rather than queued. 100 is several times what a database pool of 10 serves.
-    grpc_max_concurrent_rpcs: int = Field(default=100, ge=1, le=10_000)
+    # rather than queued. Above Envoy's per-backend limit (its circuit breaker,
+    # 256 in flight), so behind one Envoy that fast 503 answers first; this guards
+    # the process against callers that bypass Envoy, or several Envoys.
+    grpc_max_concurrent_rpcs: int = Field(default=300, ge=1, le=10_000)
     # The event backbone (every service publishes or subscribes).
     amqp_url: AmqpDsn = AmqpDsn("amqp://guest:guest@127.0.0.1:5672/")
 

@@ -75,11 +75,14 @@ def test_same_origin_server_and_one_tag_per_service(spec):
 @pytest.mark.parametrize(
     ("op_id", "errors"),
     [
-        ("InventoryService-DecreaseStock", ["400", "401", "403", "404", "409", "503"]),
-        ("InventoryService-GetStock", ["400", "404", "503"]),
-        ("InventoryService-ListProducts", ["400", "503"]),
+        (
+            "InventoryService-DecreaseStock",
+            ["400", "401", "403", "404", "409", "413", "415", "429", "431", "503", "504"],
+        ),
+        ("InventoryService-GetStock", ["400", "404", "429", "431", "503", "504"]),
+        ("InventoryService-ListProducts", ["400", "429", "431", "503", "504"]),
         # Its comment says "there is no NOT_FOUND".
-        ("AnalyticsService-GetProductSales", ["400", "401", "403", "503"]),
+        ("AnalyticsService-GetProductSales", ["400", "401", "403", "429", "431", "503", "504"]),
     ],
 )
 def test_error_responses_are_the_ones_the_rpc_can_return(spec, op_id, errors):
@@ -124,7 +127,12 @@ def test_error_responses_carry_the_json_status_body(spec):
         "PermissionDenied": {7},
         "NotFound": {5},
         "Conflict": {6},
+        "PayloadTooLarge": {3},
+        "UnsupportedMediaType": {3},
+        "TooManyRequests": {8},
+        "RequestHeaderFieldsTooLarge": {3},
         "Unavailable": {14},
+        "GatewayTimeout": {4},
     }
 
 
