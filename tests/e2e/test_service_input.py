@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 import polyglot.analytics.v1 as analytics_pb
 import polyglot.inventory.v1 as pb
 from devtools.processes import grpc_serving
-from tests.e2e.test_inventory_faults import lone_inventory, wait_until_waiting_on_lock
+from tests.e2e.test_inventory_faults import lone_inventory
 from tests.support.inventory import inventory_state, order, stock_of
 from tests.support.raw_grpc import call_raw
 from tests.support.waiting import eventually
@@ -166,7 +166,9 @@ async def test_a_call_whose_deadline_passed_stops_its_work(mesh, inventory_db, n
     ):
         await blocker.execute("SELECT 1 FROM products WHERE product_id = $1 FOR UPDATE", product)
         call = asyncio.ensure_future(call_raw(channel, DECREASE, request, deadline=5))
-        await wait_until_waiting_on_lock(inventory_db, product)
+        await eventually(
+            lambda: _waiting_on_lock(inventory_db, 1), what="the sale waiting on the row lock"
+        )
         code, _ = await call
         assert code is grpc.StatusCode.DEADLINE_EXCEEDED
         # grpc.aio cancels the handler; asyncpg cancels its statement in PostgreSQL.
