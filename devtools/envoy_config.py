@@ -112,9 +112,10 @@ class EnvoySite:
     listen_port: int = 8080
     admin_port: int = 9901
     descriptor_path: str = str(DESCRIPTOR_SET.relative_to(ROOT))
-    # backend name → (host, port)
-    backends: dict[str, tuple[str, int]] = field(
-        default_factory=lambda: {name: ("127.0.0.1", port) for name, port in GRPC_PORTS.items()}
+    # backend name → the (host, port) of each replica. One address that DNS
+    # resolves to several (compose, a Kubernetes headless Service) works too.
+    backends: dict[str, list[tuple[str, int]]] = field(
+        default_factory=lambda: {name: [("127.0.0.1", port)] for name, port in GRPC_PORTS.items()}
     )
     health_check_seconds: float = 2.0
     # Where Envoy finds the docs site (built into docs/site by `make docs`).
@@ -157,6 +158,20 @@ class EnvoySite:
     # What a shed request is told (retry-after, seconds).
     retry_after_seconds: int = 1
 
+    # --- replicas: retries and ejection (README "Replicas") -----------------------
+    # Retries of an RPC that is safe to repeat (RETRY_SAFE), each try bounded by
+    # this timeout: above the services' database timeout (5 s), so their own
+    # answer comes back first.
+    retries: int = 2
+    per_try_timeout_seconds: float = 6.0
+    # Retries in flight per backend as a share of its calls in flight (a retry
+    # budget): a struggling backend is not hit by a retry storm.
+    retry_budget_percent: float = 25.0
+    # A replica failing this many calls in a row (reset, refused, 5xx/UNAVAILABLE)
+    # is ejected for a while, before its health check notices anything.
+    outlier_consecutive_errors: int = 3
+    outlier_ejection_seconds: float = 10.0
+
 
 # Settings the launcher takes from the environment (README "Limits").
 EDGE_ENV = ("CORS_ALLOWED_ORIGINS",)
@@ -176,6 +191,16 @@ def with_environment(site: EnvoySite, env: dict[str, str] | None = None) -> Envo
 # How long each kind of RPC may take (EnvoySite.timeouts). An RPC's kind comes from
 # its REST binding (GET: read, anything else: write) unless listed here.
 RPC_KINDS = {"GetSalesSummary": "report"}
+# Mutations that may be sent twice: DecreaseStock is idempotent by order_id (a
+# replay returns the first sale, never sells again). Reads are safe anyway.
+# RestockProduct adds stock on every call, so it is never retried once it may
+# have reached a backend.
+IDEMPOTENT_MUTATIONS = frozenset({"DecreaseStock"})
+# What a safe RPC is retried on (on another replica): the connection was reset or
+# refused, the stream refused (a draining backend), or the backend said UNAVAILABLE.
+SAFE_RETRY_ON = "reset,connect-failure,refused-stream,unavailable"
+# Every other RPC: only when the request certainly never reached a backend.
+UNSAFE_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 
 # Envoy's own answers (local replies): HTTP status → (gRPC code, fixed message).
 # Fixed messages, because Envoy's texts carry internals ("upstream connect error or
@@ -246,10 +271,17 @@ def _header(name: str, regex: str, *, invert: bool = False) -> Config:
 # --- clusters: circuit breakers, health checks ---------------------------------------
 
 
-def _cluster(name: str, host: str, port: int, health_service: str, site: EnvoySite) -> Config:
+def _cluster(
+    name: str, addresses: list[tuple[str, int]], health_service: str, site: EnvoySite
+) -> Config:
+    """A backend's replicas: least-request balancing, an active gRPC health check of
+    each endpoint, and outlier detection that ejects one that keeps failing."""
     return {
         "name": name,
         "type": "STRICT_DNS",
+        # Of two random healthy replicas, the one with fewer calls in flight: a slow
+        # replica gets less work instead of an equal share.
+        "lb_policy": "LEAST_REQUEST",
         "connect_timeout": "1s",
         "dns_lookup_family": "V4_ONLY",
         "typed_extension_protocol_options": {
@@ -266,9 +298,10 @@ def _cluster(name: str, host: str, port: int, health_service: str, site: EnvoySi
         },
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [_endpoint(host, port)]}],
+            "endpoints": [{"lb_endpoints": [_endpoint(*address) for address in addresses]}],
         },
         "circuit_breakers": _circuit_breakers(site),
+        "outlier_detection": _outlier_detection(site),
         "health_checks": [
             {
                 "timeout": "1s",
@@ -296,10 +329,31 @@ def _circuit_breakers(site: EnvoySite) -> Config:
                 "max_requests": site.max_requests_per_backend,
                 "max_pending_requests": site.max_pending_per_backend,
                 "max_connections": 64,
-                "max_retries": 3,
+                # Retries in flight: a share of the calls in flight, at least 3.
+                "retry_budget": {
+                    "budget_percent": {"value": site.retry_budget_percent},
+                    "min_retry_concurrency": 3,
+                },
                 "track_remaining": True,
             }
         ]
+    }
+
+
+def _outlier_detection(site: EnvoySite) -> Config:
+    """Eject a replica after consecutive failures seen on real calls (connection
+    failures, resets, 5xx, which gRPC UNAVAILABLE maps to), at most half of them:
+    a database outage that fails every replica must not empty the cluster."""
+    return {
+        "consecutive_5xx": site.outlier_consecutive_errors,
+        "consecutive_gateway_failure": site.outlier_consecutive_errors,
+        "enforcing_consecutive_gateway_failure": 100,
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": site.outlier_consecutive_errors,
+        "enforcing_consecutive_local_origin_failure": 100,
+        "interval": _seconds(min(site.health_check_seconds, 1.0)),
+        "base_ejection_time": _seconds(site.outlier_ejection_seconds),
+        "max_ejection_percent": 50,
     }
 
 
@@ -402,6 +456,11 @@ class _Rpc:
     def kind(self) -> str:
         return RPC_KINDS.get(self.name) or ("read" if self.http_method == "GET" else "write")
 
+    @property
+    def retry_safe(self) -> bool:
+        """Repeating it changes nothing (README "Replicas": which RPCs Envoy retries)."""
+        return self.kind != "write" or self.name in IDEMPOTENT_MUTATIONS
+
 
 def _rpcs(descriptor_set: Path) -> list[_Rpc]:
     backend_of = {s.full_name: s.backend for s in grpc_services(descriptor_set)}
@@ -423,7 +482,31 @@ def _rpcs(descriptor_set: Path) -> list[_Rpc]:
     return rpcs
 
 
-def _upstream_route(match: Config, cluster: str, timeout: float) -> Config:
+def _retry_policy(safe: bool, site: EnvoySite, timeout: float) -> Config:
+    """Safe to repeat: retried on another replica after a reset or UNAVAILABLE too.
+    Otherwise only when the request never reached a backend. Short back-off: a
+    restarted or other replica is tried at once."""
+    policy: Config = {
+        "retry_on": SAFE_RETRY_ON if safe else UNSAFE_RETRY_ON,
+        "num_retries": site.retries,
+        "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+        # Not the replica that just failed, when there is another one.
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": _typed("retry.host.previous_hosts.v3.PreviousHostsPredicate"),
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+    }
+    if safe:
+        policy["per_try_timeout"] = _seconds(min(site.per_try_timeout_seconds, timeout))
+    return policy
+
+
+def _upstream_route(
+    match: Config, cluster: str, timeout: float, retry: Config | None = None
+) -> Config:
     return {
         "match": match,
         "route": {
@@ -436,10 +519,10 @@ def _upstream_route(match: Config, cluster: str, timeout: float) -> Config:
                 "max_stream_duration": _seconds(timeout),
                 "grpc_timeout_header_max": _seconds(timeout),
             },
-            # Only retries that are safe for every RPC: the request never reached a
-            # backend. Short back-off: a restarted backend is retried at once.
-            "retry_policy": {
-                "retry_on": "connect-failure,refused-stream,reset-before-request",
+            # Without a policy of its own: only retries that are safe for anything.
+            "retry_policy": retry
+            or {
+                "retry_on": UNSAFE_RETRY_ON,
                 "num_retries": 2,
                 "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
             },
@@ -451,8 +534,12 @@ def _upstream_route(match: Config, cluster: str, timeout: float) -> Config:
 
 
 def _rpc_route(rpc: _Rpc, site: EnvoySite) -> Config:
+    timeout = site.timeouts[rpc.kind]
     route = _upstream_route(
-        {"path": f"/{rpc.service}/{rpc.name}"}, rpc.backend, site.timeouts[rpc.kind]
+        {"path": f"/{rpc.service}/{rpc.name}"},
+        rpc.backend,
+        timeout,
+        _retry_policy(rpc.retry_safe, site, timeout),
     )
     if rpc.http_method not in (None, "GET") and site.mutation_rate_per_second > 0:
         route["typed_per_filter_config"] = {RATE_LIMIT: _mutation_rate_limit(site)}
@@ -723,19 +810,18 @@ def envoy_config(
         _not_json_route(),
         *[_rpc_route(rpc, site) for rpc in rpcs],
         reflection,
-        _upstream_route({"prefix": "/grpc.health.v1."}, backends[0], meta),
+        _upstream_route(
+            {"prefix": "/grpc.health.v1."}, backends[0], meta, _retry_policy(True, site, meta)
+        ),
         *_grpc_content_type_routes(),
         *_docs_routes(site, docs_site),
         *_method_routes(rpcs, site),
     ]
     clusters = [
-        _cluster(b, *site.backends[b], next(s.full_name for s in services if s.backend == b), site)
+        _cluster(b, site.backends[b], next(s.full_name for s in services if s.backend == b), site)
         for b in backends
     ]
-    any_backend = _cluster("mesh_any", *site.backends[backends[0]], "", site)
-    any_backend["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
-        _endpoint(*site.backends[b]) for b in backends
-    ]
+    any_backend = _cluster("mesh_any", [a for b in backends for a in site.backends[b]], "", site)
     clusters += [any_backend, _refusals_cluster()]
     if site.auth.jwks_uri:
         clusters.append(_jwks_cluster(site.auth))
@@ -1143,7 +1229,7 @@ COMPOSE_SITE = EnvoySite(
     descriptor_path="/etc/envoy/mesh.binpb",
     docs_dir="/etc/envoy/docs",
     auth=EdgeAuth(jwks_file="/etc/envoy/auth/jwks.json"),
-    backends={name: (name.replace("_", "-"), port) for name, port in GRPC_PORTS.items()},
+    backends={name: [(name.replace("_", "-"), port)] for name, port in GRPC_PORTS.items()},
 )
 # Kubernetes (deploy/k8s): backends are headless Services, so DNS answers with
 # every ready pod and STRICT_DNS makes each one an endpoint that Envoy balances
@@ -1157,7 +1243,7 @@ K8S_SITE = EnvoySite(
     descriptor_path="/etc/envoy/config/mesh.binpb",
     docs_dir="/etc/envoy/docs",
     auth=EdgeAuth(jwks_file="/etc/envoy/auth/jwks.json"),
-    backends={name: (name.replace("_", "-"), port) for name, port in GRPC_PORTS.items()},
+    backends={name: [(name.replace("_", "-"), port)] for name, port in GRPC_PORTS.items()},
 )
 SITES = {"native": EnvoySite(), "compose": COMPOSE_SITE, "k8s": K8S_SITE}
 CHECKED_IN = {

@@ -20,7 +20,7 @@ from devtools.mesh import MeshPlan, mongo_answers, native_plan
 from devtools.preflight import InfrastructureMissing, check_rabbitmq, ensure_database
 from devtools.processes import ManagedProcess, StartupFailed, python_module
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
-from devtools.topology import backends, migrators
+from devtools.topology import api_replicas, base_name, migrators, native_ports
 from inventory_svc.settings import InventorySettings
 from meshkit.settings import load_settings, without_credentials
 from notify_svc.settings import NotifySettings
@@ -93,7 +93,7 @@ def up(plan: MeshPlan) -> None:
         subprocess.run(python_module(f"{service}.migrate"), check=True)
     plan, token_help = edge_auth(plan)
 
-    for name in backends():
+    for name in plan.processes():
         _start(plan.backend(name), plan.grpc_ports[name], lambda n=name: plan.backend_ready(n))
     _start(plan.envoy(), plan.http_port, plan.envoy_ready)
     print(
@@ -122,13 +122,19 @@ def edge_auth(plan: MeshPlan) -> tuple[MeshPlan, str]:
     if not auth.jwks_uri:
         ensure_keys(DEV_KEYS_DIR)
     dev_tokens = 'TOKEN=$(make -s token), then -H "authorization: Bearer $TOKEN"'
-    # Edge settings (CORS_ALLOWED_ORIGINS) or OIDC settings in the environment: an
-    # Envoy config rendered with them; otherwise the checked-in envoy/envoy.yaml.
-    if not any(os.environ.get(name) for name in (*AUTH_ENV, *EDGE_ENV)):
+    # Edge settings (CORS_ALLOWED_ORIGINS), OIDC settings or REPLICAS in the
+    # environment: an Envoy config rendered with them; otherwise the checked-in
+    # envoy/envoy.yaml (one replica of each).
+    replicated = plan.grpc_ports != native_ports(1)
+    if not replicated and not any(os.environ.get(name) for name in (*AUTH_ENV, *EDGE_ENV)):
         return plan, dev_tokens
     config = plan.run_dir / "envoy.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(render(with_environment(EnvoySite(auth=auth))))
+    backends = {
+        name: [("127.0.0.1", port) for port in ports]
+        for name, ports in api_replicas(plan.grpc_ports).items()
+    }
+    config.write_text(render(with_environment(EnvoySite(auth=auth, backends=backends))))
     plan = MeshPlan(**{**plan.__dict__, "envoy_config": config})
     if not any(os.environ.get(name) for name in AUTH_ENV):
         return plan, dev_tokens
@@ -150,12 +156,23 @@ def _start(process: ManagedProcess, port: int, ready: Callable[[], bool]) -> Non
 
 
 def _all(plan: MeshPlan) -> list[ManagedProcess]:
-    """Everything `up` may start, in start order."""
+    """Everything `up` may start, in start order, with every replica an earlier
+    `REPLICAS=N make up` left running (found by their pid files)."""
+    pids = plan.run_dir / "pids"
+    started = {path.stem for path in pids.glob("*.pid")} if pids.is_dir() else set()
+    replicas = max(replicas_of(name) for name in [*started, *plan.processes()])
+    plan = MeshPlan(**{**plan.__dict__, "grpc_ports": native_ports(replicas)})
     return [
         plan.embedded_mongo(EMBEDDED_MONGO_PORT),
-        *(plan.backend(name) for name in backends()),
+        *(plan.backend(name) for name in plan.processes()),
         plan.envoy(),
     ]
+
+
+def replicas_of(process: str) -> int:
+    """inventory_svc-3 → 3, inventory_svc → 1 (anything else: 1)."""
+    suffix = process[len(base_name(process)) + 1 :]
+    return int(suffix) if suffix.isdigit() else 1
 
 
 def down(plan: MeshPlan) -> None:
@@ -178,7 +195,14 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m devtools.launcher {'|'.join(commands)}", file=sys.stderr)
         return 2
     try:
-        commands[argv[0]](native_plan(env={}))
+        replicas = int(os.environ.get("REPLICAS") or 1)
+        if replicas < 1:
+            raise ValueError
+    except ValueError:
+        print(f"REPLICAS must be a whole number ≥ 1, got {os.environ['REPLICAS']!r}")
+        return 2
+    try:
+        commands[argv[0]](native_plan(env={}, replicas=replicas))
     except (InfrastructureMissing, StartupFailed) as problem:
         print(f"\n{problem}", file=sys.stderr)
         if argv[0] == "up":

@@ -14,7 +14,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from devtools.processes import ManagedProcess, grpc_serving, python_module
-from devtools.topology import GRPC_PORTS, ROOT, backends
+from devtools.topology import ROOT, api_replicas, backends, base_name, module_of, native_ports
 
 BIN = Path(sys.executable).parent
 
@@ -25,7 +25,9 @@ class MeshPlan:
     envoy_config: Path
     http_port: int = 8080
     admin_port: int = 9901
-    grpc_ports: dict[str, int] = field(default_factory=lambda: dict(GRPC_PORTS))
+    # Process name (inventory_svc, inventory_svc-2, inventory_relay, …; see
+    # devtools.topology) → its gRPC port: every replica of every process.
+    grpc_ports: dict[str, int] = field(default_factory=native_ports)
     # Settings for every backend (INVENTORY_DATABASE_URL, AMQP_URL, MONGO_URL, …).
     env: dict[str, str] = field(default_factory=dict)
 
@@ -41,8 +43,13 @@ class MeshPlan:
         )
 
     def backend(self, name: str) -> ManagedProcess:
+        """A backend or a worker (the outbox relay), any replica, by process name."""
         env = {**self.env, "GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(self.grpc_ports[name])}
-        return self.process(name, python_module(name), env)
+        return self.process(name, python_module(module_of(name)), env)
+
+    def processes(self) -> list[str]:
+        """Every process this plan runs, in start order (the grpc_ports' order)."""
+        return list(self.grpc_ports)
 
     def envoy(self) -> ManagedProcess:
         return self.process(
@@ -94,10 +101,25 @@ class MeshPlan:
                 clusters = reply.read().decode()
         except OSError:
             return False
+        replicas = api_replicas(self.grpc_ports)
         return all(
-            f"{name}::127.0.0.1:{self.grpc_ports[name]}::health_flags::healthy" in clusters
+            f"{name}::127.0.0.1:{port}::health_flags::healthy" in clusters
             for name in (names or backends())
+            for port in replicas[name]
         )
+
+    def envoy_sees(self, process: str, healthy: bool) -> bool:
+        """Whether Envoy's health check currently counts one replica as healthy."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.admin_port}/clusters", timeout=1
+            ) as reply:
+                clusters = reply.read().decode()
+        except OSError:
+            return False
+        line = f"{base_name(process)}::127.0.0.1:{self.grpc_ports[process]}::health_flags::"
+        flags = next((row for row in clusters.splitlines() if row.startswith(line)), None)
+        return flags is not None and (flags == f"{line}healthy") == healthy
 
 
 def mongo_answers(url: str) -> bool:
@@ -109,6 +131,12 @@ def mongo_answers(url: str) -> bool:
         return False
 
 
-def native_plan(env: dict[str, str]) -> MeshPlan:
-    """What `make up` runs: default ports, state under .run/, envoy/envoy.yaml."""
-    return MeshPlan(run_dir=ROOT / ".run", envoy_config=ROOT / "envoy" / "envoy.yaml", env=env)
+def native_plan(env: dict[str, str], replicas: int = 1) -> MeshPlan:
+    """What `make up` runs: default ports (REPLICAS=N: N of each process), state
+    under .run/, envoy/envoy.yaml (or .run/envoy.yaml rendered for the replicas)."""
+    return MeshPlan(
+        run_dir=ROOT / ".run",
+        envoy_config=ROOT / "envoy" / "envoy.yaml",
+        grpc_ports=native_ports(replicas),
+        env=env,
+    )

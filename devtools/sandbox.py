@@ -22,7 +22,15 @@ from devtools.envoy_config import EdgeAuth, EnvoySite, render
 from devtools.mesh import MeshPlan, mongo_answers
 from devtools.processes import ManagedProcess
 from devtools.tokens import JWKS, SigningKey, ensure_keys
-from devtools.topology import DESCRIPTOR_SET, ROOT, backends, migrators
+from devtools.topology import (
+    DESCRIPTOR_SET,
+    ROOT,
+    api_replicas,
+    backends,
+    base_name,
+    migrators,
+    process_names,
+)
 
 # The servers the tests and the benchmarks make their databases and vhost on.
 PG_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -161,9 +169,14 @@ class Mesh:
     def grpc_target(self, backend: str) -> str:
         return f"127.0.0.1:{self.plan.grpc_ports[backend]}"
 
+    def replicas(self, name: str) -> list[str]:
+        """The process names of a backend's or worker's replicas in this mesh."""
+        return [p for p in self.plan.grpc_ports if base_name(p) == name]
+
     def start(self, name: str) -> None:
+        """Start (or start again) one process: a backend or worker replica."""
         if name not in self.processes:  # a backend the mesh started without
-            migrate(self.plan.env, [name])
+            migrate(self.plan.env, [base_name(name)])
         process = self.processes[name] = self.processes.get(name) or self.plan.backend(name)
         process.start()
         process.wait_until(lambda: self.plan.backend_ready(name), "SERVING health")
@@ -185,7 +198,10 @@ def sandbox_site(
         listen_port=http_port,
         admin_port=admin_port,
         descriptor_path=str(DESCRIPTOR_SET),
-        backends={name: ("127.0.0.1", port) for name, port in grpc_ports.items()},
+        backends={
+            name: [("127.0.0.1", port) for port in ports]
+            for name, ports in api_replicas(grpc_ports).items()
+        },
         health_check_seconds=0.5,
         auth=auth,
         **edge,
@@ -246,12 +262,15 @@ def start_mesh(
     env: dict[str, str],
     only: list[str] | None = None,
     edge: dict[str, Any] | None = None,
+    replicas: int = 1,
 ) -> Mesh:
-    """Backends (all, or ``only`` these), migrated first, and an Envoy in front of
-    them, on free ports; ``edge`` overrides the Envoy's limits (EnvoySite fields)."""
+    """Backends (all, or ``only`` these) with their workers (the outbox relay),
+    ``replicas`` processes of each, migrated first, and an Envoy in front of them,
+    on free ports; ``edge`` overrides the Envoy's limits (EnvoySite fields)."""
     names = only or backends()
     migrate(env, names)
-    grpc_ports = {name: free_port() for name in backends()}
+    # Ports for every process of the mesh, started or not: Envoy knows them all.
+    grpc_ports = {name: free_port() for name in process_names(backends(), replicas)}
     http_port, admin_port = free_port(), free_port()
     config = run_dir / "envoy.yaml"
     signing_key = ensure_keys(run_dir / "auth")
@@ -267,10 +286,11 @@ def start_mesh(
         MeshPlan(run_dir, config, http_port, admin_port, grpc_ports, env=env), {}, signing_key
     )
     try:
-        for name in names:
+        started = process_names(names, replicas)
+        for name in started:
             mesh.processes[name] = mesh.plan.backend(name)
             mesh.processes[name].start()
-        for name in names:
+        for name in started:
             mesh.processes[name].wait_until(
                 lambda n=name: mesh.plan.backend_ready(n), "SERVING health"
             )

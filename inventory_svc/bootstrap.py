@@ -1,4 +1,12 @@
-"""Wiring: the one place that decides what inventory_svc runs and with what."""
+"""Wiring: the one place that decides what inventory_svc runs and with what.
+
+Two processes: the API (``python -m inventory_svc``) and the outbox relay
+(``python -m inventory_svc.relay``). They share settings and the database; the API
+only writes sales and their outbox rows, the relay publishes those rows. Apart,
+the API's latency does not pay for publishing, and each scales on its own: any
+number of relays may run at once (the claim skips rows another relay holds and
+keeps per-product order, see store.CLAIM_OUTBOX).
+"""
 
 import asyncio
 
@@ -11,28 +19,41 @@ from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
 
 
-async def serve(settings: InventorySettings, stop: asyncio.Event) -> None:
-    store = PostgresInventory(
+def _store(settings: InventorySettings) -> PostgresInventory:
+    return PostgresInventory(
         str(settings.inventory_database_url),
         pool_size=settings.db_pool_size,
         timeout_seconds=settings.db_timeout_seconds,
     )
+
+
+async def serve(settings: InventorySettings, stop: asyncio.Event) -> None:
+    """The API: SERVING once PostgreSQL answers. Sales never wait for RabbitMQ, the
+    outbox keeps their events until a relay publishes them."""
+    store = _store(settings)
+    await serve_until_stopped(
+        stop, GrpcServer(settings, [InventoryApi(store)]), ready=store.ready, close=[store.close]
+    )
+
+
+async def relay(settings: InventorySettings, stop: asyncio.Event) -> None:
+    """The outbox relay: no API, a gRPC server of its own for grpc.health.v1 (""
+    while its database answers, ``inventory_svc.outbox_relay`` while it can publish)."""
+    store = _store(settings)
     outbox = PostgresOutbox(store.db)
     broker = rabbit_broker(str(settings.amqp_url))
     broker.include_router(router)
-    relay = OutboxRelay(
+    outbox_relay = OutboxRelay(
         outbox,
         broker,
         batch_size=settings.outbox_batch_size,
         poll_seconds=settings.outbox_poll_seconds,
         retention_seconds=settings.outbox_retention_hours * 3600,
     )
-    # SERVING once PostgreSQL answers: sales never wait for RabbitMQ, the outbox
-    # keeps their events until the relay can publish them.
     await serve_until_stopped(
         stop,
-        GrpcServer(settings, [InventoryApi(store)]),
+        GrpcServer(settings, []),
         ready=store.ready,
-        components=[relay],
+        components=[outbox_relay],
         close=[outbox.close, store.close],
     )

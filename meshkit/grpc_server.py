@@ -258,7 +258,14 @@ class GrpcServer:
             await asyncio.sleep(every)
 
     async def stop(self) -> None:
-        """Stop accepting RPCs, let in-flight ones finish within the grace period."""
+        """Scale-in without errors: NOT_SERVING first, and for ``drain_seconds`` the
+        server goes on serving while Envoy's health check notices and stops sending;
+        then stop accepting RPCs and let in-flight ones finish within the grace
+        period (a call that still arrives is refused before it starts, which Envoy
+        retries on another replica)."""
         await self._health.enter_graceful_shutdown()
+        if self._settings.drain_seconds:
+            log.info("NOT_SERVING: draining for %gs", self._settings.drain_seconds)
+            await asyncio.sleep(self._settings.drain_seconds)
         await self._server.stop(self._settings.shutdown_grace_seconds)
         log.info("gRPC server stopped")

@@ -18,6 +18,11 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # How long in-flight RPCs may run on after SIGTERM before they are cancelled.
     shutdown_grace_seconds: float = Field(default=10.0, gt=0, le=300)
+    # After SIGTERM, how long the server stays up NOT_SERVING before it stops
+    # accepting RPCs: long enough for Envoy's health check (unhealthy after two
+    # failed checks) to take it out of rotation first. 0 for tests that stop
+    # processes often.
+    drain_seconds: float = Field(default=2.0, ge=0, le=120)
     # How often dependencies (database, broker) are probed for the health status.
     health_probe_seconds: float = Field(default=2.0, gt=0, le=60)
     # Processes serving the same gRPC port (each one uses about one core).

@@ -6,8 +6,14 @@ from devtools.sandbox import PG_SERVER_URL, RABBIT_SERVER_URL, Mesh, start_mesh
 
 __all__ = ["FAST", "PG_SERVER_URL", "RABBIT_SERVER_URL", "TEST_EDGE", "start_test_mesh"]
 
-# Tests wait on conditions, so fast probes make them fast, not flaky.
-FAST = {"HEALTH_PROBE_SECONDS": "0.2", "SHUTDOWN_GRACE_SECONDS": "10", "OUTBOX_POLL_SECONDS": "0.5"}
+# Tests wait on conditions, so fast probes make them fast, not flaky. No drain
+# delay: tests stop processes often (test_replicas.py sets its own).
+FAST = {
+    "HEALTH_PROBE_SECONDS": "0.2",
+    "SHUTDOWN_GRACE_SECONDS": "10",
+    "OUTBOX_POLL_SECONDS": "0.5",
+    "DRAIN_SECONDS": "0",
+}
 # The suite sells hundreds of orders from one address in a burst: the per-client
 # mutation limit is raised (tests/e2e/test_edge_limits.py checks it on its own Envoy).
 TEST_EDGE = {"mutation_rate_per_second": 10_000, "mutation_burst": 10_000}

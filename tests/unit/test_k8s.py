@@ -142,7 +142,7 @@ def test_envoy_is_the_only_way_in_and_reads_the_generated_config(overlay):
         == (K8S_DIR / "mesh.binpb").read_bytes()
     )
     assert K8S_SITE.backends == {
-        name: (name.replace("_", "-"), port) for name, port in GRPC_PORTS.items()
+        name: [(name.replace("_", "-"), port)] for name, port in GRPC_PORTS.items()
     }
 
 
