@@ -38,7 +38,7 @@ from dockerfile_parse import DockerfileParser
 
 from devtools.envoy_config import CHECKED_IN, COMPOSE_SITE
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
-from devtools.topology import ROOT
+from devtools.topology import ROOT, WORKERS
 
 Compose = dict[str, Any]  # compose.yaml as `docker compose config` normalises it
 Service = dict[str, Any]
@@ -284,10 +284,12 @@ def check_envoy(compose: Compose, root: Path) -> list[str]:
                         f"Envoy cluster {cluster['name']}: {host}:{port}, "
                         f"but its GRPC_PORT is {ports[host]}"
                     )
+    # Workers (the outbox relay) serve no API: their gRPC port only answers health.
+    workers = {name.replace("_", "-") for name in WORKERS}
     problems += [
         f"service {n} (GRPC_PORT {p}) is no Envoy backend"
         for n, p in ports.items()
-        if p and n not in hosts
+        if p and n not in hosts and n not in workers
     ]
     listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
     if listener not in {port["target"] for port in service.get("ports") or []}:

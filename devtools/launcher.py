@@ -186,7 +186,7 @@ def down(plan: MeshPlan) -> None:
 def status(plan: MeshPlan) -> None:
     for process in _all(plan):
         state = f"running (pid {process.pid})" if process.running() else "stopped"
-        print(f"{process.name:15} {state:22} log: {process.log_path}")
+        print(f"{process.name:17} {state:22} log: {process.log_path}")
 
 
 def main(argv: list[str]) -> int:

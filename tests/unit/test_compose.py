@@ -59,7 +59,10 @@ def test_services_wait_for_healthy_dependencies(compose):
         (False, "service_completed_successfully"),  # the migration jobs
         (True, "service_completed_successfully"),
     }
-    assert waits["inventory-svc"] == {"inventory-migrate", "postgres", "rabbitmq"}
+    # The API only writes the outbox; its relay is the one that talks to RabbitMQ.
+    assert waits["inventory-svc"] == {"inventory-migrate", "postgres"}
+    assert waits["inventory-relay"] == {"inventory-migrate", "postgres", "rabbitmq"}
+    assert services["inventory-relay"]["command"] == ["python", "-m", "inventory_svc.relay"]
     assert waits["analytics-svc"] == {"mongo", "rabbitmq"}
     assert waits["notify-svc"] == {"notify-migrate", "postgres", "rabbitmq", "mailpit"}
     for job in ("inventory-migrate", "notify-migrate"):  # one-shot: succeeds, then exits

@@ -17,6 +17,8 @@ from meshkit.grpc_server import LIVENESS
 
 SERVICES = {name.replace("_", "-"): port for name, port in GRPC_PORTS.items()}
 MESH = {"envoy", *SERVICES}
+# Deployments: the mesh's and the outbox relay's (a process without a Service).
+DEPLOYMENTS = MESH | {"inventory-relay"}
 
 
 @pytest.fixture(params=k8s.OVERLAYS)
@@ -62,7 +64,7 @@ def test_envoys_kubernetes_config_passes_the_real_envoy(overlay):
 def test_dev_runs_one_replica_and_its_own_datastores():
     objects = objects_of("dev")
     deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
-    assert set(deployments) == MESH | {"mailpit"}
+    assert set(deployments) == DEPLOYMENTS | {"mailpit"}
     assert all(d["spec"].get("replicas", 1) == 1 for d in deployments.values())
     statefulsets = {o["metadata"]["name"] for o in objects if o["kind"] == "StatefulSet"}
     assert statefulsets == {"inventory-db", "notify-db", "rabbitmq", "mongo"}
@@ -76,7 +78,7 @@ def test_prod_runs_three_of_everything_through_operators():
         for o in objects
         if o["kind"] == "HorizontalPodAutoscaler"
     }
-    assert set(autoscalers) == MESH
+    assert set(autoscalers) == DEPLOYMENTS
     assert {spec["minReplicas"] for spec in autoscalers.values()} == {3}
     # The autoscaler owns the replica count: a re-apply must not reset it.
     assert all("replicas" not in o["spec"] for o in objects if o["kind"] == "Deployment")
@@ -183,7 +185,8 @@ def intended_paths(overlay: str, pods: set[str]) -> set[tuple[str, str, str]]:
     paths |= {("envoy", name, f"TCP/{port}") for name, port in SERVICES.items()}
     paths |= {
         ("inventory-svc", "inventory-db", "TCP/5432"),
-        ("inventory-svc", "rabbitmq", "TCP/5672"),
+        ("inventory-relay", "inventory-db", "TCP/5432"),
+        ("inventory-relay", "rabbitmq", "TCP/5672"),
         ("analytics-svc", "mongo", "TCP/27017"),
         ("analytics-svc", "rabbitmq", "TCP/5672"),
         ("notify-svc", "notify-db", "TCP/5432"),
@@ -273,15 +276,19 @@ def test_missing_secrets_keys_and_late_variables_are_reported():
     env = container(objects, "inventory-svc")["env"]
     db = next(e for e in env if e["name"] == "INVENTORY_DATABASE_URL")
     db["valueFrom"]["secretKeyRef"]["name"] = "inventory-app"
-    amqp = next(e for e in env if e["name"] == "AMQP_URL")
-    env.remove(amqp)
-    env.insert(0, amqp)
+    relay_env = container(objects, "inventory-relay")["env"]
+    amqp = next(e for e in relay_env if e["name"] == "AMQP_URL")
+    relay_env.remove(amqp)
+    relay_env.insert(0, amqp)
     user = next(e for e in container(objects, "notify-svc")["env"] if e["name"] == "AMQP_USER")
     user["valueFrom"]["secretKeyRef"]["key"] = "user"
     problems = k8s.reference_problems(objects)
     where = "inventory-svc/inventory-svc env"
     assert f"{where} INVENTORY_DATABASE_URL: Secret inventory-app does not exist" in problems
-    assert f"{where} AMQP_URL: $(AMQP_USER) is not defined before it" in problems
+    assert (
+        "inventory-relay/inventory-relay env AMQP_URL: $(AMQP_USER) is not defined before it"
+        in problems
+    )
     assert (
         "notify-svc/notify-svc env AMQP_USER: Secret rabbitmq-default-user has no key 'user'"
         in problems
