@@ -339,11 +339,13 @@ def render_edge(result: EdgeResult) -> list[str]:
 
 
 def splice(document: str, section: list[str]) -> str:
-    """``document`` with its edge section replaced (or added before ## Targets)."""
+    """``document`` with the section headed ``section[0]`` (edge, replicas) replaced,
+    or added before ## Targets."""
     text = "\n".join(section)
-    if SECTION in document:
-        start = document.index(SECTION)
-        end = document.find("\n## ", start + len(SECTION))
+    heading = section[0]
+    if heading in document:
+        start = document.index(heading)
+        end = document.find("\n## ", start + len(heading))
         return document[:start] + text + (document[end + 1 :] if end != -1 else "")
     anchor = document.find("## Targets")
     if anchor == -1:

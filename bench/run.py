@@ -3,6 +3,7 @@
     python -m bench.run            # full: 1, 8, 32 clients, repeated (≈ 15 min)
     python -m bench.run --smoke    # seconds, for CI: proves the harness works
     python -m bench.run --pipeline-only [--rate 150]   # only the event pipeline (≈ 2 min)
+    python -m bench.run --replicas-only  # only 1 vs 2 replicas and CPU per order (≈ 3 min)
 
 Everything runs in a private sandbox (own databases, RabbitMQ vhost, MongoDB
 wire server, mesh on free ports). Each scenario is warmed up, then measured
@@ -38,9 +39,10 @@ import asyncpg
 from bench.edge import measure_edge, render_edge, splice
 from bench.pgbench_script import decrease_stock_script, get_stock_script
 from bench.pipeline import run_pipeline
+from bench.replicas import measure_replicas, render_replicas
 from devtools import sandbox
 from devtools.processes import ManagedProcess
-from devtools.topology import ROOT
+from devtools.topology import ROOT, backends
 from meshkit.events import SUBSCRIPTIONS
 
 # Its own variables, else the tests' servers (TEST_POSTGRES_URL, TEST_AMQP_URL).
@@ -338,6 +340,11 @@ def main() -> None:
         help="only the edge section (bench/edge.py), spliced into the existing report",
     )
     parser.add_argument(
+        "--replicas-only",
+        action="store_true",
+        help="only the replica rows and CPU per order (bench/replicas.py), spliced in",
+    )
+    parser.add_argument(
         "--service-env",
         action="append",
         default=[],
@@ -397,7 +404,10 @@ async def run(args: argparse.Namespace) -> str:
     try:
         # Load from one address is what the bench is: no per-client mutation limit,
         # and room for its clients in the circuit breakers.
-        mesh = sandbox.start_mesh(work, env, only=["inventory_svc"], edge=BENCH_EDGE)
+        if args.replicas_only:  # its meshes are its own: only the databases now
+            sandbox.migrate(env, backends())
+        else:
+            mesh = sandbox.start_mesh(work, env, only=["inventory_svc"], edge=BENCH_EDGE)
         await seed_products(db_url)
         if args.edge_only:
             edge = await measure_edge(mesh, work, HOT_PRODUCT, smoke=args.smoke)
@@ -424,6 +434,25 @@ async def run(args: argparse.Namespace) -> str:
         fastapi.wait_until(
             lambda: _http_ok(f"http://127.0.0.1:{fastapi_port}/inventory/{HOT_PRODUCT}"), "HTTP 200"
         )
+
+        async def replicas() -> list[str]:
+            rows = await measure_replicas(
+                Bench,
+                work,
+                env,
+                db_url,
+                amqp_url,
+                BENCH_EDGE,
+                args.seconds,
+                args.warmup,
+                fastapi,
+                fastapi_port,
+            )
+            return render_replicas(rows, args.seconds, os.cpu_count() or 1)
+
+        if args.replicas_only:
+            existing = args.output_path.read_text() if args.output_path.exists() else ""
+            return splice(existing, await replicas())
         rows = (
             []
             if args.pipeline_only
@@ -431,7 +460,6 @@ async def run(args: argparse.Namespace) -> str:
                 measure_all, Bench(work, db_url, mesh, fastapi_port), args, amqp_url
             )
         )
-        fastapi.stop()
         edge = await measure_edge(mesh, work, HOT_PRODUCT, smoke=args.smoke)
         args.dropped_backlog = await quiesce(db_url, amqp_url)
         for worker in ("analytics_svc", "notify_svc"):
@@ -445,7 +473,10 @@ async def run(args: argparse.Namespace) -> str:
             seconds=args.pipeline_seconds,
             product_id=SPREAD[0],
         )
-        return render(rows, pipeline, args, machine(), edge)
+        mesh.stop()
+        section = await replicas()
+        fastapi.stop()
+        return splice(render(rows, pipeline, args, machine(), edge), section)
     finally:
         if fastapi:
             fastapi.stop()

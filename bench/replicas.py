@@ -1,0 +1,204 @@
+"""Replica rows of `make bench` (``python -m bench.run --replicas-only``): the whole
+mesh with 1 and then 2 processes of every service (and as many outbox relays),
+REST DecreaseStock via Envoy from 32 clients, beside the FastAPI baseline and
+pgbench on the same database, each with its CPU cost per order:
+
+- mesh CPU per order: CPU time of every mesh process (Envoy, the inventory APIs,
+  the relays, analytics and notify with their consumers), read from /proc, from
+  the start of the load until every event it caused was consumed, ÷ orders sold;
+- PostgreSQL CPU per order: every ``postgres`` process on the machine over the
+  same span ÷ orders (machine-wide: on a shared machine it includes other
+  users' queries, so it is an upper bound);
+- FastAPI's row: the uvicorn process; pgbench's: the pgbench client.
+
+The sum is what one order costs the machine, the figure that says what a bigger
+machine would give (orders/s ≈ cores ÷ CPU seconds per order).
+"""
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aio_pika
+import asyncpg
+
+from devtools import sandbox
+from devtools.processes import ManagedProcess
+from meshkit.events import SUBSCRIPTIONS
+
+if TYPE_CHECKING:
+    from bench.run import Measurement
+
+SECTION = "## Replicas and CPU per order"
+CLIENTS = 32
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class ReplicaRow:
+    scenario: str
+    tps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    orders: int
+    own_cpu_ms: float  # per order: the mesh's processes (or the baseline's own)
+    postgres_cpu_ms: float  # per order: every postgres process on the machine
+
+
+def _stat(pid: str) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces: split after its closing parenthesis.
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    return [name, *text[text.rindex(")") + 2 :].split()]
+
+
+def cpu_seconds(groups: set[int] | None = None, command: str | None = None) -> float:
+    """utime + stime of every live process in one of the process ``groups`` (each
+    managed process leads its own), or named ``command``."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or (fields := _stat(pid)) is None:
+            continue
+        # After the name: state, ppid, pgrp, … utime is field 14, stime 15 (1-based).
+        in_group = groups is not None and int(fields[3]) in groups
+        if in_group or (command is not None and fields[0] == command):
+            total += int(fields[12]) + int(fields[13])
+    return total / TICKS
+
+
+def mesh_groups(mesh: sandbox.Mesh) -> set[int]:
+    return {p.pid for p in mesh.processes.values() if p.pid is not None}
+
+
+async def drained(db_url: str, amqp_url: str, within: float = 180.0) -> bool:
+    """Every event published and consumed (twice in a row, 0.5 s apart)."""
+    deadline = time.monotonic() + within
+    conn = await asyncpg.connect(db_url)
+    broker = await aio_pika.connect(amqp_url)
+    quiet = 0
+    try:
+        channel = await broker.channel()
+        while time.monotonic() < deadline:
+            backlog = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            ready = 0
+            for subscription in SUBSCRIPTIONS.values():
+                queue = await channel.declare_queue(subscription.queue, passive=True)
+                ready += queue.declaration_result.message_count or 0
+            quiet = quiet + 1 if backlog == 0 and ready == 0 else 0
+            if quiet >= 2:
+                return True
+            await asyncio.sleep(0.5)
+        return False
+    finally:
+        await broker.close()
+        await conn.close()
+
+
+async def measure_replicas(
+    bench_type: type,
+    work: Path,
+    env: dict[str, str],
+    db_url: str,
+    amqp_url: str,
+    edge: dict,
+    seconds: float,
+    warmup: float,
+    fastapi: ManagedProcess,
+    fastapi_port: int,
+) -> list[ReplicaRow]:
+    """The rows, in order: 1 replica, 2 replicas, FastAPI, pgbench (``fastapi``
+    started by the caller, the mesh ones here)."""
+    rows = []
+    for replicas in (1, 2):
+        mesh = sandbox.start_mesh(work / f"replicas-{replicas}", env, edge=edge, replicas=replicas)
+        try:
+            bench = bench_type(work, db_url, mesh, fastapi_port)
+            load = bench.wrk(mesh.http_url, bench.token)
+            await asyncio.to_thread(load, "decrease", "spread", CLIENTS, warmup)
+            await drained(db_url, amqp_url)
+            groups = mesh_groups(mesh)
+            own, postgres = cpu_seconds(groups), cpu_seconds(command="postgres")
+            measured = await asyncio.to_thread(load, "decrease", "spread", CLIENTS, seconds)
+            if not await drained(db_url, amqp_url):
+                raise RuntimeError("the mesh did not consume the run's events within 3 minutes")
+            own = cpu_seconds(groups) - own
+            postgres = cpu_seconds(command="postgres") - postgres
+            label = f"REST via Envoy, {replicas} replica{'s' if replicas > 1 else ''}"
+            rows.append(_row(f"{label} (whole mesh)", measured, seconds, own, postgres))
+        finally:
+            mesh.stop()
+    # (the last mesh's bench: its generators need no running mesh)
+    baselines = {
+        "FastAPI + asyncpg (uvicorn, no events)": (
+            bench.wrk(f"http://127.0.0.1:{fastapi_port}"),
+            lambda: cpu_seconds({fastapi.pid or -1}),
+        ),
+        # pgbench has exited when its run ends: its CPU comes from its rusage.
+        "pgbench (same SQL; its client)": (bench.pgbench, lambda: 0.0),
+    }
+    for label, (load, own_cpu) in baselines.items():
+        await asyncio.to_thread(load, "decrease", "spread", CLIENTS, warmup)
+        own, postgres = own_cpu(), cpu_seconds(command="postgres")
+        measured = await asyncio.to_thread(load, "decrease", "spread", CLIENTS, seconds)
+        own = own_cpu() - own
+        if label.startswith("pgbench"):
+            own = bench.cpu_share * seconds * (os.cpu_count() or 1)
+        postgres = cpu_seconds(command="postgres") - postgres
+        rows.append(_row(label, measured, seconds, own, postgres))
+    return rows
+
+
+def _row(label: str, measured: "Measurement", seconds: float, own: float, postgres: float) -> ReplicaRow:
+    orders = max(1, round(measured.tps * seconds))
+    return ReplicaRow(
+        label,
+        measured.tps,
+        measured.p50_ms,
+        measured.p99_ms,
+        measured.errors,
+        orders,
+        own / orders * 1000,
+        postgres / orders * 1000,
+    )
+
+
+def render_replicas(rows: list[ReplicaRow], seconds: float, cores: int) -> list[str]:
+    one = next(r for r in rows if "1 replica" in r.scenario)
+    two = next(r for r in rows if "2 replicas" in r.scenario)
+    return [
+        SECTION,
+        "",
+        f"`python -m bench.run --replicas-only`: REST DecreaseStock via Envoy, {CLIENTS}"
+        f" clients, `spread` products, one {seconds:g} s run each after a warm-up. The mesh"
+        " rows run the whole mesh (Envoy, inventory APIs, outbox relays, analytics and"
+        " notify consuming every event) with 1 and 2 processes of each. CPU per order: the"
+        " processes' CPU time (/proc) from the start of the load until every event it"
+        " caused was consumed, ÷ orders. PostgreSQL's is every postgres process on the"
+        " machine (an upper bound here). **This machine is shared with other engineers'"
+        f" test runs and has {cores} cores: absolute figures are noisy, and 2 replicas"
+        " cannot show more throughput than the cores allow.**",
+        "",
+        "| scenario | TPS | p50 ms | p99 ms | errors | orders | own CPU ms/order"
+        " | PostgreSQL CPU ms/order |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r.scenario} | {r.tps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors}"
+            f" | {r.orders} | {r.own_cpu_ms:.2f} | {r.postgres_cpu_ms:.2f} |"
+            for r in rows
+        ],
+        "",
+        f"- 2 replicas ÷ 1 replica: throughput {two.tps / one.tps:.2f} x,"
+        f" p50 {two.p50_ms / one.p50_ms:.2f} x, mesh CPU per order"
+        f" {two.own_cpu_ms / one.own_cpu_ms:.2f} x",
+        f"- what a bigger machine would give (1 replica, cores ÷ CPU per order, mesh +"
+        f" PostgreSQL): about {1000 / (one.own_cpu_ms + one.postgres_cpu_ms):.0f} orders/s"
+        " per core",
+        "",
+    ]
