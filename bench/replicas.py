@@ -155,7 +155,9 @@ async def measure_replicas(
     return rows
 
 
-def _row(label: str, measured: "Measurement", seconds: float, own: float, postgres: float) -> ReplicaRow:
+def _row(
+    label: str, measured: "Measurement", seconds: float, own: float, postgres: float
+) -> ReplicaRow:
     orders = max(1, round(measured.tps * seconds))
     return ReplicaRow(
         label,
