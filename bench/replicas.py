@@ -60,16 +60,20 @@ def _stat(pid: str) -> list[str] | None:
 
 
 def cpu_seconds(groups: set[int] | None = None, command: str | None = None) -> float:
-    """utime + stime of every live process in one of the process ``groups`` (each
-    managed process leads its own), or named ``command``."""
+    """CPU time of every live process in one of the process ``groups`` (each
+    managed process leads its own), or named ``command``, and of their waited-for
+    children."""
     total = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or (fields := _stat(pid)) is None:
             continue
-        # After the name: state, ppid, pgrp, … utime is field 14, stime 15 (1-based).
+        # After the name: state, ppid, pgrp, … utime is field 14, stime 15, then
+        # cutime and cstime (1-based): the time of children that exited and were
+        # waited for counts too (PostgreSQL's postmaster collects that of every
+        # closed connection's backend, pgbench's included).
         in_group = groups is not None and int(fields[3]) in groups
         if in_group or (command is not None and fields[0] == command):
-            total += int(fields[12]) + int(fields[13])
+            total += sum(int(value) for value in fields[12:16])
     return total / TICKS
 
 
