@@ -350,4 +350,4 @@ def splice(document: str, section: list[str]) -> str:
     anchor = document.find("## Targets")
     if anchor == -1:
         return document.rstrip("\n") + "\n\n" + text
-    return document[:anchor] + text + "\n" + document[anchor:]
+    return document[:anchor].rstrip("\n") + "\n\n" + text + "\n" + document[anchor:]

@@ -15,6 +15,7 @@ What must hold afterwards (issue 13, README "Replicas"):
 import asyncio
 import json
 import signal
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -150,6 +151,8 @@ async def test_replicas_lose_nothing_when_one_of_each_dies_under_load(
 
         async with OrderStream(mesh) as stream:
             await stream.more(40, "orders through both replicas")
+            served = await asyncio.to_thread(_served_by_replica, mesh)
+            assert all(served[p] > 0 for p in mesh.replicas("inventory_svc")), served
 
             # A crash: in-flight calls on it are reset, Envoy retries them elsewhere.
             mesh.processes["inventory_svc-2"].kill()
@@ -235,3 +238,18 @@ async def test_replicas_lose_nothing_when_one_of_each_dies_under_load(
 async def _probe_count(channel: aio_pika.abc.AbstractChannel, at_least: int) -> bool:
     declared = await channel.declare_queue(PROBE_QUEUE, passive=True)
     return (declared.declaration_result.message_count or 0) >= at_least
+
+
+def _served_by_replica(mesh: Mesh) -> dict[str, int]:
+    """Calls each inventory replica answered, from Envoy's admin /clusters."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{mesh.plan.admin_port}/clusters") as reply:
+        clusters = reply.read().decode()
+    return {
+        process: sum(
+            int(line.rsplit("::", 1)[1])
+            for line in clusters.splitlines()
+            if line.startswith(f"inventory_svc::127.0.0.1:{port}::rq_total::")
+        )
+        for process in mesh.replicas("inventory_svc")
+        for port in [mesh.plan.grpc_ports[process]]
+    }

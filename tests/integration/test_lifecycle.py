@@ -9,6 +9,7 @@ import aio_pika
 import pytest
 from faststream.rabbit import RabbitQueue, RabbitRouter
 
+from devtools.processes import grpc_health
 from devtools.sandbox import free_port
 from meshkit.broker import EventConsumer, rabbit_broker
 from meshkit.grpc_server import GrpcServer
@@ -18,6 +19,7 @@ from tests.support.waiting import eventually
 
 FAILING_SERVICE = """
 import asyncio, logging
+from devtools.processes import grpc_health
 from devtools.sandbox import free_port
 from meshkit.lifecycle import run_until_signalled, serve_until_stopped
 from meshkit.settings import ServiceSettings
@@ -34,8 +36,11 @@ run_until_signalled(
 """
 
 
-def server() -> GrpcServer:
-    return GrpcServer(ServiceSettings(grpc_port=free_port(), health_probe_seconds=0.1), [])
+def server(drain_seconds: float = 0) -> GrpcServer:
+    settings = ServiceSettings(
+        grpc_port=free_port(), health_probe_seconds=0.1, drain_seconds=drain_seconds
+    )
+    return GrpcServer(settings, [])
 
 
 async def no_dependencies() -> None:
@@ -137,3 +142,21 @@ async def test_an_event_consumer_keeps_trying_until_it_can_consume(amqp_url, cap
         stop.set()
         await service
         await connection.close()
+
+
+async def test_on_stop_health_turns_not_serving_while_the_server_still_answers():
+    # Scale-in: Envoy's health check must see NOT_SERVING before the listener
+    # closes, so it stops sending calls first (DRAIN_SECONDS).
+    draining = server(drain_seconds=1.5)
+    await draining.start()
+    await draining.set_serving(True)
+    assert await asyncio.to_thread(grpc_health, draining.address) == "SERVING"
+    stopping = asyncio.create_task(draining.stop())
+
+    async def not_serving() -> bool:
+        return await asyncio.to_thread(grpc_health, draining.address) == "NOT_SERVING"
+
+    await eventually(not_serving, what="NOT_SERVING answered during the drain")
+    assert not stopping.done()
+    await stopping
+    assert await asyncio.to_thread(grpc_health, draining.address) is None  # closed
