@@ -206,5 +206,7 @@ def render_replicas(rows: list[ReplicaRow], seconds: float, cores: int) -> list[
         f"- what a bigger machine would give (1 replica, cores ÷ CPU per order, mesh +"
         f" PostgreSQL): about {1000 / (one.own_cpu_ms + one.postgres_cpu_ms):.0f} orders/s"
         " per core",
+        "- the relay as its own process, the API's p50 at 1 client before and after:"
+        ' bench/findings.md ("The outbox relay as its own process")',
         "",
     ]
