@@ -35,9 +35,9 @@ from devtools.sandbox import (
 )
 from meshkit.events import EXCHANGE, PRODUCT_SOLD
 from notify_svc.settings import NotifySettings
-from tests.support.servers import FAST, PG_SERVER_URL, RABBIT_SERVER_URL, TEST_EDGE
 from tests.support.inventory import order
 from tests.support.pipeline import PipelineView
+from tests.support.servers import FAST, PG_SERVER_URL, RABBIT_SERVER_URL, TEST_EDGE
 from tests.support.waiting import eventually
 
 PRODUCTS = {1: 100_000, 2: 100_000, 3: 100_000}
@@ -155,7 +155,7 @@ async def test_replicas_lose_nothing_when_one_of_each_dies_under_load(
             assert all(served[p] > 0 for p in mesh.replicas("inventory_svc")), served
 
             # A crash: in-flight calls on it are reset, Envoy retries them elsewhere.
-            mesh.processes["inventory_svc-2"].kill()
+            await _crash(mesh, "inventory_svc-2")
             await stream.more(40, "orders after an inventory replica died")
             await eventually(
                 lambda: mesh.plan.envoy_sees("inventory_svc-2", healthy=False),
@@ -174,11 +174,11 @@ async def test_replicas_lose_nothing_when_one_of_each_dies_under_load(
             assert await asyncio.to_thread(leaving.exit_code, 30) == 0
             await stream.more(40, "orders after a replica was scaled in")
 
-            mesh.processes["inventory_relay-2"].kill()
+            await _crash(mesh, "inventory_relay-2")
             await stream.more(40, "orders after a relay died")
-            mesh.processes["analytics_svc-2"].kill()
+            await _crash(mesh, "analytics_svc-2")
             await stream.more(40, "orders after an analytics replica died")
-            mesh.processes["notify_svc-2"].kill()
+            await _crash(mesh, "notify_svc-2")
             await stream.more(40, "orders after a notify replica died")
 
         assert stream.failures == []
@@ -253,3 +253,9 @@ def _served_by_replica(mesh: Mesh) -> dict[str, int]:
         for process in mesh.replicas("inventory_svc")
         for port in [mesh.plan.grpc_ports[process]]
     }
+
+
+async def _crash(mesh: Mesh, process: str) -> None:
+    """SIGKILL, no warning: a crash."""
+    mesh.processes[process].signal(signal.SIGKILL)
+    assert await asyncio.to_thread(mesh.processes[process].exit_code, 10) == -signal.SIGKILL
