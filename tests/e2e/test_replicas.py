@@ -76,6 +76,9 @@ def replicated_mesh(tmp_path: Path, own_databases, own_vhost, mongo_url, mail) -
         "NOTIFY_LEASE_SECONDS": LEASE_SECONDS,
         # Scale-in: NOT_SERVING for longer than Envoy's two 0.5 s health checks.
         "DRAIN_SECONDS": "1.5",
+        # 8 processes with a PostgreSQL pool each, on a server other test runs
+        # share (max_connections 100 by default): small pools.
+        "DB_POOL_SIZE": "3",
     }
     mesh = start_mesh(tmp_path, env, edge=TEST_EDGE, replicas=2)
     yield mesh
