@@ -18,11 +18,17 @@ from meshkit.broker import rabbit_broker
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
 
+# The relay works on one connection at a time (a claim-and-publish transaction,
+# now and then the backlog report or the clean-up) plus its health probe's, and
+# LISTENs on a connection of its own: a pool of DB_POOL_SIZE would only take
+# PostgreSQL connections from the APIs.
+RELAY_POOL_SIZE = 2
 
-def _store(settings: InventorySettings) -> PostgresInventory:
+
+def _store(settings: InventorySettings, pool_size: int | None = None) -> PostgresInventory:
     return PostgresInventory(
         str(settings.inventory_database_url),
-        pool_size=settings.db_pool_size,
+        pool_size=pool_size or settings.db_pool_size,
         timeout_seconds=settings.db_timeout_seconds,
     )
 
@@ -39,7 +45,7 @@ async def serve(settings: InventorySettings, stop: asyncio.Event) -> None:
 async def relay(settings: InventorySettings, stop: asyncio.Event) -> None:
     """The outbox relay: no API, a gRPC server of its own for grpc.health.v1 (""
     while its database answers, ``inventory_svc.outbox_relay`` while it can publish)."""
-    store = _store(settings)
+    store = _store(settings, RELAY_POOL_SIZE)
     outbox = PostgresOutbox(store.db)
     broker = rabbit_broker(str(settings.amqp_url))
     broker.include_router(router)
