@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 SECTION = "## Replicas and CPU per order"
 CLIENTS = 32
+POOL_CONNECTIONS = 10  # each API's pool with one replica (DB_POOL_SIZE's default)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -121,7 +122,13 @@ async def measure_replicas(
     started by the caller, the mesh ones here)."""
     rows = []
     for replicas in (1, 2):
-        mesh = sandbox.start_mesh(work / f"replicas-{replicas}", env, edge=edge, replicas=replicas)
+        # The same PostgreSQL connections in total, split over the replicas: the
+        # database's capacity stays the same, and a shared server (100 connections)
+        # is not exhausted.
+        pools = {"DB_POOL_SIZE": str(POOL_CONNECTIONS // replicas)}
+        mesh = sandbox.start_mesh(
+            work / f"replicas-{replicas}", {**env, **pools}, edge=edge, replicas=replicas
+        )
         try:
             bench = bench_type(work, db_url, mesh, fastapi_port)
             load = bench.wrk(mesh.http_url, bench.token)
@@ -184,7 +191,9 @@ def render_replicas(rows: list[ReplicaRow], seconds: float, cores: int) -> list[
         f"`python -m bench.run --replicas-only`: REST DecreaseStock via Envoy, {CLIENTS}"
         f" clients, `spread` products, one {seconds:g} s run each after a warm-up. The mesh"
         " rows run the whole mesh (Envoy, inventory APIs, outbox relays, analytics and"
-        " notify consuming every event) with 1 and 2 processes of each. CPU per order: the"
+        " notify consuming every event) with 1 and 2 processes of each (each replica's"
+        f" PostgreSQL pool {POOL_CONNECTIONS} ÷ replicas: the same connections in total)."
+        " CPU per order: the"
         " processes' CPU time (/proc) from the start of the load until every event it"
         " caused was consumed, ÷ orders. PostgreSQL's is every postgres process on the"
         " machine (an upper bound here). **This machine is shared with other engineers'"
