@@ -341,12 +341,12 @@ def render_edge(result: EdgeResult) -> list[str]:
 def splice(document: str, section: list[str]) -> str:
     """``document`` with the section headed ``section[0]`` (edge, replicas) replaced,
     or added before ## Targets."""
-    text = "\n".join(section)
+    text = "\n".join(section).rstrip("\n") + "\n"  # one blank line before the next
     heading = section[0]
     if heading in document:
         start = document.index(heading)
         end = document.find("\n## ", start + len(heading))
-        return document[:start] + text + (document[end + 1 :] if end != -1 else "")
+        return document[:start] + text + ("\n" + document[end + 1 :] if end != -1 else "")
     anchor = document.find("## Targets")
     if anchor == -1:
         return document.rstrip("\n") + "\n\n" + text
