@@ -14,7 +14,15 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from devtools.processes import ManagedProcess, grpc_serving, python_module
-from devtools.topology import ROOT, api_replicas, backends, base_name, module_of, native_ports
+from devtools.topology import (
+    ROOT,
+    WORKERS,
+    api_replicas,
+    backends,
+    base_name,
+    module_of,
+    native_ports,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -45,6 +53,8 @@ class MeshPlan:
     def backend(self, name: str) -> ManagedProcess:
         """A backend or a worker (the outbox relay), any replica, by process name."""
         env = {**self.env, "GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(self.grpc_ports[name])}
+        if base_name(name) in WORKERS:  # nobody routes calls to it: nothing to drain
+            env.setdefault("DRAIN_SECONDS", "0")
         return self.process(name, python_module(module_of(name)), env)
 
     def processes(self) -> list[str]:
