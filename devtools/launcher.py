@@ -162,10 +162,15 @@ def _all(plan: MeshPlan) -> list[ManagedProcess]:
     started = {path.stem for path in pids.glob("*.pid")} if pids.is_dir() else set()
     replicas = max(replicas_of(name) for name in [*started, *plan.processes()])
     plan = MeshPlan(**{**plan.__dict__, "grpc_ports": native_ports(replicas)})
+    # `up` may have run Envoy on a config rendered into .run/ (REPLICAS, AUTH_*,
+    # CORS_ALLOWED_ORIGINS), which `down` may be called without: take the one
+    # whose process is still running.
+    rendered = MeshPlan(**{**plan.__dict__, "envoy_config": plan.run_dir / "envoy.yaml"})
+    envoy = next((e for e in (rendered.envoy(), plan.envoy()) if e.running()), plan.envoy())
     return [
         plan.embedded_mongo(EMBEDDED_MONGO_PORT),
         *(plan.backend(name) for name in plan.processes()),
-        plan.envoy(),
+        envoy,
     ]
 
 
