@@ -10,6 +10,7 @@ keeps per-product order, see store.CLAIM_OUTBOX).
 
 import asyncio
 
+from inventory_svc.batching import SaleBatcher
 from inventory_svc.events import OutboxRelay, router
 from inventory_svc.grpc_api import InventoryApi
 from inventory_svc.settings import InventorySettings
@@ -37,8 +38,14 @@ async def serve(settings: InventorySettings, stop: asyncio.Event) -> None:
     """The API: SERVING once PostgreSQL answers. Sales never wait for RabbitMQ, the
     outbox keeps their events until a relay publishes them."""
     store = _store(settings)
+    # Concurrent sales of one product share a transaction (batching.py).
+    sales = SaleBatcher(
+        store,
+        max_batch_size=settings.sale_batch_max_size,
+        max_queue_length=settings.sale_queue_max_length,
+    )
     await serve_until_stopped(
-        stop, GrpcServer(settings, [InventoryApi(store)]), ready=store.ready, close=[store.close]
+        stop, GrpcServer(settings, [InventoryApi(sales)]), ready=store.ready, close=[store.close]
     )
 
 

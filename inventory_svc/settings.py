@@ -18,3 +18,9 @@ class InventorySettings(ServiceSettings):
     outbox_batch_size: int = Field(default=200, ge=1, le=5000)
     outbox_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     outbox_retention_hours: float = Field(default=24.0, ge=0)
+    # Sale batching (inventory_svc/batching.py): orders of one product written in
+    # one transaction while a write for it is in flight, at most this many a
+    # batch; beyond this many orders waiting for one product, DecreaseStock is
+    # refused at once (RESOURCE_EXHAUSTED, HTTP 429) instead of queueing longer.
+    sale_batch_max_size: int = Field(default=100, ge=1, le=1000)
+    sale_queue_max_length: int = Field(default=1000, ge=1, le=100_000)

@@ -12,6 +12,7 @@ from importlib import resources
 import asyncpg
 
 from inventory_svc.domain import MAX_STOCK, Page, Product, Sale, SaleRequest
+from meshkit.errors import Unavailable
 from meshkit.events import PRODUCT_SOLD, product_sold_body
 from meshkit.postgres import DATABASE_DOWN, PostgresDatabase, PostgresStore
 
@@ -70,6 +71,18 @@ def record_sale_arguments(request: SaleRequest) -> tuple:
         body,
         request.sold_by,
     )
+
+
+# Several orders of one product in one statement, so one round trip and one
+# transaction for the batch: the function (migration 0004_record_sales.sql, where
+# its shape is explained) locks the product's row once and applies RECORD_SALE's
+# rules order by order, in the arrays' order.
+RECORD_SALES = "SELECT record_sales($1, $2, $3, $4, $5, $6, $7)"
+
+# A batch failing as a whole: nothing of it was committed, the same orders may be
+# sent again (DecreaseStock is idempotent). READ COMMITTED makes these rare; they
+# are listed so that a stricter isolation level stays safe.
+BATCH_RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
 
 # Claim the oldest unpublished events that no other relay holds (SKIP LOCKED),
@@ -133,6 +146,36 @@ class PostgresInventory(PostgresStore):
         return Sale(
             request.order_id, request.product_id, request.quantity, remaining, request.sold_by
         )
+
+    async def record_sales(self, requests: list[SaleRequest]) -> list[Sale | None]:
+        """``record_sale`` for several orders of one product, in one transaction.
+
+        The orders are judged one by one in list order, exactly as that many
+        ``record_sale`` calls in a row would be; the answer at each index is the
+        committed sale or None (see ``record_sale``). Either every sale of the
+        list is committed or, when this raises, none.
+        """
+        [product_id] = {r.product_id for r in requests}
+        arguments = [record_sale_arguments(r) for r in requests]
+        async with self.db.connection() as conn:
+            try:
+                remaining = await conn.fetchval(
+                    RECORD_SALES,
+                    product_id,
+                    [r.order_id for r in requests],
+                    [r.quantity for r in requests],
+                    [r.sold_by for r in requests],
+                    [a[3] for a in arguments],
+                    PRODUCT_SOLD,
+                    [a[5] for a in arguments],
+                )
+            except BATCH_RETRYABLE as exc:
+                log.warning("a batch of %d sales was rolled back: %s", len(requests), exc)
+                raise Unavailable("the inventory database is busy; try again") from exc
+        return [
+            None if left is None else Sale(r.order_id, r.product_id, r.quantity, left, r.sold_by)
+            for r, left in zip(requests, remaining, strict=True)
+        ]
 
     async def find_sale(self, order_id: str) -> Sale | None:
         async with self.db.connection() as conn:

@@ -29,3 +29,7 @@ class FailedPrecondition(ServiceError):
 
 class Unavailable(ServiceError):
     """A dependency is down; the same request may succeed later (→ 503)."""
+
+
+class ResourceExhausted(ServiceError):
+    """Too much is already waiting for the same thing; retry a little later (→ 429)."""
