@@ -4,6 +4,7 @@
     python -m bench.run --smoke    # seconds, for CI: proves the harness works
     python -m bench.run --pipeline-only [--rate 150]   # only the event pipeline (≈ 2 min)
     python -m bench.run --replicas-only  # only 1 vs 2 replicas and CPU per order (≈ 3 min)
+    python -m bench.run --only hot  # only the hot-product section (≈ 7 min)
 
 Everything runs in a private sandbox (own databases, RabbitMQ vhost, MongoDB
 wire server, mesh on free ports). Each scenario is warmed up, then measured
@@ -52,6 +53,9 @@ HOT_PRODUCT = 100_000  # one product every client fights over
 SPREAD = (100_001, 1_000)  # first id, count: contention spread over 1000 products
 BIG_STOCK = 2_000_000_000
 BENCH_EDGE = {"mutation_rate_per_second": 0, "max_requests_per_backend": 4096}
+HOT_CLIENTS = [1, 8, 32, 96]  # PostgreSQL's default max_connections is 100
+RELAY_STOPPED = "pgbench, relay stopped"
+RELAY = "inventory_relay"  # the outbox relay's process in the sandbox mesh
 
 
 @dataclass
@@ -66,6 +70,14 @@ class Row:
     generator_cpu: float  # share of the machine's CPU the load generator used
     errors: int
     ratio: float = float("nan")
+    # Hot-product rows (measure_hot): what the database and the processes did.
+    transactions: int = 0  # sale transactions committed during the measured runs
+    orders: int = 0  # sales committed during the measured runs
+    max_batch: int = 0  # most sales committed in one transaction
+    service_cpu_us: float = float("nan")  # inventory_svc (the API) CPU per committed sale
+    relay_cpu_us: float = float("nan")  # the outbox relay's CPU per committed sale
+    envoy_cpu_us: float = float("nan")  # Envoy CPU per committed sale
+    note: str = ""
 
 
 @dataclass
@@ -280,45 +292,169 @@ async def seed_products(db_url: str) -> None:
         await conn.close()
 
 
+def measure_row(
+    bench: Bench,
+    args: argparse.Namespace,
+    amqp_url: str,
+    name: str,
+    generator: Generator,
+    rpc: str,
+    products: str,
+    clients: int,
+) -> Row:
+    generator(rpc, products, clients, args.warmup)
+    runs, cpu = [], []
+    for _ in range(args.repeats):
+        runs.append(generator(rpc, products, clients, args.seconds))
+        cpu.append(bench.cpu_share)
+    asyncio.run(purge_event_queues(amqp_url))
+    best = max(runs, key=lambda m: m.tps)
+    row = Row(
+        name,
+        rpc,
+        products,
+        clients,
+        statistics.median(m.tps for m in runs),
+        statistics.median(m.p50_ms for m in runs),
+        statistics.median(m.p99_ms for m in runs),
+        statistics.median(cpu),
+        sum(m.errors for m in runs),
+    )
+    print(
+        f"{rpc:8} {products:6} c={clients:<3} {name:22} "
+        f"{row.tps:8.0f} tps  p50 {row.p50_ms:6.2f} ms"
+        f"  p99 {row.p99_ms:7.2f} ms  (median of {len(runs)};"
+        f" best run {best.tps:.0f})",
+        flush=True,
+    )
+    return row
+
+
 def measure_all(bench: Bench, args: argparse.Namespace, amqp_url: str) -> list[Row]:
+    """The spread and read rows; the hot-product rows come from ``measure_hot``."""
     rows = []
-    for rpc, kinds in (("decrease", ["hot", "spread"]), ("get", ["spread"])):
-        for products in kinds:
-            for clients in args.clients:
-                for name, generator in bench.scenarios().items():
-                    generator(rpc, products, clients, args.warmup)
-                    runs, cpu = [], []
-                    for _ in range(args.repeats):
-                        runs.append(generator(rpc, products, clients, args.seconds))
-                        cpu.append(bench.cpu_share)
-                    asyncio.run(purge_event_queues(amqp_url))
-                    best = max(runs, key=lambda m: m.tps)
-                    rows.append(
-                        Row(
-                            name,
-                            rpc,
-                            products,
-                            clients,
-                            statistics.median(m.tps for m in runs),
-                            statistics.median(m.p50_ms for m in runs),
-                            statistics.median(m.p99_ms for m in runs),
-                            statistics.median(cpu),
-                            sum(m.errors for m in runs),
-                        )
-                    )
-                    print(
-                        f"{rpc:8} {products:6} c={clients:<3} {name:20} "
-                        f"{rows[-1].tps:8.0f} tps  p50 {rows[-1].p50_ms:6.2f} ms"
-                        f"  p99 {rows[-1].p99_ms:7.2f} ms  (median of {len(runs)};"
-                        f" best run {best.tps:.0f})",
-                        flush=True,
-                    )
+    for rpc, products in (("decrease", "spread"), ("get", "spread")):
+        for clients in args.clients:
+            for name, generator in bench.scenarios().items():
+                rows.append(
+                    measure_row(bench, args, amqp_url, name, generator, rpc, products, clients)
+                )
+    return rows
+
+
+def add_ratios(rows: list[Row]) -> list[Row]:
     baseline = {
-        (r.rpc, r.products, r.clients): r.tps for r in rows if r.scenario.startswith("pgbench")
+        (r.rpc, r.products, r.clients): r.tps for r in rows if r.scenario.startswith("pgbench (")
     }
     for row in rows:
-        row.ratio = row.tps / baseline[(row.rpc, row.products, row.clients)]
+        row.ratio = row.tps / baseline.get((row.rpc, row.products, row.clients), float("nan"))
     return rows
+
+
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU a running process has used so far (/proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):  # not running
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def database_clock(db_url: str) -> datetime:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return await conn.fetchval("SELECT clock_timestamp()")
+    finally:
+        await conn.close()
+
+
+async def hot_sales_between(db_url: str, since: datetime, until: datetime) -> tuple[int, int, int]:
+    """(transactions, sales, most sales in one transaction) of the hot product.
+
+    A transaction's sales share their sold_at (now() is the transaction's start
+    time), so grouping by it counts what each commit carried.
+    """
+    conn = await asyncpg.connect(db_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS transactions, coalesce(sum(n), 0)::bigint AS orders,"
+            " coalesce(max(n), 0) AS biggest FROM ("
+            "  SELECT count(*) AS n FROM sales"
+            "  WHERE product_id = $1 AND sold_at >= $2 AND sold_at < $3 GROUP BY sold_at) g",
+            HOT_PRODUCT,
+            since,
+            until,
+        )
+    finally:
+        await conn.close()
+    return row["transactions"], row["orders"], row["biggest"]
+
+
+async def free_connections(db_url: str) -> int:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return await conn.fetchval(
+            "SELECT current_setting('max_connections')::int - count(*) FROM pg_stat_activity"
+        )
+    finally:
+        await conn.close()
+
+
+def measure_hot(bench: Bench, args: argparse.Namespace, amqp_url: str) -> list[Row]:
+    """DecreaseStock on one product at ``args.hot_clients``, with what each commit
+    carried and the CPU each sale cost; then pgbench with the relay stopped."""
+
+    def measured(name: str, generator: Generator, clients: int) -> Row:
+        pids = {p: bench.mesh.processes[p].pid for p in ("inventory_svc", RELAY, "envoy")}
+        before = {p: process_cpu_seconds(pid) for p, pid in pids.items()}
+        since = asyncio.run(database_clock(bench.db_url))
+        try:
+            row = measure_row(bench, args, amqp_url, name, generator, "decrease", "hot", clients)
+        except RuntimeError as exc:  # e.g. pgbench: too many connections for the server
+            print(f"decrease hot   c={clients:<3} {name:22} failed: {exc}", flush=True)
+            free = asyncio.run(free_connections(bench.db_url))
+            note = f"failed: {str(exc).strip().splitlines()[-1][:160]} ({free} connections free)"
+            nan = float("nan")
+            return Row(name, "decrease", "hot", clients, nan, nan, nan, nan, 0, note=note)
+        until = asyncio.run(database_clock(bench.db_url))
+        row.transactions, row.orders, row.max_batch = asyncio.run(
+            hot_sales_between(bench.db_url, since, until)
+        )
+        # The warm-up's sales are counted too, so the CPU per sale is over the same span.
+        if row.orders:
+            for process, attribute in (
+                ("inventory_svc", "service_cpu_us"),
+                (RELAY, "relay_cpu_us"),
+                ("envoy", "envoy_cpu_us"),
+            ):
+                used = process_cpu_seconds(pids[process]) - before[process]
+                setattr(row, attribute, used / row.orders * 1e6)
+        return row
+
+    rows = []
+    for clients in args.hot_clients:
+        for name, generator in bench.scenarios().items():
+            rows.append(measured(name, generator, clients))
+    # pgbench alone: without the relay (and RabbitMQ) handling its outbox rows on the
+    # same two cores.
+    bench.mesh.processes[RELAY].stop()
+    try:
+        for clients in args.hot_clients:
+            rows.append(measured(RELAY_STOPPED, bench.pgbench, clients))
+        # Their events are bench noise: mark them published rather than have the
+        # relay spend the next rows' CPU on them.
+        asyncio.run(mark_outbox_published(bench.db_url))
+    finally:
+        bench.mesh.start("inventory_svc")
+    return rows
+
+
+async def mark_outbox_published(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute("UPDATE outbox SET published_at = now() WHERE published_at IS NULL")
+    finally:
+        await conn.close()
 
 
 def main() -> None:
@@ -328,6 +464,12 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes (CI)")
     parser.add_argument("--clients", type=int, nargs="+", help="override the client counts")
     parser.add_argument("--pipeline-only", action="store_true", help="skip the throughput rows")
+    parser.add_argument(
+        "--only",
+        choices=["hot"],
+        help="hot: only the hot-product section, spliced into the existing report",
+    )
+    parser.add_argument("--hot-clients", type=int, nargs="+", help="override 1 8 32 96")
     parser.add_argument(
         "--rate",
         dest="rate_override",
@@ -372,6 +514,7 @@ def main() -> None:
         args.clients, args.seconds, args.warmup, args.repeats = [1, 8, 32], 5.0, 2.0, 3
         args.rate, args.pipeline_seconds = 300.0, 20.0
     args.clients = chosen_clients or args.clients
+    args.hot_clients = args.hot_clients or (args.clients if args.smoke else HOT_CLIENTS)
     args.rate = args.rate_override or args.rate
     output = args.output or (
         ROOT / ("test-artifacts/bench-smoke.md" if args.smoke else "BENCHMARKS.md")
@@ -384,7 +527,7 @@ def main() -> None:
 
 
 async def run(args: argparse.Namespace) -> str:
-    from bench.report import render
+    from bench.report import render, render_hot
 
     work = Path(tempfile.mkdtemp(prefix="polyglot-bench-"))
     db_url = await sandbox.create_database(PG_SERVER_URL, "polyglot_bench_inventory")
@@ -453,11 +596,17 @@ async def run(args: argparse.Namespace) -> str:
         if args.replicas_only:
             existing = args.output_path.read_text() if args.output_path.exists() else ""
             return splice(existing, await replicas())
+        bench = Bench(work, db_url, mesh, fastapi_port)
+        if args.only == "hot":
+            hot = add_ratios(await asyncio.to_thread(measure_hot, bench, args, amqp_url))
+            existing = args.output_path.read_text() if args.output_path.exists() else ""
+            return splice(existing, render_hot(hot, args))
         rows = (
             []
             if args.pipeline_only
-            else await asyncio.to_thread(
-                measure_all, Bench(work, db_url, mesh, fastapi_port), args, amqp_url
+            else add_ratios(
+                await asyncio.to_thread(measure_hot, bench, args, amqp_url)
+                + await asyncio.to_thread(measure_all, bench, args, amqp_url)
             )
         )
         edge = await measure_edge(mesh, work, HOT_PRODUCT, smoke=args.smoke)
