@@ -17,6 +17,7 @@ from meshkit.events import (
     ProductSold,
     UnusableEvent,
     checked_product_sold,
+    event_body,
     product_sold_body,
     to_domain,
 )
@@ -59,6 +60,20 @@ def test_the_body_is_made_from_the_generated_message_with_every_field():
     body = json.loads(product_sold_body(event_id="e", order_id="o", product_id=3, quantity=2))
     assert list(body) == [f.name for f in dataclasses.fields(events_pb.ProductSold)]
     assert (body["order_id"], body["product_id"], body["quantity"]) == ("o", 3, 2)
+
+
+@pytest.mark.parametrize(
+    "known",
+    [
+        {},
+        {"event_id": "e1", "order_id": "ORD-1", "product_id": 7, "quantity": 3, "sold_by": "dev"},
+        {"order_id": 'quote " and \\ backslash, ünïcode', "product_id": 2**31 - 1},
+        {"product_id": True},  # a bool is not an int32 value here: betterproto decides
+        {"occurred_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "remaining_stock": 4},
+    ],
+)
+def test_the_quick_body_is_exactly_the_generated_messages_json(known):
+    assert product_sold_body(**known) == event_body(events_pb.ProductSold(**known))
 
 
 def test_the_wire_type_has_the_contract_fields_and_their_comments():
