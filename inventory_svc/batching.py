@@ -78,14 +78,9 @@ class SaleBatcher:
             )
         else:
             lane.append((request, future))
-        try:
-            # shield: a cancelled caller stops waiting; the batch is not cancelled.
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # Nobody will read the answer; read it here so that a failed batch
-            # does not log "exception was never retrieved".
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())
-            raise
+        # The write runs in the lane's own task: a cancelled caller cancels only
+        # this future (its answer is then dropped), never the batch it is in.
+        return await future
 
     async def _write(self, product_id: int, batch: list[Pending]) -> None:
         """Write ``batch``, then whatever queued meanwhile, until the lane is empty."""
