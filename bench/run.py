@@ -360,65 +360,53 @@ def process_cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def database_clock(db_url: str) -> datetime:
-    conn = await asyncpg.connect(db_url)
-    try:
-        return await conn.fetchval("SELECT clock_timestamp()")
-    finally:
-        await conn.close()
-
-
-async def hot_sales_between(db_url: str, since: datetime, until: datetime) -> tuple[int, int, int]:
+async def hot_sales_between(
+    conn: asyncpg.Connection, since: datetime, until: datetime
+) -> tuple[int, int, int]:
     """(transactions, sales, most sales in one transaction) of the hot product.
 
     A transaction's sales share their sold_at (now() is the transaction's start
     time), so grouping by it counts what each commit carried.
     """
-    conn = await asyncpg.connect(db_url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT count(*) AS transactions, coalesce(sum(n), 0)::bigint AS orders,"
-            " coalesce(max(n), 0) AS biggest FROM ("
-            "  SELECT count(*) AS n FROM sales"
-            "  WHERE product_id = $1 AND sold_at >= $2 AND sold_at < $3 GROUP BY sold_at) g",
-            HOT_PRODUCT,
-            since,
-            until,
-        )
-    finally:
-        await conn.close()
+    row = await conn.fetchrow(
+        "SELECT count(*) AS transactions, coalesce(sum(n), 0)::bigint AS orders,"
+        " coalesce(max(n), 0) AS biggest FROM ("
+        "  SELECT count(*) AS n FROM sales"
+        "  WHERE product_id = $1 AND sold_at >= $2 AND sold_at < $3 GROUP BY sold_at) g",
+        HOT_PRODUCT,
+        since,
+        until,
+    )
     return row["transactions"], row["orders"], row["biggest"]
 
 
-async def free_connections(db_url: str) -> int:
-    conn = await asyncpg.connect(db_url)
-    try:
-        return await conn.fetchval(
-            "SELECT current_setting('max_connections')::int - count(*) FROM pg_stat_activity"
-        )
-    finally:
-        await conn.close()
+FREE_CONNECTIONS = "SELECT current_setting('max_connections')::int - count(*) FROM pg_stat_activity"
 
 
 def measure_hot(bench: Bench, args: argparse.Namespace, amqp_url: str) -> list[Row]:
     """DecreaseStock on one product at ``args.hot_clients``, with what each commit
     carried and the CPU each sale cost; then pgbench with the relay stopped."""
 
+    # One connection held for the bookkeeping, opened before the load: on a shared
+    # server a fresh connection per row can find every slot taken by then.
+    loop = asyncio.new_event_loop()
+    conn: asyncpg.Connection = loop.run_until_complete(asyncpg.connect(bench.db_url))
+
     def measured(name: str, generator: Generator, clients: int) -> Row:
         pids = {p: bench.mesh.processes[p].pid for p in ("inventory_svc", RELAY, "envoy")}
         before = {p: process_cpu_seconds(pid) for p, pid in pids.items()}
-        since = asyncio.run(database_clock(bench.db_url))
+        since = loop.run_until_complete(conn.fetchval("SELECT clock_timestamp()"))
         try:
             row = measure_row(bench, args, amqp_url, name, generator, "decrease", "hot", clients)
         except RuntimeError as exc:  # e.g. pgbench: too many connections for the server
             print(f"decrease hot   c={clients:<3} {name:22} failed: {exc}", flush=True)
-            free = asyncio.run(free_connections(bench.db_url))
+            free = loop.run_until_complete(conn.fetchval(FREE_CONNECTIONS))
             note = f"failed: {str(exc).strip().splitlines()[-1][:160]} ({free} connections free)"
             nan = float("nan")
             return Row(name, "decrease", "hot", clients, nan, nan, nan, nan, 0, note=note)
-        until = asyncio.run(database_clock(bench.db_url))
-        row.transactions, row.orders, row.max_batch = asyncio.run(
-            hot_sales_between(bench.db_url, since, until)
+        until = loop.run_until_complete(conn.fetchval("SELECT clock_timestamp()"))
+        row.transactions, row.orders, row.max_batch = loop.run_until_complete(
+            hot_sales_between(conn, since, until)
         )
         # The warm-up's sales are counted too, so the CPU per sale is over the same span.
         if row.orders:
@@ -443,18 +431,14 @@ def measure_hot(bench: Bench, args: argparse.Namespace, amqp_url: str) -> list[R
             rows.append(measured(RELAY_STOPPED, bench.pgbench, clients))
         # Their events are bench noise: mark them published rather than have the
         # relay spend the next rows' CPU on them.
-        asyncio.run(mark_outbox_published(bench.db_url))
+        loop.run_until_complete(
+            conn.execute("UPDATE outbox SET published_at = now() WHERE published_at IS NULL")
+        )
     finally:
         bench.mesh.start("inventory_svc")
+        loop.run_until_complete(conn.close())
+        loop.close()
     return rows
-
-
-async def mark_outbox_published(db_url: str) -> None:
-    conn = await asyncpg.connect(db_url)
-    try:
-        await conn.execute("UPDATE outbox SET published_at = now() WHERE published_at IS NULL")
-    finally:
-        await conn.close()
 
 
 def main() -> None:
