@@ -113,7 +113,10 @@ async def test_an_oversized_request_is_refused_before_it_is_parsed(mesh):
 async def test_calls_beyond_the_concurrency_cap_are_refused_not_queued(
     tmp_path, inventory_db_url, inventory_db, new_product, mesh_env
 ):
-    product = await new_product(stock=10)
+    # Two products: sales of one product queue behind its write in flight
+    # (inventory_svc/batching.py), so only sales of different products wait on
+    # their row locks side by side, each holding its call open.
+    products = [await new_product(stock=10), await new_product(stock=10)]
     process, address = lone_inventory(
         tmp_path, inventory_db_url, {**mesh_env, "GRPC_MAX_CONCURRENT_RPCS": "2"}
     )
@@ -124,26 +127,29 @@ async def test_calls_beyond_the_concurrency_cap_are_refused_not_queued(
                 DECREASE, response_deserializer=pb.DecreaseStockResponse.FromString
             )
 
-            def sale(order_id: str) -> bytes:
+            def sale(order_id: str, product: int) -> bytes:
                 return bytes(
                     pb.DecreaseStockRequest(product_id=product, quantity=1, order_id=order_id)
                 )
 
             async with inventory_db.acquire() as blocker, blocker.transaction():
                 await blocker.execute(
-                    "SELECT 1 FROM products WHERE product_id = $1 FOR UPDATE", product
+                    "SELECT 1 FROM products WHERE product_id = ANY($1::int[]) FOR UPDATE",
+                    products,
                 )
-                held = [asyncio.ensure_future(decrease(sale(order()), timeout=60)) for _ in "ab"]
+                held = [
+                    asyncio.ensure_future(decrease(sale(order(), p), timeout=60)) for p in products
+                ]
                 await eventually(
                     lambda: _waiting_on_lock(inventory_db, 2), what="two sales on the row lock"
                 )
-                code, message = await call_raw(channel, DECREASE, sale(order()))
+                code, message = await call_raw(channel, DECREASE, sale(order(), products[0]))
                 assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, (code, message)
             # Lock released: the two calls in hand complete.
-            assert sorted(r.current_stock for r in await asyncio.gather(*held)) == [8, 9]
+            assert [r.current_stock for r in await asyncio.gather(*held)] == [9, 9]
     finally:
         process.stop()
-    assert await stock_of(inventory_db, product) == 8
+    assert [await stock_of(inventory_db, p) for p in products] == [9, 9]
     assert "Traceback" not in process.log_path.read_text()
 
 
