@@ -81,7 +81,7 @@ mongo-ui:
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# Seconds, not minutes: proves the harness works (CI); report in test-artifacts/.
+# A few minutes (every section once, tiny): proves the harness works (CI); report in test-artifacts/.
 bench-smoke: venv
 	$(BIN)/python -m bench.run --smoke
 
