@@ -1,9 +1,5 @@
-"""inventory_svc's use cases against an in-memory store: every branch in milliseconds.
-
-The fake keeps the store port's contract (``InventoryStore``): ``record_sale``
-writes nothing and answers None for an unknown product, too little stock or an
-order id already sold. The SQL that keeps that contract under concurrency is
-tested on PostgreSQL in tests/integration.
+"""inventory_svc's use cases against an in-memory store (tests/support/fakes.py):
+every branch in milliseconds. The SQL is tested on PostgreSQL in tests/integration.
 """
 
 import pytest
@@ -13,7 +9,6 @@ from inventory_svc.domain import (
     MAX_STOCK,
     InsufficientStock,
     OrderConflict,
-    Page,
     Product,
     ProductNotFound,
     Sale,
@@ -21,39 +16,7 @@ from inventory_svc.domain import (
     StockLimitExceeded,
 )
 from meshkit.errors import InvalidArgument
-
-
-class FakeInventory:
-    def __init__(self, *products: Product) -> None:
-        self.products = {p.product_id: p for p in products}
-        self.sales: dict[str, Sale] = {}
-
-    async def record_sale(self, request: SaleRequest) -> Sale | None:
-        product = self.products.get(request.product_id)
-        if product is None or product.stock < request.quantity or request.order_id in self.sales:
-            return None
-        left = product.stock - request.quantity
-        self.products[product.product_id] = Product(product.product_id, product.name, left)
-        sale = Sale(request.order_id, request.product_id, request.quantity, left)
-        self.sales[request.order_id] = sale
-        return sale
-
-    async def find_sale(self, order_id: str) -> Sale | None:
-        return self.sales.get(order_id)
-
-    async def find_product(self, product_id: int) -> Product | None:
-        return self.products.get(product_id)
-
-    async def list_products(self, page: Page) -> list[Product]:
-        ids = sorted(i for i in self.products if i > page.after_product_id)
-        return [self.products[i] for i in ids[: page.size + 1]]
-
-    async def restock(self, product_id: int, quantity: int) -> Product | None:
-        product = self.products.get(product_id)
-        if product is None or product.stock + quantity > MAX_STOCK:
-            return None
-        self.products[product_id] = Product(product_id, product.name, product.stock + quantity)
-        return self.products[product_id]
+from tests.support.fakes import FakeInventory
 
 
 def laptop(stock: int = 10) -> Product:

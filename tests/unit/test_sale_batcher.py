@@ -15,37 +15,25 @@ from inventory_svc.batching import SaleBatcher
 from inventory_svc.domain import (
     InsufficientStock,
     OrderConflict,
-    Page,
     Product,
     Sale,
     SaleRequest,
 )
 from meshkit.errors import ResourceExhausted, Unavailable
+from tests.support.fakes import FakeInventory
 from tests.support.waiting import eventually
 
 
-class HeldStore:
+class HeldStore(FakeInventory):
     """Sells like the real store, one order after another; each write waits for ``go``."""
 
     def __init__(self, *products: Product) -> None:
-        self.products = {p.product_id: p for p in products}
-        self.sales: dict[str, Sale] = {}
+        super().__init__(*products)
         self.writes: list[list[str]] = []  # order ids of each write, in write order
         self.in_flight = 0
         self.go = asyncio.Event()
         self.go.set()
         self.fail_with: Exception | None = None
-
-    def _sell(self, request: SaleRequest) -> Sale | None:
-        product = self.products.get(request.product_id)
-        if product is None or product.stock < request.quantity or request.order_id in self.sales:
-            return None
-        left = product.stock - request.quantity
-        self.products[product.product_id] = Product(product.product_id, product.name, left)
-        self.sales[request.order_id] = Sale(
-            request.order_id, request.product_id, request.quantity, left
-        )
-        return self.sales[request.order_id]
 
     async def record_sales(self, requests: list[SaleRequest]) -> list[Sale | None]:
         self.writes.append([r.order_id for r in requests])
@@ -54,25 +42,13 @@ class HeldStore:
             await self.go.wait()
             if self.fail_with is not None:
                 raise self.fail_with
-            return [self._sell(r) for r in requests]  # all or nothing: no await in between
+            return [self.sell(r) for r in requests]  # all or nothing: no await in between
         finally:
             self.in_flight -= 1
 
     async def record_sale(self, request: SaleRequest) -> Sale | None:
         [sale] = await self.record_sales([request])
         return sale
-
-    async def find_sale(self, order_id: str) -> Sale | None:
-        return self.sales.get(order_id)
-
-    async def find_product(self, product_id: int) -> Product | None:
-        return self.products.get(product_id)
-
-    async def list_products(self, page: Page) -> list[Product]:
-        return list(self.products.values())
-
-    async def restock(self, product_id: int, quantity: int) -> Product | None:
-        return None
 
 
 def batcher(store: HeldStore, max_batch_size: int = 100, max_queue_length: int = 1000):
