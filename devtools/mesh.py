@@ -102,14 +102,20 @@ class MeshPlan:
         except OSError:
             return False
 
-    def envoy_ready(self, names: list[str] | None = None) -> bool:
-        """Envoy is live and has seen the backends (default: all) pass their health check."""
+    def _envoy_clusters(self) -> str | None:
+        """Envoy admin's /clusters text (each endpoint's health flags); None if unreachable."""
         try:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.admin_port}/clusters", timeout=1
             ) as reply:
-                clusters = reply.read().decode()
+                return reply.read().decode()
         except OSError:
+            return None
+
+    def envoy_ready(self, names: list[str] | None = None) -> bool:
+        """Envoy is live and has seen the backends (default: all) pass their health check."""
+        clusters = self._envoy_clusters()
+        if clusters is None:
             return False
         replicas = api_replicas(self.grpc_ports)
         return all(
@@ -120,12 +126,8 @@ class MeshPlan:
 
     def envoy_sees(self, process: str, healthy: bool) -> bool:
         """Whether Envoy's health check currently counts one replica as healthy."""
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.admin_port}/clusters", timeout=1
-            ) as reply:
-                clusters = reply.read().decode()
-        except OSError:
+        clusters = self._envoy_clusters()
+        if clusters is None:
             return False
         line = f"{base_name(process)}::127.0.0.1:{self.grpc_ports[process]}::health_flags::"
         flags = next((row for row in clusters.splitlines() if row.startswith(line)), None)
