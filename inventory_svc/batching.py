@@ -29,6 +29,7 @@ from collections import deque
 from typing import Protocol
 
 from inventory_svc.domain import Page, Product, Sale, SaleRequest
+from inventory_svc.use_cases import InventoryStore
 from meshkit.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,10 @@ log = logging.getLogger(__name__)
 Pending = tuple[SaleRequest, "asyncio.Future[Sale | None]"]
 
 
-class BatchStore(Protocol):
-    """The store ports the batcher needs (PostgresInventory has them)."""
+class BatchStore(InventoryStore, Protocol):
+    """The inventory store port plus the batch write (PostgresInventory has both)."""
 
-    async def record_sale(self, request: SaleRequest) -> Sale | None: ...
     async def record_sales(self, requests: list[SaleRequest]) -> list[Sale | None]: ...
-    async def find_sale(self, order_id: str) -> Sale | None: ...
-    async def find_product(self, product_id: int) -> Product | None: ...
-    async def list_products(self, page: Page) -> list[Product]: ...
-    async def restock(self, product_id: int, quantity: int) -> Product | None: ...
 
 
 class SaleBatcher:
