@@ -52,8 +52,8 @@ SELECT stock FROM sold
 """
 
 
-def record_sale_arguments(request: SaleRequest) -> tuple:
-    """RECORD_SALE's parameters for a request, with a new event id."""
+def new_event(request: SaleRequest) -> tuple[uuid.UUID, str]:
+    """A new event id and the ProductSold body the sale of ``request`` publishes."""
     event_id = uuid.uuid4()
     body = product_sold_body(
         event_id=str(event_id),
@@ -62,6 +62,12 @@ def record_sale_arguments(request: SaleRequest) -> tuple:
         quantity=request.quantity,
         sold_by=request.sold_by,
     )
+    return event_id, body
+
+
+def record_sale_arguments(request: SaleRequest) -> tuple:
+    """RECORD_SALE's parameters for a request, with a new event id."""
+    event_id, body = new_event(request)
     return (
         request.order_id,
         request.product_id,
@@ -156,7 +162,7 @@ class PostgresInventory(PostgresStore):
         list is committed or, when this raises, none.
         """
         [product_id] = {r.product_id for r in requests}
-        arguments = [record_sale_arguments(r) for r in requests]
+        events = [new_event(r) for r in requests]
         async with self.db.connection() as conn:
             try:
                 remaining = await conn.fetchval(
@@ -165,9 +171,9 @@ class PostgresInventory(PostgresStore):
                     [r.order_id for r in requests],
                     [r.quantity for r in requests],
                     [r.sold_by for r in requests],
-                    [a[3] for a in arguments],
+                    [event_id for event_id, _ in events],
                     PRODUCT_SOLD,
-                    [a[5] for a in arguments],
+                    [body for _, body in events],
                 )
             except BATCH_RETRYABLE as exc:
                 log.warning("a batch of %d sales was rolled back: %s", len(requests), exc)
