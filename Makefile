@@ -123,7 +123,7 @@ generate: venv tools
 # docs/asyncapi.yaml and node_modules; then Envoy's config, which lists its files.
 docs: venv tools
 	$(BIN)/python -m devtools.docs_site
-	$(BIN)/python -m devtools.envoy_config
+	$(BIN)/python -m mesh.envoy_config
 
 # Fails when the committed generated files differ from a fresh `make generate`.
 drift: generate

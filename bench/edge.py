@@ -28,9 +28,9 @@ import grpc
 import httpx
 
 from devtools import sandbox
-from devtools.envoy_config import EdgeAuth
 from devtools.tokens import JWKS
-from devtools.topology import ROOT
+from mesh.envoy_config import EdgeAuth
+from mesh.topology import ROOT
 
 REST_BODY = 10_000_000
 GRPC_MESSAGE = 100_000

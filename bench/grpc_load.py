@@ -24,7 +24,7 @@ import grpc
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor_pb2 import FileDescriptorSet
 
-from devtools.topology import DESCRIPTOR_SET
+from mesh.topology import DESCRIPTOR_SET
 
 METHODS = {
     "decrease": ("/polyglot.inventory.v1.InventoryService/DecreaseStock", "DecreaseStockRequest"),

@@ -43,7 +43,7 @@ from bench.pipeline import run_pipeline
 from bench.replicas import measure_replicas, render_replicas
 from devtools import sandbox
 from devtools.processes import ManagedProcess
-from devtools.topology import ROOT, backends
+from mesh.topology import ROOT, backends
 from meshkit.events import SUBSCRIPTIONS
 
 # Its own variables, else the tests' servers (TEST_POSTGRES_URL, TEST_AMQP_URL).

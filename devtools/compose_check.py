@@ -36,9 +36,9 @@ import yaml
 from docker.utils.build import exclude_paths
 from dockerfile_parse import DockerfileParser
 
-from devtools.envoy_config import CHECKED_IN, COMPOSE_SITE
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
-from devtools.topology import ROOT, WORKERS
+from mesh.envoy_config import CHECKED_IN, COMPOSE_SITE
+from mesh.topology import ROOT, WORKERS
 
 Compose = dict[str, Any]  # compose.yaml as `docker compose config` normalises it
 Service = dict[str, Any]

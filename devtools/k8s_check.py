@@ -39,7 +39,7 @@ import kubernetes_validate
 import yaml
 
 from devtools import tokens
-from devtools.topology import DOCS_SITE, GRPC_PORTS, ROOT
+from mesh.topology import DOCS_SITE, GRPC_PORTS, ROOT
 
 K8S_DIR = ROOT / "deploy" / "k8s"
 CRD_DIR = K8S_DIR / "crds"

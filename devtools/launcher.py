@@ -15,13 +15,13 @@ import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from devtools.envoy_config import AUTH_ENV, EDGE_ENV, EdgeAuth, EnvoySite, render, with_environment
-from devtools.mesh import MeshPlan, mongo_answers, native_plan
+from devtools.plan import MeshPlan, mongo_answers, native_plan
 from devtools.preflight import InfrastructureMissing, check_rabbitmq, ensure_database
 from devtools.processes import ManagedProcess, StartupFailed, python_module
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
-from devtools.topology import api_replicas, base_name, migrators, native_ports
 from inventory_svc.settings import InventorySettings
+from mesh.envoy_config import AUTH_ENV, EDGE_ENV, EdgeAuth, EnvoySite, render, with_environment
+from mesh.topology import api_replicas, base_name, migrators, native_ports
 from meshkit.settings import load_settings, without_credentials
 from notify_svc.settings import NotifySettings
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
 
-from devtools.access import required_scope
-from devtools.contracts import Contracts, Field, HttpRoute, Message, Rpc, Service, summary
-from devtools.topology import backends
+from mesh.access import required_scope
+from mesh.contracts import Contracts, Field, HttpRoute, Message, Rpc, Service, summary
+from mesh.topology import backends
 from meshkit.limits import Limit
 
 Schema = dict[str, Any]

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devtools.topology import ROOT
+from mesh.topology import ROOT
 
 
 class StartupFailed(RuntimeError):

@@ -18,11 +18,11 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import asyncpg
 import httpx
 
-from devtools.envoy_config import EdgeAuth, EnvoySite, render
-from devtools.mesh import MeshPlan, mongo_answers
+from devtools.plan import MeshPlan, mongo_answers
 from devtools.processes import ManagedProcess
 from devtools.tokens import JWKS, SigningKey, ensure_keys
-from devtools.topology import (
+from mesh.envoy_config import EdgeAuth, EnvoySite, render
+from mesh.topology import (
     DESCRIPTOR_SET,
     ROOT,
     api_replicas,

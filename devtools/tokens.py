@@ -11,7 +11,7 @@ committed) and a JWKS file with its public half, which Envoy reads
 The test sandbox makes its own key pair the same way and mints tokens with
 chosen scopes, expiry, issuer and audience (``SigningKey.mint``). In production
 an OIDC provider issues the tokens and Envoy fetches its JWKS (``AUTH_JWKS_URI``,
-see ``devtools.envoy_config.EdgeAuth``); nothing here is used then.
+see ``mesh.envoy_config.EdgeAuth``); nothing here is used then.
 """
 
 import argparse
@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from devtools.access import all_scopes
-from devtools.topology import ROOT
+from mesh.access import all_scopes
+from mesh.topology import ROOT
 
 DEV_ISSUER = "https://polyglotmicro.local/dev-issuer"
 DEV_AUDIENCE = "polyglotmicro-api"

@@ -18,7 +18,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from devtools.sandbox import Mesh
-from devtools.topology import ROOT
+from mesh.topology import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium phones home, and this

@@ -28,10 +28,10 @@ from grpclib.exceptions import GRPCError
 
 import polyglot.analytics.v1 as analytics_pb
 import polyglot.inventory.v1 as pb
-from devtools.envoy_config import EdgeAuth, EnvoySite, envoy_config
-from devtools.mesh import MeshPlan
+from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
 from devtools.tokens import JWKS
+from mesh.envoy_config import EdgeAuth, EnvoySite, envoy_config
 from tests.support.inventory import inventory_state, order, stock_of
 from tests.support.net import Tarpit
 from tests.support.waiting import eventually

@@ -13,8 +13,8 @@ import zlib
 import grpc
 import pytest
 
-from devtools.access import required_scope
-from devtools.topology import grpc_services
+from mesh.access import required_scope
+from mesh.topology import grpc_services
 from meshkit.reflection import mesh_pool
 from tests.support.protofuzz import ProtoFuzzer
 from tests.support.raw_grpc import call_raw

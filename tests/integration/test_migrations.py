@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from devtools.sandbox import create_database, drop_database, free_port
-from devtools.topology import ROOT
+from mesh.topology import ROOT
 from meshkit.postgres import PostgresDatabase, SchemaAhead, SchemaBehind, migrate
 from notify_svc.store import MIGRATIONS as NOTIFY_MIGRATIONS
 from notify_svc.store import PostgresNotifications

@@ -3,8 +3,8 @@
 import pytest
 from google.protobuf.descriptor_pb2 import FileDescriptorSet
 
-from devtools import access
-from devtools.topology import DESCRIPTOR_SET
+from mesh import access
+from mesh.topology import DESCRIPTOR_SET
 
 
 def test_the_issues_rules():

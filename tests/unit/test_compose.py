@@ -10,7 +10,7 @@ import pytest
 
 from devtools import compose_check as cc
 from devtools.sandbox import free_port
-from devtools.topology import ROOT
+from mesh.topology import ROOT
 from tests.support.waiting import eventually
 
 OUR_SERVICES = {"inventory-svc": "inventory_svc", "analytics-svc": "analytics_svc"}

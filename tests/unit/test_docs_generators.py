@@ -9,11 +9,11 @@ import re
 
 import pytest
 
-from devtools.contracts import Contracts, load_contracts
 from devtools.docs_site import doc_html, render_pages
 from devtools.openapi import openapi
-from devtools.topology import DOCS_SITE, grpc_services
 from inventory_svc import domain as inventory_domain
+from mesh.contracts import Contracts, load_contracts
+from mesh.topology import DOCS_SITE, grpc_services
 from meshkit.limits import Limit
 
 # Rendering the AsyncAPI page: see devtools/asyncapi.py for why this warning is harmless.
@@ -91,8 +91,8 @@ def test_error_responses_are_the_ones_the_rpc_can_return(spec, op_id, errors):
 
 
 def test_each_operation_states_the_scope_envoy_enforces(spec):
-    """The same table (devtools/access.py) drives Envoy's RBAC and these requirements."""
-    from devtools.access import method_access
+    """The same table (mesh/access.py) drives Envoy's RBAC and these requirements."""
+    from mesh.access import method_access
 
     scopes = {f"{m.service.rsplit('.', 1)[-1]}-{m.method}": m.scope for m in method_access()}
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

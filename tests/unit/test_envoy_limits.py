@@ -1,7 +1,7 @@
 """The edge's limits as rendered into Envoy's config (the behaviour itself is tested
 through a real Envoy in tests/e2e/test_edge_limits.py)."""
 
-from devtools.envoy_config import (
+from mesh.envoy_config import (
     LOCAL_REPLIES,
     EnvoySite,
     envoy_config,

@@ -9,10 +9,10 @@ import os
 
 import pytest
 
-from devtools import envoy_config
 from devtools import k8s_check as k8s
-from devtools.envoy_config import K8S_DIR, K8S_SITE, render
-from devtools.topology import DESCRIPTOR_SET, GRPC_PORTS, ROOT
+from mesh import envoy_config
+from mesh.envoy_config import K8S_DIR, K8S_SITE, render
+from mesh.topology import DESCRIPTOR_SET, GRPC_PORTS, ROOT
 from meshkit.grpc_server import LIVENESS
 
 SERVICES = {name.replace("_", "-"): port for name, port in GRPC_PORTS.items()}

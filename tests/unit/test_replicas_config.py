@@ -1,14 +1,14 @@
-"""Replicas as rendered: ports and process names (devtools.topology) and Envoy's
+"""Replicas as rendered: ports and process names (mesh.topology) and Envoy's
 balancing, ejection and retries (the behaviour itself: tests/e2e/test_replicas.py)."""
 
 import dataclasses
 
 import yaml
 
-from devtools.envoy_config import SAFE_RETRY_ON, UNSAFE_RETRY_ON, EnvoySite, envoy_config
 from devtools.launcher import edge_auth
-from devtools.mesh import native_plan
-from devtools.topology import (
+from devtools.plan import native_plan
+from mesh.envoy_config import SAFE_RETRY_ON, UNSAFE_RETRY_ON, EnvoySite, envoy_config
+from mesh.topology import (
     api_replicas,
     backends,
     base_name,

@@ -7,7 +7,7 @@ import pytest
 
 from devtools import tokens
 from devtools.compose_check import validate_envoy
-from devtools.envoy_config import JWKS_CLUSTER, EdgeAuth, EnvoySite, envoy_config, render
+from mesh.envoy_config import JWKS_CLUSTER, EdgeAuth, EnvoySite, envoy_config, render
 
 
 def test_keys_are_made_once_and_tokens_verify_against_the_jwks(tmp_path):

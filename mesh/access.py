@@ -1,6 +1,6 @@
 """Who may call what: the scope each RPC requires, in one table.
 
-Envoy enforces it (``devtools.envoy_config``: jwt_authn + RBAC, keyed by the
+Envoy enforces it (``mesh.envoy_config``: jwt_authn + RBAC, keyed by the
 gRPC method path, so REST and native gRPC follow the same rule), and the docs
 read it (the OpenAPI document's security requirements, the gRPC reference).
 Nothing else lists methods or scopes.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from google.protobuf.descriptor_pb2 import FileDescriptorSet
 
-from devtools.topology import DESCRIPTOR_SET
+from mesh.topology import DESCRIPTOR_SET
 
 PUBLIC = None  # no token needed
 
@@ -60,10 +60,10 @@ def required_scope(service: str, method: str) -> str | None:
     rule = ACCESS.get(service)
     if isinstance(rule, dict):
         if method not in rule:
-            raise UnclassifiedMethod(f"devtools/access.py: no scope decided for {service}/{method}")
+            raise UnclassifiedMethod(f"mesh/access.py: no scope decided for {service}/{method}")
         return rule[method]
     if rule is None:
-        raise UnclassifiedMethod(f"devtools/access.py: no scope decided for {service}")
+        raise UnclassifiedMethod(f"mesh/access.py: no scope decided for {service}")
     return rule
 
 

@@ -22,7 +22,7 @@ from google.protobuf.descriptor_pb2 import (
 )
 from google.protobuf.message import Message as ProtoMessage
 
-from devtools.topology import DESCRIPTOR_SET
+from mesh.topology import DESCRIPTOR_SET
 
 # Field numbers in descriptor.proto that make up source_code_info location paths.
 FILE_PACKAGE, FILE_MESSAGE, FILE_ENUM, FILE_SERVICE = 2, 4, 5, 6

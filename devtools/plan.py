@@ -14,7 +14,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from devtools.processes import ManagedProcess, grpc_serving, python_module
-from devtools.topology import (
+from mesh.topology import (
     ROOT,
     WORKERS,
     api_replicas,
@@ -34,7 +34,7 @@ class MeshPlan:
     http_port: int = 8080
     admin_port: int = 9901
     # Process name (inventory_svc, inventory_svc-2, inventory_relay, …; see
-    # devtools.topology) → its gRPC port: every replica of every process.
+    # mesh.topology) → its gRPC port: every replica of every process.
     grpc_ports: dict[str, int] = field(default_factory=native_ports)
     # Settings for every backend (INVENTORY_DATABASE_URL, AMQP_URL, MONGO_URL, …).
     env: dict[str, str] = field(default_factory=dict)
