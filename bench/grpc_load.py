@@ -21,10 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pool, message_factory
-from google.protobuf.descriptor_pb2 import FileDescriptorSet
+from google.protobuf import message_factory
 
-from mesh.topology import DESCRIPTOR_SET
+from meshkit.reflection import mesh_pool
 
 METHODS = {
     "decrease": ("/polyglot.inventory.v1.InventoryService/DecreaseStock", "DecreaseStockRequest"),
@@ -33,11 +32,9 @@ METHODS = {
 
 
 def request_type(name: str) -> Any:
-    pool = descriptor_pool.DescriptorPool()
-    for file in FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes()).file:
-        pool.Add(file)
+    # The services' own pool of the mesh's descriptors (meshkit.reflection).
     return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName(f"polyglot.inventory.v1.{name}")
+        mesh_pool().FindMessageTypeByName(f"polyglot.inventory.v1.{name}")
     )
 
 

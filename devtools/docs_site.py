@@ -22,8 +22,8 @@ from markupsafe import Markup, escape
 from devtools.asyncapi import docs as asyncapi_app  # the app `faststream docs gen` reads
 from devtools.openapi import WELL_KNOWN, openapi, swagger_anchor
 from mesh.access import required_scope
-from mesh.contracts import Contracts, Field, load_contracts, summary
-from mesh.topology import DESCRIPTOR_SET, DOCS_SITE, ROOT
+from mesh.contracts import DESCRIPTOR_SET, Contracts, Field, load_contracts, summary
+from mesh.topology import DOCS_SITE, ROOT
 
 TEMPLATES = Path(__file__).parent / "docs_templates"
 NODE_MODULES = ROOT / "node_modules"

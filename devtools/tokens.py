@@ -28,17 +28,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from mesh.access import all_scopes
-from mesh.topology import ROOT
+from mesh.access import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE, all_scopes
 
-DEV_ISSUER = "https://polyglotmicro.local/dev-issuer"
-DEV_AUDIENCE = "polyglotmicro-api"
 DEV_SUBJECT = "dev-user"
 DEV_TTL_SECONDS = 12 * 3600
 ALGORITHM = "ES256"
-DEV_KEYS_DIR = ROOT / ".run" / "auth"
+# The key pair's directory: Envoy reads the JWKS file the edge's settings name.
+DEV_KEYS_DIR, JWKS = DEV_JWKS_FILE.parent, DEV_JWKS_FILE.name
 PRIVATE_KEY = "signing-key.pem"
-JWKS = "jwks.json"
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,18 @@ Scopes travel in the token's standard ``scope`` claim, a space-separated string
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf.descriptor_pb2 import FileDescriptorSet
-
-from mesh.topology import DESCRIPTOR_SET
+from mesh.contracts import DESCRIPTOR_SET, load_contracts
+from mesh.topology import ROOT
 
 PUBLIC = None  # no token needed
+
+# Whose tokens Envoy trusts by default (mesh.envoy_config.EdgeAuth): the development
+# issuer, whose key pair `make up` keeps under .run/auth/ and whose public JWKS Envoy
+# reads from this file (devtools.tokens signs for it). Production names its OIDC
+# provider instead (AUTH_ISSUER, AUTH_AUDIENCES, AUTH_JWKS_URI).
+DEV_ISSUER = "https://polyglotmicro.local/dev-issuer"
+DEV_AUDIENCE = "polyglotmicro-api"
+DEV_JWKS_FILE = ROOT / ".run" / "auth" / "jwks.json"
 
 # Service → the scope of all its RPCs, or RPC name → scope.
 ACCESS: dict[str, str | dict[str, str | None]] = {
@@ -69,15 +76,10 @@ def required_scope(service: str, method: str) -> str | None:
 
 def method_access(descriptor_set: Path = DESCRIPTOR_SET) -> list[MethodAccess]:
     """Every RPC of the mesh's contracts with the scope it requires."""
-    files = FileDescriptorSet.FromString(descriptor_set.read_bytes()).file
     return [
-        MethodAccess(
-            f"{f.package}.{s.name}", m.name, required_scope(f"{f.package}.{s.name}", m.name)
-        )
-        for f in files
-        if f.package.startswith("polyglot.")
-        for s in f.service
-        for m in s.method
+        MethodAccess(service.full_name, rpc.name, required_scope(service.full_name, rpc.name))
+        for service in load_contracts(descriptor_set).services
+        for rpc in service.rpcs
     ]
 
 

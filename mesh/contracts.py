@@ -1,8 +1,9 @@
-"""The contracts as the docs generators see them, read from the buf-built descriptor set.
+"""The contracts, read from the buf-built descriptor set: the one reader of it that
+the topology, the access table, Envoy's config, the docs and the benchmarks share.
 
-Services, RPCs (with the REST route of their ``google.api.http`` option),
-messages and enums of the ``polyglot.*`` packages, each with the doc comment
-written above it in the .proto source (``source_code_info``).
+Services (with the backend that serves each), RPCs (with the REST route of their
+``google.api.http`` option), messages and enums of the ``polyglot.*`` packages,
+each with the doc comment written above it in the .proto source (``source_code_info``).
 """
 
 import re
@@ -22,7 +23,10 @@ from google.protobuf.descriptor_pb2 import (
 )
 from google.protobuf.message import Message as ProtoMessage
 
-from mesh.topology import DESCRIPTOR_SET
+# Written by `make generate` (buf build); package data of ``polyglot`` in an image.
+DESCRIPTOR_SET = (
+    Path(__file__).resolve().parent.parent / "gen" / "python" / "polyglot" / "mesh.binpb"
+)
 
 # Field numbers in descriptor.proto that make up source_code_info location paths.
 FILE_PACKAGE, FILE_MESSAGE, FILE_ENUM, FILE_SERVICE = 2, 4, 5, 6
@@ -102,6 +106,11 @@ class Rpc:
 @dataclass(frozen=True)
 class Service(_Element):
     rpcs: list[Rpc]
+
+    @property
+    def backend(self) -> str:
+        """The convention: package ``polyglot.<name>.vN`` is served by ``<name>_svc``."""
+        return f"{self.full_name.split('.')[1]}_svc"
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from devtools.tokens import DEV_AUDIENCE, DEV_ISSUER, DEV_KEYS_DIR, JWKS
-from mesh.access import method_access
-from mesh.contracts import load_contracts
-from mesh.topology import DESCRIPTOR_SET, DOCS_SITE, GRPC_PORTS, ROOT, grpc_services
+from mesh.access import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE, method_access
+from mesh.contracts import DESCRIPTOR_SET, load_contracts
+from mesh.topology import DOCS_SITE, GRPC_PORTS, ROOT
 from meshkit.identity import SUBJECT_HEADER
 
 Config = dict[str, Any]
@@ -71,7 +70,7 @@ class EdgeAuth:
 
     issuer: str = DEV_ISSUER
     audiences: tuple[str, ...] = (DEV_AUDIENCE,)
-    jwks_file: str = str((DEV_KEYS_DIR / JWKS).relative_to(ROOT))
+    jwks_file: str = str(DEV_JWKS_FILE.relative_to(ROOT))
     jwks_uri: str = ""  # set: remote_jwks, jwks_file unused
     # Where Envoy finds trusted CAs for an https JWKS URI (Debian/Ubuntu and the
     # envoyproxy/envoy image).
@@ -463,23 +462,17 @@ class _Rpc:
 
 
 def _rpcs(descriptor_set: Path) -> list[_Rpc]:
-    backend_of = {s.full_name: s.backend for s in grpc_services(descriptor_set)}
-    rpcs = []
-    for proto_file in load_contracts(descriptor_set).files:
-        for service in proto_file.services:
-            full_name = f"{proto_file.package}.{service.name}"
-            for rpc in service.rpcs:
-                route = rpc.route
-                rpcs.append(
-                    _Rpc(
-                        full_name,
-                        rpc.name,
-                        backend_of[full_name],
-                        route.method if route else None,
-                        route.path if route else None,
-                    )
-                )
-    return rpcs
+    return [
+        _Rpc(
+            service.full_name,
+            rpc.name,
+            service.backend,
+            rpc.route.method if rpc.route else None,
+            rpc.route.path if rpc.route else None,
+        )
+        for service in load_contracts(descriptor_set).services
+        for rpc in service.rpcs
+    ]
 
 
 def _retry_policy(safe: bool, site: EnvoySite, timeout: float) -> Config:
@@ -795,7 +788,7 @@ def _docs_routes(site: EnvoySite, docs_site: Path) -> list[Config]:
 def envoy_config(
     site: EnvoySite, descriptor_set: Path = DESCRIPTOR_SET, docs_site: Path = DOCS_SITE
 ) -> Config:
-    services = grpc_services(descriptor_set)
+    services = load_contracts(descriptor_set).services
     backends = sorted({s.backend for s in services}, key=lambda b: GRPC_PORTS[b])
     rpcs = _rpcs(descriptor_set)
     meta = site.timeouts["meta"]

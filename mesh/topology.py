@@ -7,13 +7,11 @@ read this instead of keeping their own lists.
 """
 
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf.descriptor_pb2 import FileDescriptorSet
+from mesh.contracts import DESCRIPTOR_SET, load_contracts
 
 ROOT = Path(__file__).resolve().parent.parent
-DESCRIPTOR_SET = ROOT / "gen" / "python" / "polyglot" / "mesh.binpb"
 DOCS_SITE = ROOT / "docs" / "site"  # the built docs site Envoy serves at /docs/
 
 # Default gRPC port of each backend when run natively.
@@ -28,25 +26,9 @@ WORKERS = {"inventory_relay": ("inventory_svc.relay", 50054)}
 REPLICA_PORT_STEP = 10
 
 
-@dataclass(frozen=True)
-class GrpcService:
-    full_name: str  # e.g. polyglot.inventory.v1.InventoryService
-    backend: str  # e.g. inventory_svc
-
-
-def grpc_services(descriptor_set: Path = DESCRIPTOR_SET) -> list[GrpcService]:
-    files = FileDescriptorSet.FromString(descriptor_set.read_bytes()).file
-    return [
-        GrpcService(f"{f.package}.{s.name}", f"{f.package.split('.')[1]}_svc")
-        for f in files
-        if f.package.startswith("polyglot.")
-        for s in f.service
-    ]
-
-
 def backends(descriptor_set: Path = DESCRIPTOR_SET) -> list[str]:
     """Backends that serve at least one gRPC service, in port order."""
-    names = {service.backend for service in grpc_services(descriptor_set)}
+    names = {service.backend for service in load_contracts(descriptor_set).services}
     return sorted(names, key=lambda name: GRPC_PORTS[name])
 
 

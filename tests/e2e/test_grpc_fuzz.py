@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from mesh.access import required_scope
-from mesh.topology import grpc_services
+from mesh.contracts import load_contracts
 from meshkit.reflection import mesh_pool
 from tests.support.protofuzz import ProtoFuzzer
 from tests.support.raw_grpc import call_raw
@@ -39,7 +39,7 @@ METHODS = [
         method.input_type,
         required_scope(service.full_name, method.name),
     )
-    for service in grpc_services()
+    for service in load_contracts().services
     for method in mesh_pool().FindServiceByName(service.full_name).methods
 ]
 

@@ -4,7 +4,7 @@ import pytest
 from google.protobuf.descriptor_pb2 import FileDescriptorSet
 
 from mesh import access
-from mesh.topology import DESCRIPTOR_SET
+from mesh.contracts import DESCRIPTOR_SET
 
 
 def test_the_issues_rules():
@@ -22,8 +22,9 @@ def test_the_issues_rules():
 def test_a_new_rpc_without_a_decision_fails(tmp_path):
     files = FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
     inventory = next(f for f in files.file if f.package == "polyglot.inventory.v1")
+    existing = inventory.service[0].method[0]
     inventory.service[0].method.add(
-        name="DeleteEverything", input_type=".x.Req", output_type=".x.Resp"
+        name="DeleteEverything", input_type=existing.input_type, output_type=existing.output_type
     )
     changed = tmp_path / "mesh.binpb"
     changed.write_bytes(files.SerializeToString())

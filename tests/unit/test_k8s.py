@@ -11,8 +11,9 @@ import pytest
 
 from devtools import k8s_check as k8s
 from mesh import envoy_config
+from mesh.contracts import DESCRIPTOR_SET
 from mesh.envoy_config import K8S_DIR, K8S_SITE, render
-from mesh.topology import DESCRIPTOR_SET, GRPC_PORTS, ROOT
+from mesh.topology import GRPC_PORTS, ROOT
 from meshkit.grpc_server import LIVENESS
 
 SERVICES = {name.replace("_", "-"): port for name, port in GRPC_PORTS.items()}
