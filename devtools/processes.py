@@ -53,10 +53,14 @@ class ManagedProcess:
     def pid(self) -> int | None:
         if self._popen is not None:
             return self._popen.pid
-        if self.pid_path and self.pid_path.exists():
-            pid = int(self.pid_path.read_text())
-            return pid if _is_ours(pid, self.argv) else None
-        return None
+        pid = self._recorded_pid()
+        return pid if pid is not None and _is_ours(pid, self.argv) else None
+
+    def _recorded_pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text()) if self.pid_path else None
+        except (OSError, ValueError):
+            return None
 
     def running(self) -> bool:
         if self._popen is not None:
@@ -73,12 +77,19 @@ class ManagedProcess:
                 os.kill(pid, signum)
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, wait for a graceful exit, SIGKILL after ``timeout``."""
+        """SIGTERM, wait for a graceful exit, SIGKILL after ``timeout``.
+
+        A live process of the pid file that this object does not recognise (started
+        with another command line) keeps its pid file, so that a later ``make down``
+        can still find it; the file of one stopped here, or long gone, goes.
+        """
         if self.running():
             self.signal(signal.SIGTERM)
             if not self._wait_exit(timeout):
                 self.signal(signal.SIGKILL)
                 self._wait_exit(5)
+        elif (recorded := self._recorded_pid()) is not None and _alive(recorded):
+            return
         if self.pid_path:
             self.pid_path.unlink(missing_ok=True)
 
@@ -124,6 +135,15 @@ class ManagedProcess:
             f"{self.name}: no {what} after {timeout:.0f}s. Last lines of {self.log_path}:\n"
             f"{self.log_tail()}"
         )
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is no zombie (which has exited, only not been reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def _is_ours(pid: int, argv: list[str]) -> bool:
