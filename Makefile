@@ -9,12 +9,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 BUF    := node_modules/.bin/buf
-# Every package of the environment, transitive ones too, pinned with hashes.
+# Every package of the environment, transitive ones too, pinned with hashes; and
+# the same pins for the services' runtime alone (no extras), which the image installs.
 LOCK   := requirements.lock
+RUNTIME_LOCK := requirements.runtime.lock
 PIP_TOOLS := pip-tools==7.6.2
 PIP    := pip==26.3
 
-.PHONY: up down status token keys test test-outage lock check generate docs mongo-ui lint lint-proto breaking drift envoy-validate compose-check k8s-check bench bench-smoke clean
+.PHONY: up down status token keys test test-outage lock check generate docs mongo-ui lint lint-proto lock-check breaking drift envoy-validate compose-check k8s-check bench bench-smoke clean
 
 ## Environments ------------------------------------------------------------
 
@@ -29,12 +31,16 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 
 # After changing a pin in pyproject.toml: re-resolve the whole environment, from
 # PyPI, keeping every other pin (LOCK_ARGS="--upgrade-package NAME" to move one).
+# The runtime lock starts from the full one, so pip-compile keeps its versions.
+PIP_COMPILE := PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND="make lock" \
+  .run/pip-tools/bin/pip-compile --quiet --generate-hashes --strip-extras \
+  --unsafe-package polyglotmicro --no-emit-index-url --no-emit-find-links
 lock:
 	$(PYTHON) -m venv .run/pip-tools
 	.run/pip-tools/bin/pip install --quiet $(PIP_TOOLS)
-	PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND="make lock" .run/pip-tools/bin/pip-compile --quiet \
-	  --generate-hashes --strip-extras --extra dev --unsafe-package polyglotmicro \
-	  --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml
+	$(PIP_COMPILE) --extra dev $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml
+	cp $(LOCK) $(RUNTIME_LOCK)
+	$(PIP_COMPILE) --output-file $(RUNTIME_LOCK) pyproject.toml
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -149,7 +155,11 @@ k8s-check: venv
 	$(BIN)/python -m devtools.k8s_check
 	$(BIN)/pytest -q tests/unit/test_k8s.py
 
-check: lint lint-proto drift envoy-validate compose-check k8s-check
+# Both locks still meet every pin of pyproject.toml (offline; `make lock` fixes it).
+lock-check: venv
+	$(BIN)/pytest -q tests/unit/test_lock.py
+
+check: lint lint-proto lock-check drift envoy-validate compose-check k8s-check
 
 clean: down
 	rm -rf .run
