@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ Compose = dict[str, Any]  # compose.yaml as `docker compose config` normalises i
 Service = dict[str, Any]
 
 ENVOY_CONFIG_TARGET = "/etc/envoy/envoy.yaml"
+ENVOY_FILE = r"/etc/envoy/[^\s\"',]+"  # a file Envoy reads, in its config
 ENVOY_COMPOSE_CONFIG = next(path for path, site in CHECKED_IN.items() if site is COMPOSE_SITE)
 GUARD = "credentials-check"  # the one-shot container that refuses example passwords
 BIN = Path(sys.executable).parent  # envoy and hadolint come with the dev extra
@@ -295,18 +296,25 @@ def check_envoy(compose: Compose, root: Path) -> list[str]:
     if listener not in {port["target"] for port in service.get("ports") or []}:
         problems.append(f"service {name}: Envoy's port {listener} is unpublished")
     # The real Envoy validates the config with /etc/envoy/... mapped to local files.
-    for path in sorted(set(re.findall(r"/etc/envoy/[^\s\"',]+", text)), key=len, reverse=True):
-        local = local_path(path, service)
-        if local is None or not local.exists():
-            problems.append(f"service {name}: Envoy reads {path}; its volumes do not provide it")
-        else:
-            text = text.replace(path, str(local))
-    return problems or validate_envoy(text)
+    wanted = {path: local_path(path, service) for path in set(re.findall(ENVOY_FILE, text))}
+    files = {path: local for path, local in wanted.items() if local and local.exists()}
+    problems += [
+        f"service {name}: Envoy reads {path}; its volumes do not provide it"
+        for path in sorted(wanted.keys() - files.keys())
+    ]
+    return problems or validate_envoy(text, files)
 
 
-def validate_envoy(config_text: str) -> list[str]:
-    """The real Envoy's --mode validate (routes, filters, descriptor set, files)."""
+def validate_envoy(config_text: str, files: Mapping[str, Path | bytes] | None = None) -> list[str]:
+    """The real Envoy's --mode validate (routes, filters, descriptor set, files),
+    each path of ``files`` in the config replaced by a copy of its file or bytes."""
     with tempfile.TemporaryDirectory() as tmp:
+        # Longest first, so that no path is replaced inside a longer one.
+        for i, path in enumerate(sorted(files or {}, key=len, reverse=True)):
+            found, copy = (files or {})[path], Path(tmp, str(i), Path(path).name)
+            copy.parent.mkdir()
+            copy.write_bytes(found.read_bytes() if isinstance(found, Path) else found)
+            config_text = config_text.replace(path, str(copy))
         config = Path(tmp) / "envoy.yaml"
         config.write_text(config_text)
         command = [str(BIN / "envoy"), "--mode", "validate", "-c", str(config)]

@@ -15,13 +15,13 @@ import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from devtools.plan import MeshPlan, mongo_answers, native_plan
+from devtools.plan import MeshPlan, migrate, mongo_answers, native_plan
 from devtools.preflight import InfrastructureMissing, check_rabbitmq, ensure_database
-from devtools.processes import ManagedProcess, StartupFailed, python_module
+from devtools.processes import ManagedProcess, StartupFailed
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from inventory_svc.settings import InventorySettings
-from mesh.envoy_config import AUTH_ENV, EDGE_ENV, EdgeAuth, EnvoySite, render, with_environment
-from mesh.topology import api_replicas, base_name, migrators, native_ports
+from mesh.envoy_config import AUTH_ENV, EDGE_ENV, EdgeAuth, render, with_environment
+from mesh.topology import backends, base_name, native_ports
 from meshkit.settings import load_settings, without_credentials
 from notify_svc.settings import NotifySettings
 
@@ -89,8 +89,7 @@ def up(plan: MeshPlan) -> None:
     asyncio.run(check_rabbitmq(str(inventory.amqp_url), "AMQP_URL"))
     rabbitmq_ui = rabbitmq_management(str(inventory.amqp_url))
     plan = MeshPlan(**{**plan.__dict__, "env": {**plan.env, "MONGO_URL": mongo_url(plan)}})
-    for service in migrators():
-        subprocess.run(python_module(f"{service}.migrate"), check=True)
+    migrate(plan.env, backends())
     plan, token_help = edge_auth(plan)
 
     for name in plan.processes():
@@ -130,11 +129,7 @@ def edge_auth(plan: MeshPlan) -> tuple[MeshPlan, str]:
         return plan, dev_tokens
     config = plan.run_dir / "envoy.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    backends = {
-        name: [("127.0.0.1", port) for port in ports]
-        for name, ports in api_replicas(plan.grpc_ports).items()
-    }
-    config.write_text(render(with_environment(EnvoySite(auth=auth, backends=backends))))
+    config.write_text(render(with_environment(plan.envoy_site(auth))))
     plan = MeshPlan(**{**plan.__dict__, "envoy_config": config})
     if not any(os.environ.get(name) for name in AUTH_ENV):
         return plan, dev_tokens
@@ -150,9 +145,8 @@ def _start(process: ManagedProcess, port: int, ready: Callable[[], bool]) -> Non
             f"port {port} is already in use, so {process.name} cannot start there. "
             "Stop whatever listens on it (`make down` if it is an older mesh)."
         )
-    process.start()
-    print(f"started {process.name} (pid {process.pid}), waiting for its health check…")
-    process.wait_until(ready, "a passing health check")
+    print(f"starting {process.name}, waiting for its health check…")
+    process.start_until(ready, "a passing health check")
 
 
 def _all(plan: MeshPlan) -> list[ManagedProcess]:
@@ -212,9 +206,6 @@ def main(argv: list[str]) -> int:
         print(f"\n{problem}", file=sys.stderr)
         if argv[0] == "up":
             print("(`make down` stops whatever did start.)", file=sys.stderr)
-        return 1
-    except subprocess.CalledProcessError as failed:
-        print(f"\n{' '.join(failed.cmd)} failed (exit {failed.returncode})", file=sys.stderr)
         return 1
     return 0
 

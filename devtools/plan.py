@@ -5,21 +5,26 @@ run another with free ports under a temporary folder. Both start the very same
 commands.
 """
 
+import os
+import subprocess
 import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from devtools.processes import ManagedProcess, grpc_serving, python_module
+from devtools.processes import ManagedProcess, StartupFailed, grpc_serving, python_module
+from mesh.envoy_config import EdgeAuth, EnvoySite
 from mesh.topology import (
     ROOT,
     WORKERS,
     api_replicas,
     backends,
     base_name,
+    migrators,
     module_of,
     native_ports,
 )
@@ -91,6 +96,21 @@ class MeshPlan:
             ],
         )
 
+    def envoy_site(self, auth: EdgeAuth, **edge: Any) -> EnvoySite:
+        """Envoy on this plan's ports in front of every API replica it runs;
+        ``edge``: other EnvoySite fields (limits, health-check interval, …)."""
+        backends = {
+            name: [("127.0.0.1", port) for port in ports]
+            for name, ports in api_replicas(self.grpc_ports).items()
+        }
+        return EnvoySite(
+            listen_port=self.http_port,
+            admin_port=self.admin_port,
+            backends=backends,
+            auth=auth,
+            **edge,
+        )
+
     def backend_ready(self, name: str) -> bool:
         return grpc_serving(f"127.0.0.1:{self.grpc_ports[name]}")
 
@@ -141,6 +161,23 @@ def mongo_answers(url: str) -> bool:
         return True
     except PyMongoError:
         return False
+
+
+def migrate(env: dict[str, str], names: list[str]) -> None:
+    """``python -m <name>.migrate`` for each of ``names`` that has a database, as
+    `make up`, compose and Kubernetes run it before the services."""
+    for name in (name for name in migrators() if name in names):
+        done = subprocess.run(
+            python_module(f"{name}.migrate"),
+            env={**os.environ, **env},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise StartupFailed(f"{name}.migrate failed:\n{done.stdout}{done.stderr}")
 
 
 def native_plan(env: dict[str, str], replicas: int = 1) -> MeshPlan:

@@ -119,6 +119,15 @@ class ManagedProcess:
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def start_until(self, ready: Callable[[], bool], what: str) -> None:
+        """Start it and wait until ``ready``; stopped again if it never gets there."""
+        self.start()
+        try:
+            self.wait_until(ready, what)
+        except Exception:
+            self.stop()
+            raise
+
     def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
         """Poll ``ready`` until it holds; fail early, with the log, if the process dies."""
         deadline = time.monotonic() + timeout

@@ -8,7 +8,6 @@ started with `make up`.
 import os
 import socket
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +17,11 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import asyncpg
 import httpx
 
-from devtools.plan import MeshPlan, mongo_answers
+from devtools.plan import MeshPlan, migrate, mongo_answers
 from devtools.processes import ManagedProcess
 from devtools.tokens import JWKS, SigningKey, ensure_keys
-from mesh.envoy_config import EdgeAuth, EnvoySite, render
-from mesh.topology import (
-    DESCRIPTOR_SET,
-    ROOT,
-    api_replicas,
-    backends,
-    base_name,
-    migrators,
-    process_names,
-)
+from mesh.envoy_config import EdgeAuth, render
+from mesh.topology import backends, base_name, process_names
 
 # The servers the tests and the benchmarks make their databases and vhost on.
 PG_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -131,12 +122,7 @@ def start_mongo(run_dir: Path) -> tuple[ManagedProcess, str]:
     port = free_port()
     url = f"mongodb://127.0.0.1:{port}"
     mongo = MeshPlan(run_dir, run_dir / "unused").embedded_mongo(port)
-    mongo.start()
-    try:
-        mongo.wait_until(lambda: mongo_answers(url), "a MongoDB ping answer")
-    except Exception:
-        mongo.stop()
-        raise
+    mongo.start_until(lambda: mongo_answers(url), "a MongoDB ping answer")
     return mongo, url
 
 
@@ -178,8 +164,7 @@ class Mesh:
         if name not in self.processes:  # a backend the mesh started without
             migrate(self.plan.env, [base_name(name)])
         process = self.processes[name] = self.processes.get(name) or self.plan.backend(name)
-        process.start()
-        process.wait_until(lambda: self.plan.backend_ready(name), "SERVING health")
+        process.start_until(lambda: self.plan.backend_ready(name), "SERVING health")
 
     def restart(self, name: str) -> None:
         self.processes[name].stop()
@@ -190,22 +175,8 @@ class Mesh:
             process.stop()
 
 
-def sandbox_site(
-    http_port: int, admin_port: int, grpc_ports: dict[str, int], auth: EdgeAuth, **edge: Any
-) -> EnvoySite:
-    """A sandbox Envoy's site; ``edge`` overrides EnvoySite's limits."""
-    return EnvoySite(
-        listen_port=http_port,
-        admin_port=admin_port,
-        descriptor_path=str(DESCRIPTOR_SET),
-        backends={
-            name: [("127.0.0.1", port) for port in ports]
-            for name, ports in api_replicas(grpc_ports).items()
-        },
-        health_check_seconds=0.5,
-        auth=auth,
-        **edge,
-    )
+# A sandbox's Envoy notices a restarted or stopped replica quickly.
+SANDBOX_EDGE = {"health_check_seconds": 0.5}
 
 
 def start_envoy(
@@ -221,40 +192,13 @@ def start_envoy(
     (e.g. a remote JWKS) or other limits (``edge``: EnvoySite fields); returns its
     plan. Stop it with ``plan.envoy().stop()``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    http_port, admin_port = free_port(), free_port()
-    config = run_dir / "envoy.yaml"
-    config.write_text(render(sandbox_site(http_port, admin_port, grpc_ports, auth, **edge)))
-    plan = MeshPlan(run_dir, config, http_port, admin_port, grpc_ports)
-    envoy = plan.envoy()
-    envoy.start()
-    try:
-        envoy.wait_until(
-            (lambda: plan.envoy_ready()) if wait_healthy else (lambda: plan.envoy_live()),
-            "healthy clusters" if wait_healthy else "a live admin endpoint",
-        )
-    except Exception:
-        envoy.stop()
-        raise
+    plan = MeshPlan(run_dir, run_dir / "envoy.yaml", free_port(), free_port(), grpc_ports)
+    plan.envoy_config.write_text(render(plan.envoy_site(auth, **{**SANDBOX_EDGE, **edge})))
+    plan.envoy().start_until(
+        plan.envoy_ready if wait_healthy else plan.envoy_live,
+        "healthy clusters" if wait_healthy else "a live admin endpoint",
+    )
     return plan
-
-
-def migrate(env: dict[str, str], names: list[str]) -> None:
-    """``python -m <name>.migrate`` for each of ``names`` that has a database, as
-    `make up`, compose and Kubernetes run it before the services."""
-    for name in migrators():
-        if name not in names:
-            continue
-        done = subprocess.run(
-            [sys.executable, "-m", f"{name}.migrate"],
-            env={**os.environ, **env},
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{name}.migrate failed:\n{done.stdout}{done.stderr}")
 
 
 def start_mesh(
@@ -271,32 +215,19 @@ def start_mesh(
     migrate(env, names)
     # Ports for every process of the mesh, started or not: Envoy knows them all.
     grpc_ports = {name: free_port() for name in process_names(backends(), replicas)}
-    http_port, admin_port = free_port(), free_port()
-    config = run_dir / "envoy.yaml"
-    signing_key = ensure_keys(run_dir / "auth")
-    site = sandbox_site(
-        http_port,
-        admin_port,
-        grpc_ports,
-        EdgeAuth(jwks_file=str(run_dir / "auth" / JWKS)),
-        **(edge or {}),
-    )
-    config.write_text(render(site))
-    mesh = Mesh(
-        MeshPlan(run_dir, config, http_port, admin_port, grpc_ports, env=env), {}, signing_key
-    )
+    plan = MeshPlan(run_dir, run_dir / "envoy.yaml", free_port(), free_port(), grpc_ports, env)
+    mesh = Mesh(plan, {}, ensure_keys(run_dir / "auth"))
+    auth = EdgeAuth(jwks_file=str(run_dir / "auth" / JWKS))
+    plan.envoy_config.write_text(render(plan.envoy_site(auth, **{**SANDBOX_EDGE, **(edge or {})})))
     try:
         started = process_names(names, replicas)
         for name in started:
-            mesh.processes[name] = mesh.plan.backend(name)
+            mesh.processes[name] = plan.backend(name)
             mesh.processes[name].start()
         for name in started:
-            mesh.processes[name].wait_until(
-                lambda n=name: mesh.plan.backend_ready(n), "SERVING health"
-            )
-        mesh.processes["envoy"] = mesh.plan.envoy()
-        mesh.processes["envoy"].start()
-        mesh.processes["envoy"].wait_until(lambda: mesh.plan.envoy_ready(names), "healthy clusters")
+            mesh.processes[name].wait_until(lambda n=name: plan.backend_ready(n), "SERVING health")
+        mesh.processes["envoy"] = plan.envoy()
+        mesh.processes["envoy"].start_until(lambda: plan.envoy_ready(names), "healthy clusters")
     except Exception:
         mesh.stop()
         raise
