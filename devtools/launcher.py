@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from devtools.plan import MeshPlan, migrate, mongo_answers, native_plan
 from devtools.preflight import InfrastructureMissing, check_rabbitmq, ensure_database
-from devtools.processes import ManagedProcess, StartupFailed
+from devtools.processes import ManagedProcess, StartupFailed, run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from inventory_svc.settings import InventorySettings
 from mesh.envoy_config import AUTH_ENV, EDGE_ENV, EdgeAuth, render, with_environment
@@ -59,13 +59,7 @@ def rabbitmq_management(amqp_url: str) -> str:
 
 
 def _rabbitmq_plugins(command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["rabbitmq-plugins", "-q", command, RABBITMQ_MANAGEMENT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run(["rabbitmq-plugins", "-q", command, RABBITMQ_MANAGEMENT], timeout=60)
 
 
 def mongo_url(plan: MeshPlan) -> str:

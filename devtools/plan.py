@@ -6,7 +6,6 @@ commands.
 """
 
 import os
-import subprocess
 import sys
 import urllib.request
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from devtools.processes import ManagedProcess, StartupFailed, grpc_serving, python_module
+from devtools.processes import ManagedProcess, StartupFailed, grpc_serving, python_module, run
 from mesh.envoy_config import EdgeAuth, EnvoySite
 from mesh.topology import (
     ROOT,
@@ -167,15 +166,8 @@ def migrate(env: dict[str, str], names: list[str]) -> None:
     """``python -m <name>.migrate`` for each of ``names`` that has a database, as
     `make up`, compose and Kubernetes run it before the services."""
     for name in (name for name in migrators() if name in names):
-        done = subprocess.run(
-            python_module(f"{name}.migrate"),
-            env={**os.environ, **env},
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        environment = {**os.environ, **env}
+        done = run(python_module(f"{name}.migrate"), timeout=300, env=environment, cwd=ROOT)
         if done.returncode != 0:
             raise StartupFailed(f"{name}.migrate failed:\n{done.stdout}{done.stderr}")
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -180,6 +181,13 @@ def grpc_health(address: str, service: str = "") -> str | None:
 
 def grpc_serving(address: str, service: str = "") -> bool:
     return grpc_health(address, service) == "SERVING"
+
+
+def run(argv: list[str], timeout: float = 120, **options: Any) -> subprocess.CompletedProcess[str]:
+    """A tool run to its end, its output captured as text; the caller reads its exit code."""
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, check=False, **options
+    )
 
 
 def python_module(module: str, *args: str) -> list[str]:
