@@ -35,6 +35,7 @@ import yaml
 from docker.utils.build import exclude_paths
 from dockerfile_parse import DockerfileParser
 
+from devtools.plan import ENVOY_OPTIONS
 from devtools.processes import run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from mesh.envoy_config import CHECKED_IN, COMPOSE_SITE
@@ -318,8 +319,8 @@ def validate_envoy(config_text: str, files: Mapping[str, Path | bytes] | None = 
             config_text = config_text.replace(path, str(copy))
         config = Path(tmp) / "envoy.yaml"
         config.write_text(config_text)
-        command = [str(BIN / "envoy"), "--mode", "validate", "-c", str(config)]
-        returncode, out, err = _run([*command, "--disable-hot-restart", "--log-level", "warn"])
+        command = [str(BIN / "envoy"), "--mode", "validate", "-c", str(config), *ENVOY_OPTIONS]
+        returncode, out, err = _run(command)
     if returncode != 0:
         return [f"envoy --mode validate: {line}" for line in (out + err).splitlines()[-5:]]
     return []

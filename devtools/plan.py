@@ -29,6 +29,8 @@ from mesh.topology import (
 )
 
 BIN = Path(sys.executable).parent
+# Every Envoy we run or validate: several may run at once, and only problems are logged.
+ENVOY_OPTIONS = ("--disable-hot-restart", "--log-level", "warn")
 
 
 @dataclass(frozen=True)
@@ -68,14 +70,7 @@ class MeshPlan:
     def envoy(self) -> ManagedProcess:
         return self.process(
             "envoy",
-            [
-                str(BIN / "envoy"),
-                "-c",
-                str(self.envoy_config),
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-            ],
+            [str(BIN / "envoy"), "-c", str(self.envoy_config), *ENVOY_OPTIONS],
         )
 
     def embedded_mongo(self, port: int) -> ManagedProcess:
