@@ -5,6 +5,8 @@ from collections import Counter
 import asyncpg
 from pymongo import AsyncMongoClient
 
+from notify_svc.settings import NotifySettings
+
 
 class PipelineView:
     """The analytics documents, notifications and e-mails for given orders."""
@@ -38,6 +40,18 @@ class PipelineView:
             if order_id in wanted:
                 found[order_id] += 1
         return found
+
+    async def assert_delivered_once_in_effect(self, order_ids: list[str]) -> None:
+        """One document and one sent notification per order, and its e-mail. The one
+        at-least-once step: an e-mail the SMTP server accepted just before notify_svc
+        was killed, before it was marked sent, goes out again with the same
+        Message-ID; at most as many as notify_svc held unacknowledged at once."""
+        assert await self.documents(order_ids) == {o: 1 for o in order_ids}
+        assert await self.notifications(order_ids) == {o: 1 for o in order_ids}
+        emails = self.emails(order_ids)
+        assert set(emails) == set(order_ids)
+        held = NotifySettings.model_fields["consumer_prefetch"].default
+        assert sum(emails.values()) - len(order_ids) <= held
 
     async def complete(self, order_ids: list[str]) -> bool:
         """Every order has its document, its sent notification and its e-mail."""

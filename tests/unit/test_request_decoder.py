@@ -6,6 +6,7 @@ import polyglot.analytics.v1 as analytics_pb
 import polyglot.inventory.v1 as pb
 from meshkit.grpc_server import MalformedRequest, RequestDecoder
 from meshkit.reflection import mesh_pool
+from tests.support.protofuzz import varint
 
 
 def decoder(message: type) -> RequestDecoder:
@@ -58,20 +59,11 @@ def test_nested_messages_are_checked_too():
     assert str(result).endswith("field start_time.nanos has the wrong wire type")
     deep = b""
     for _ in range(200):  # junk nested beyond protobuf's recursion limit
-        deep = b"\x0a" + _varint(len(deep)) + deep
+        deep = b"\x0a" + varint(len(deep)) + deep
     assert isinstance(SUMMARY(deep), MalformedRequest)
 
 
 def test_a_timestamp_beyond_datetime_is_malformed():
-    far = bytes([0x08]) + _varint(2**40)  # seconds: year ~36812
+    far = bytes([0x08]) + varint(2**40)  # seconds: year ~36812
     result = SUMMARY(bytes([0x0A, len(far)]) + far)
     assert str(result).endswith("a value is out of the supported range")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
