@@ -108,27 +108,23 @@ class MeshPlan:
     def backend_ready(self, name: str) -> bool:
         return grpc_serving(f"127.0.0.1:{self.grpc_ports[name]}")
 
-    def envoy_live(self) -> bool:
-        """Envoy's admin answers (whatever the backends' health)."""
+    def _admin(self, path: str) -> str | None:
+        """Envoy admin's answer to ``path`` (/ready; /clusters: each endpoint's health
+        flags); None while it does not answer, or answers with an error status."""
+        url = f"http://127.0.0.1:{self.admin_port}{path}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    def _envoy_clusters(self) -> str | None:
-        """Envoy admin's /clusters text (each endpoint's health flags); None if unreachable."""
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.admin_port}/clusters", timeout=1
-            ) as reply:
+            with urllib.request.urlopen(url, timeout=1) as reply:
                 return reply.read().decode()
         except OSError:
             return None
 
+    def envoy_live(self) -> bool:
+        """Envoy's admin answers (whatever the backends' health)."""
+        return self._admin("/ready") is not None
+
     def envoy_ready(self, names: list[str] | None = None) -> bool:
         """Envoy is live and has seen the backends (default: all) pass their health check."""
-        clusters = self._envoy_clusters()
+        clusters = self._admin("/clusters")
         if clusters is None:
             return False
         replicas = api_replicas(self.grpc_ports)
@@ -140,7 +136,7 @@ class MeshPlan:
 
     def envoy_sees(self, process: str, healthy: bool) -> bool:
         """Whether Envoy's health check currently counts one replica as healthy."""
-        clusters = self._envoy_clusters()
+        clusters = self._admin("/clusters")
         if clusters is None:
             return False
         line = f"{base_name(process)}::127.0.0.1:{self.grpc_ports[process]}::health_flags::"
