@@ -3,7 +3,7 @@
 #   make down    stop it
 #   make test    run the test suite (starts its own mesh on free ports)
 #   make lock    re-pin the whole environment (requirements.lock) after editing pyproject.toml
-#   make check   the static checks CI runs (lint, codegen drift, Envoy config)
+#   make check   the static checks CI runs (lint, codegen drift, Envoy config, alert rules)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +16,7 @@ RUNTIME_LOCK := requirements.runtime.lock
 PIP_TOOLS := pip-tools==7.6.2
 PIP    := pip==26.3
 
-.PHONY: up down status token keys test test-outage lock check generate docs mongo-ui lint lint-proto lock-check breaking drift envoy-validate compose-check k8s-check bench bench-smoke clean
+.PHONY: up down status token keys test test-outage lock check generate docs mongo-ui lint lint-proto lock-check breaking drift envoy-validate prometheus-check compose-check k8s-check bench bench-smoke clean
 
 ## Environments ------------------------------------------------------------
 
@@ -117,13 +117,14 @@ breaking: tools
 	$(BUF) breaking --against '$(BREAKING_AGAINST)'
 
 # Regenerate everything derived from the contracts and the code: messages,
-# descriptor set, AsyncAPI document, docs site, Envoy config.
+# descriptor set, AsyncAPI document, docs site, Envoy config, Prometheus config.
 generate: venv tools
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BUF) generate
 	rm -rf gen/python/google gen/python/__init__.py
 	$(BUF) build --as-file-descriptor-set -o gen/python/polyglot/mesh.binpb
 	$(BIN)/faststream docs gen devtools.asyncapi:docs --yaml --out docs/asyncapi.yaml >/dev/null
 	@$(MAKE) --no-print-directory docs
+	$(BIN)/python -m mesh.prometheus_config
 
 # The docs site (docs/site, served by Envoy at /docs/) from the descriptor set,
 # docs/asyncapi.yaml and node_modules; then Envoy's config, which lists its files.
@@ -133,8 +134,8 @@ docs: venv tools
 
 # Fails when the committed generated files differ from a fresh `make generate`.
 drift: generate
-	@git add -N gen envoy docs deploy/k8s/base/envoy >/dev/null 2>&1 || true
-	@git diff --exit-code --stat -- gen envoy docs deploy/k8s/base/envoy || \
+	@git add -N gen envoy docs deploy/k8s/base/envoy prometheus/prometheus.compose.yml >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- gen envoy docs deploy/k8s/base/envoy prometheus/prometheus.compose.yml || \
 	  { echo "Generated files are stale: run 'make generate' and commit the result."; exit 1; }
 
 # The compose config names other hosts and container paths; it is checked
@@ -142,6 +143,16 @@ drift: generate
 # The native config reads the development JWKS, which `make keys` creates.
 envoy-validate: venv keys
 	$(BIN)/envoy --mode validate -c envoy/envoy.yaml --disable-hot-restart --log-level warn
+
+# Prometheus's compose config and the alert rules, with their unit tests
+# (prometheus/alerts.test.yml); promtool comes with Debian's prometheus package.
+PROMTOOL ?= promtool
+prometheus-check:
+	@command -v $(PROMTOOL) >/dev/null || \
+	  { echo "promtool is missing: sudo apt-get install -y prometheus"; exit 1; }
+	$(PROMTOOL) check config prometheus/prometheus.compose.yml
+	$(PROMTOOL) check rules prometheus/alerts.yml
+	$(PROMTOOL) test rules prometheus/alerts.test.yml
 
 # compose.yaml, the Dockerfile and Envoy's compose config, checked without a Docker
 # engine (schema, references, envoy --mode validate, hadolint); see devtools/compose_check.py.
@@ -159,7 +170,7 @@ k8s-check: venv
 lock-check: venv
 	$(BIN)/pytest -q tests/unit/test_lock.py
 
-check: lint lint-proto lock-check drift envoy-validate compose-check k8s-check
+check: lint lint-proto lock-check drift envoy-validate prometheus-check compose-check k8s-check
 
 clean: down
 	rm -rf .run

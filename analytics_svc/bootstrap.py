@@ -7,8 +7,10 @@ from analytics_svc.grpc_api import AnalyticsApi
 from analytics_svc.settings import AnalyticsSettings
 from analytics_svc.store import MongoSales
 from meshkit.broker import EventConsumer, rabbit_broker
+from meshkit.events import SUBSCRIPTIONS
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
+from meshkit.metrics import MetricsEndpoint, dead_letter_depth
 
 
 async def serve(settings: AnalyticsSettings, stop: asyncio.Event) -> None:
@@ -23,10 +25,15 @@ async def serve(settings: AnalyticsSettings, stop: asyncio.Event) -> None:
         graceful_timeout=settings.shutdown_grace_seconds,
     )
     broker.include_router(event_router(sales))
+    metrics = MetricsEndpoint(
+        settings,
+        health_name="analytics_svc.metrics",
+        samplers={"DLQ depth": dead_letter_depth(broker, SUBSCRIPTIONS["analytics_svc"])},
+    )
     await serve_until_stopped(
         stop,
         GrpcServer(settings, [AnalyticsApi(sales)]),
         ready=sales.ready,
-        components=[EventConsumer(broker, health_name="analytics_svc.consumer")],
+        components=[EventConsumer(broker, health_name="analytics_svc.consumer"), metrics],
         close=[sales.close],
     )

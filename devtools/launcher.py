@@ -9,6 +9,7 @@ everything is. ``down`` stops what ``up`` started. Both are safe to repeat.
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,13 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from devtools.plan import MeshPlan, migrate, mongo_answers, native_plan
-from devtools.preflight import InfrastructureMissing, check_rabbitmq, ensure_database
+from devtools.preflight import (
+    PROMETHEUS_INSTALL,
+    InfrastructureMissing,
+    check_rabbitmq,
+    ensure_database,
+    prometheus_tool,
+)
 from devtools.processes import ManagedProcess, StartupFailed, run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from inventory_svc.settings import InventorySettings
@@ -89,6 +96,8 @@ def up(plan: MeshPlan) -> None:
     for name in plan.processes():
         _start(plan.backend(name), plan.grpc_ports[name], lambda n=name: plan.backend_ready(n))
     _start(plan.envoy(), plan.http_port, plan.envoy_ready)
+    prometheus_ui = start_prometheus(plan)
+    metrics = ", ".join(f"{name} :{port}" for name, port in plan.metrics_ports.items())
     print(
         "\nPolyglotMicro is up.\n"
         f"  REST and gRPC (Envoy):  http://localhost:{plan.http_port}\n"
@@ -97,12 +106,33 @@ def up(plan: MeshPlan) -> None:
         f"  Tokens:                 {token_help}\n"
         f"  Docs:                   http://localhost:{plan.http_port}/docs/\n"
         f"  Envoy admin:            http://127.0.0.1:{plan.admin_port}\n"
+        f"  Prometheus:             {prometheus_ui}\n"
+        f"    each process's /metrics on 127.0.0.1: {metrics}\n"
         f"  RabbitMQ management:    {rabbitmq_ui}\n"
         f"  MongoDB:                {plan.env['MONGO_URL']} (analytics_db.sales_events)\n"
         "    browse it: make mongo-ui (Mongo Express on http://localhost:8081, admin/pass)\n"
         f"  Logs:                   {plan.run_dir / 'logs'}/\n"
         "  Stop with:              make down"
     )
+
+
+def start_prometheus(plan: MeshPlan) -> str:
+    """Prometheus scraping the mesh when it is installed (Debian's package); what
+    the summary says about it. Never fails `up`: the mesh runs without it."""
+    binary = prometheus_tool()
+    if binary is None:
+        return f"not installed ({PROMETHEUS_INSTALL}, then make up again)"
+    prometheus = plan.prometheus(binary)
+    if not prometheus.running() and _port_in_use(plan.prometheus_port):
+        return (
+            f"not started: port {plan.prometheus_port} is taken (Debian's own prometheus"
+            " service? sudo systemctl disable --now prometheus)"
+        )
+    plan.write_prometheus_config()
+    if prometheus.running():  # an earlier `up`, maybe with other REPLICAS: reload
+        prometheus.signal(signal.SIGHUP)
+    _start(prometheus, plan.prometheus_port, plan.prometheus_ready)
+    return f"http://localhost:{plan.prometheus_port} (/targets, /alerts; rules: prometheus/)"
 
 
 def edge_auth(plan: MeshPlan) -> tuple[MeshPlan, str]:
@@ -159,6 +189,7 @@ def _all(plan: MeshPlan) -> list[ManagedProcess]:
         plan.embedded_mongo(EMBEDDED_MONGO_PORT),
         *(plan.backend(name) for name in plan.processes()),
         envoy,
+        plan.prometheus(prometheus_tool() or "prometheus"),
     ]
 
 

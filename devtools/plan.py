@@ -17,6 +17,8 @@ from pymongo.errors import PyMongoError
 
 from devtools.processes import ManagedProcess, StartupFailed, grpc_serving, python_module, run
 from mesh.envoy_config import EdgeAuth, EnvoySite
+from mesh.prometheus_config import native_site
+from mesh.prometheus_config import render as render_prometheus
 from mesh.topology import (
     ROOT,
     WORKERS,
@@ -25,6 +27,7 @@ from mesh.topology import (
     base_name,
     migrators,
     module_of,
+    native_metrics_ports,
     native_ports,
 )
 
@@ -44,6 +47,10 @@ class MeshPlan:
     grpc_ports: dict[str, int] = field(default_factory=native_ports)
     # Settings for every backend (INVENTORY_DATABASE_URL, AMQP_URL, MONGO_URL, …).
     env: dict[str, str] = field(default_factory=dict)
+    # Process name → the port of its /metrics (meshkit/metrics.py); a process
+    # left out serves none.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    prometheus_port: int = 9090
 
     def process(
         self, name: str, argv: list[str], env: dict[str, str] | None = None
@@ -59,6 +66,8 @@ class MeshPlan:
     def backend(self, name: str) -> ManagedProcess:
         """A backend or a worker (the outbox relay), any replica, by process name."""
         env = {**self.env, "GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(self.grpc_ports[name])}
+        if name in self.metrics_ports:
+            env |= {"METRICS_HOST": "127.0.0.1", "METRICS_PORT": str(self.metrics_ports[name])}
         if base_name(name) in WORKERS:  # nobody routes calls to it: nothing to drain
             env.setdefault("DRAIN_SECONDS", "0")
         return self.process(name, python_module(module_of(name)), env)
@@ -72,6 +81,46 @@ class MeshPlan:
             "envoy",
             [str(BIN / "envoy"), "-c", str(self.envoy_config), *ENVOY_OPTIONS],
         )
+
+    @property
+    def prometheus_config(self) -> Path:
+        return self.run_dir / "prometheus" / "prometheus.yml"
+
+    def write_prometheus_config(self, scrape_seconds: float = 15.0) -> None:
+        """Prometheus's config for this plan: every process's metrics port and Envoy's
+        admin, with the mesh's alert rules (mesh/prometheus_config.py)."""
+        site = native_site(
+            self.metrics_ports,
+            self.admin_port,
+            scrape_seconds=scrape_seconds,
+            evaluation_seconds=scrape_seconds,
+        )
+        self.prometheus_config.parent.mkdir(parents=True, exist_ok=True)
+        self.prometheus_config.write_text(render_prometheus(site))
+
+    def prometheus(self, binary: str) -> ManagedProcess:
+        """Prometheus (the binary at ``binary``) on loopback with ``prometheus_config``,
+        its data under run_dir/prometheus/data."""
+        return self.process(
+            "prometheus",
+            [
+                binary,
+                f"--config.file={self.prometheus_config}",
+                f"--storage.tsdb.path={self.prometheus_config.parent / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
+                "--storage.tsdb.retention.time=2d",
+                "--log.level=warn",
+            ],
+        )
+
+    def prometheus_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.prometheus_port}/-/ready", timeout=1
+            ):
+                return True
+        except OSError:
+            return False
 
     def embedded_mongo(self, port: int) -> ManagedProcess:
         """SecantusDB: a MongoDB wire-protocol server, data under run_dir/mongo."""
@@ -171,4 +220,5 @@ def native_plan(env: dict[str, str], replicas: int = 1) -> MeshPlan:
         envoy_config=ROOT / "envoy" / "envoy.yaml",
         grpc_ports=native_ports(replicas),
         env=env,
+        metrics_ports=native_metrics_ports(replicas),
     )

@@ -7,6 +7,7 @@ the variable and the command that fixes it, never in a driver's traceback.
 
 import asyncio
 import logging
+import shutil
 import subprocess
 import sys
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +39,16 @@ for _noisy in ("aio_pika", "aiormq"):
 
 class InfrastructureMissing(RuntimeError):
     pass
+
+
+# Prometheus and promtool come from Debian's package (no PyPI wheel): `make up`
+# runs the server when it is there, the metrics test and `make check` need both.
+PROMETHEUS_INSTALL = "sudo apt-get install -y prometheus"
+
+
+def prometheus_tool(name: str = "prometheus") -> str | None:
+    """Where ``prometheus`` or ``promtool`` is installed, or None."""
+    return shutil.which(name)
 
 
 async def connect_postgres(url: str, env_var: str) -> asyncpg.Connection:

@@ -216,7 +216,16 @@ def start_mesh(
     migrate(env, names)
     # Ports for every process of the mesh, started or not: Envoy knows them all.
     grpc_ports = {name: free_port() for name in process_names(backends(), replicas)}
-    plan = MeshPlan(run_dir, run_dir / "envoy.yaml", free_port(), free_port(), grpc_ports, env)
+    plan = MeshPlan(
+        run_dir,
+        run_dir / "envoy.yaml",
+        free_port(),
+        free_port(),
+        grpc_ports,
+        env,
+        metrics_ports={name: free_port() for name in grpc_ports},
+        prometheus_port=free_port(),
+    )
     mesh = Mesh(plan, {}, ensure_keys(run_dir / "auth"))
     auth = EdgeAuth(jwks_file=str(run_dir / "auth" / JWKS))
     plan.envoy_config.write_text(render(plan.envoy_site(auth, **{**SANDBOX_EDGE, **(edge or {})})))

@@ -18,6 +18,7 @@ from inventory_svc.store import PostgresInventory, PostgresOutbox
 from meshkit.broker import rabbit_broker
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
+from meshkit.metrics import MetricsEndpoint, outbox_gauges, watch_pool
 
 # The relay works on one connection at a time (a claim-and-publish transaction,
 # now and then the backlog report or the clean-up) plus its health probe's, and
@@ -44,8 +45,13 @@ async def serve(settings: InventorySettings, stop: asyncio.Event) -> None:
         max_batch_size=settings.sale_batch_max_size,
         max_queue_length=settings.sale_queue_max_length,
     )
+    watch_pool(store.db.name, store.db.pool_usage)
     await serve_until_stopped(
-        stop, GrpcServer(settings, [InventoryApi(sales)]), ready=store.ready, close=[store.close]
+        stop,
+        GrpcServer(settings, [InventoryApi(sales)]),
+        ready=store.ready,
+        components=[MetricsEndpoint(settings, health_name="inventory_svc.metrics")],
+        close=[store.close],
     )
 
 
@@ -63,10 +69,19 @@ async def relay(settings: InventorySettings, stop: asyncio.Event) -> None:
         poll_seconds=settings.outbox_poll_seconds,
         retention_seconds=settings.outbox_retention_hours * 3600,
     )
+
+    async def sample_outbox() -> None:
+        backlog = await outbox.backlog()
+        outbox_gauges().record(backlog.unpublished, backlog.oldest)
+
+    metrics = MetricsEndpoint(
+        settings, health_name="inventory_relay.metrics", samplers={"outbox backlog": sample_outbox}
+    )
+    watch_pool(store.db.name, store.db.pool_usage)
     await serve_until_stopped(
         stop,
         GrpcServer(settings, []),
         ready=store.ready,
-        components=[outbox_relay],
+        components=[outbox_relay, metrics],
         close=[outbox.close, store.close],
     )

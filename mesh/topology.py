@@ -21,7 +21,15 @@ GRPC_PORTS = {"inventory_svc": 50051, "analytics_svc": 50052, "notify_svc": 5005
 # apart from inventory_svc's API so that neither pays for the other and each
 # scales on its own (README "Replicas").
 WORKERS = {"inventory_relay": ("inventory_svc.relay", 50054)}
-# Replica i (1, 2, …) of a process listens on its default port + STEP * (i - 1):
+# Default port of each process's Prometheus metrics endpoint (/metrics) when
+# run natively, workers included; Prometheus scrapes these (mesh/prometheus_config.py).
+METRICS_PORTS = {
+    "inventory_svc": 9101,
+    "analytics_svc": 9102,
+    "notify_svc": 9103,
+    "inventory_relay": 9104,
+}
+# Replica i (1, 2, …) of a process listens on its default ports + STEP * (i - 1):
 # the default ports differ by less than STEP, so no two replicas ever collide.
 REPLICA_PORT_STEP = 10
 
@@ -75,7 +83,16 @@ def process_names(names: list[str], replicas: int = 1) -> list[str]:
 
 def native_ports(replicas: int = 1) -> dict[str, int]:
     """Process name → gRPC port for `make up` (REPLICAS=N)."""
-    defaults = {**GRPC_PORTS, **{name: port for name, (_, port) in WORKERS.items()}}
+    workers = {name: port for name, (_, port) in WORKERS.items()}
+    return _replicated({**GRPC_PORTS, **workers}, replicas)
+
+
+def native_metrics_ports(replicas: int = 1) -> dict[str, int]:
+    """Process name → metrics port for `make up` (REPLICAS=N), in native_ports' order."""
+    return _replicated(METRICS_PORTS, replicas)
+
+
+def _replicated(defaults: dict[str, int], replicas: int) -> dict[str, int]:
     return {
         replica_name(name, i): port + REPLICA_PORT_STEP * (i - 1)
         for name, port in defaults.items()

@@ -26,6 +26,7 @@ from meshkit.events import (
     dead_letter_queue,
     subscriber_queue,
 )
+from meshkit.metrics import broker_metrics
 from meshkit.resilience import retry, retry_while_unavailable
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def rabbit_broker(
         # vanishing, so the outbox relay retries it.
         default_channel=Channel(prefetch_count=prefetch, on_return_raises=True),
         graceful_timeout=graceful_timeout,
+        middlewares=[broker_metrics()],
         log_level=logging.DEBUG,  # one line per message is too much at INFO
     )
 

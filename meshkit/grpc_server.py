@@ -31,6 +31,7 @@ from grpclib.const import Cardinality
 
 from meshkit import errors
 from meshkit.identity import caller_subject, subject_from_metadata
+from meshkit.metrics import GrpcMetrics
 from meshkit.reflection import mesh_pool, reflection_handlers
 from meshkit.settings import ServiceSettings
 
@@ -188,6 +189,7 @@ class GrpcServer:
             # Calls beyond this are refused at once (RESOURCE_EXHAUSTED) instead of
             # queueing behind the ones in hand; health checks count too.
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+            interceptors=[GrpcMetrics()],
         )
         self._health = health.aio.HealthServicer()
         self._api_names: list[str] = []

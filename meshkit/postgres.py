@@ -20,6 +20,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.resources.abc import Traversable
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -112,6 +113,19 @@ class PostgresDatabase:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    def pool_usage(self) -> tuple[int, int]:
+        """(connections open, connections in use) of the pool; (0, 0) before it exists.
+        Plain attribute reads: safe from the metrics endpoint's thread."""
+        pool = self._pool
+        if pool is None:
+            return 0, 0
+        return pool.get_size(), pool.get_size() - pool.get_idle_size()
+
+    @property
+    def name(self) -> str:
+        """The database's name, from its URL (e.g. inventory_db)."""
+        return urlsplit(self.dsn).path.lstrip("/")
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:

@@ -38,6 +38,15 @@ class ServiceSettings(BaseSettings):
     # 256 in flight), so behind one Envoy that fast 503 answers first; this guards
     # the process against callers that bypass Envoy, or several Envoys.
     grpc_max_concurrent_rpcs: int = Field(default=300, ge=1, le=10_000)
+    # Prometheus metrics (meshkit/metrics.py) over HTTP at /metrics; port 0 (the
+    # default) serves none. Whoever starts the process picks the port (`make up`
+    # from mesh/topology.py METRICS_PORTS, compose, the tests); loopback unless a
+    # scraper on another host needs it (compose: 0.0.0.0 on its own network).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # How often the sampled gauges (outbox backlog, DLQ depth) are refreshed:
+    # each refresh is one small query or queue declare.
+    metrics_sample_seconds: float = Field(default=5.0, ge=0.1, le=300)
     # The event backbone (every service publishes or subscribes).
     amqp_url: AmqpDsn = AmqpDsn("amqp://guest:guest@127.0.0.1:5672/")
 

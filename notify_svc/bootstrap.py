@@ -3,8 +3,10 @@
 import asyncio
 
 from meshkit.broker import EventConsumer, rabbit_broker
+from meshkit.events import SUBSCRIPTIONS
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
+from meshkit.metrics import MetricsEndpoint, dead_letter_depth, watch_pool
 from notify_svc.events import Notifier, event_router
 from notify_svc.grpc_api import NotificationApi
 from notify_svc.mailer import Mailer
@@ -38,10 +40,16 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
             )
         )
     )
+    metrics = MetricsEndpoint(
+        settings,
+        health_name="notify_svc.metrics",
+        samplers={"DLQ depth": dead_letter_depth(broker, SUBSCRIPTIONS["notify_svc"])},
+    )
+    watch_pool(store.db.name, store.db.pool_usage)
     await serve_until_stopped(
         stop,
         GrpcServer(settings, [NotificationApi(store)]),
         ready=store.ready,
-        components=[EventConsumer(broker, health_name="notify_svc.consumer")],
+        components=[EventConsumer(broker, health_name="notify_svc.consumer"), metrics],
         close=[store.close],
     )
