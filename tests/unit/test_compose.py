@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from devtools import compose_check as cc
+from devtools.preflight import PROMETHEUS_INSTALL, prometheus_tool
 from devtools.sandbox import free_port
 from mesh.topology import ROOT
 from tests.support.waiting import eventually
@@ -40,6 +41,8 @@ def test_only_envoy_and_the_dashboards_publish_ports(compose):
         "rabbitmq": [("127.0.0.1", "15672", 15672)],
         "mongo-express": [("127.0.0.1", "8081", 8081)],
         "mailpit": [("127.0.0.1", "8025", 8025)],
+        "jaeger": [("127.0.0.1", "16686", 16686)],
+        "prometheus": [("127.0.0.1", "9090", 9090)],
     }
 
 
@@ -122,7 +125,9 @@ def test_container_rules_are_enforced(compose):
     services["mongo"]["volumes"].append({"type": "bind", "source": "/no/such/dir", "target": "/x"})
     del services["mailpit"]["healthcheck"]
     services["mongo-express"]["image"] = "mongo-express:latest"
+    services["jaeger"]["ports"][0]["host_ip"] = "0.0.0.0"
     assert sorted(cc.check_services(compose, cc.read_env_file(ROOT / ".env.example"))) == [
+        "service jaeger: port 16686 is published beyond 127.0.0.1",
         "service mailpit: no healthcheck",
         "service mongo-express: image 'mongo-express:latest' is not pinned to a version",
         "service mongo: bind mount source /no/such/dir does not exist",
@@ -176,6 +181,31 @@ def test_envoy_must_mount_the_generated_config_and_reach_our_services(compose):
     volumes[0]["source"] = str(ROOT / "envoy" / "envoy.yaml")
     (problem,) = cc.check_envoy(compose, ROOT)
     assert "does not mount" in problem and "envoy.compose.yaml as Envoy's config" in problem
+
+
+def test_prometheus_must_mount_the_generated_config_and_scrape_our_services(compose):
+    services = cc.services(compose)
+    assert cc.check_prometheus(compose, ROOT) == []
+    services["notify-svc"]["environment"]["METRICS_PORT"] = "9999"
+    services["analytics-svc"]["environment"]["METRICS_HOST"] = "127.0.0.1"
+    assert cc.check_prometheus(compose, ROOT) == [
+        "Prometheus job analytics_svc: analytics-svc:9102, but it serves metrics on 127.0.0.1:9102",
+        "Prometheus job notify_svc: notify-svc:9103, but it serves metrics on 0.0.0.0:9999",
+    ]
+    volumes = services["prometheus"]["volumes"]
+    volumes[:] = [v for v in volumes if v["target"] != "/etc/prometheus/alerts.yml"]
+    assert "Prometheus reads rules alerts.yml" in cc.check_prometheus(compose, ROOT)[0]
+    volumes[0]["source"] = str(ROOT / "prometheus" / "alerts.yml")
+    (problem,) = cc.check_prometheus(compose, ROOT)
+    assert "prometheus.compose.yml as Prometheus's config" in problem
+
+
+def test_our_services_export_traces_to_jaeger_and_metrics_on_the_network(compose):
+    for name in [*OUR_SERVICES, "inventory-relay"]:
+        env = cc.services(compose)[name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+        assert env["METRICS_HOST"] == "0.0.0.0"
+        assert cc.services(compose)[name]["expose"] == [env["METRICS_PORT"]]
 
 
 def test_envoy_validation_rejects_a_broken_config():
@@ -252,3 +282,36 @@ async def test_envoy_healthcheck_command_against_a_real_envoy(compose, tmp_path:
     finally:
         envoy.terminate()
         envoy.wait(10)
+
+
+async def test_prometheus_healthcheck_command_against_a_real_prometheus(compose, tmp_path: Path):
+    # The container's wget (busybox there, GNU wget here: same flags), with the port
+    # moved to a free one; Prometheus answers /-/ready once it serves queries.
+    test = cc.services(compose)["prometheus"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "wget"] and test[-1] == "http://127.0.0.1:9090/-/ready"
+    binary = prometheus_tool()
+    if binary is None:
+        pytest.fail(f"prometheus is missing: {PROMETHEUS_INSTALL}")
+    port = free_port()
+    command = [*test[1:-1], test[-1].replace(":9090", f":{port}")]
+    (tmp_path / "prometheus.yml").write_text("scrape_configs: []\n")
+
+    def healthy() -> bool:
+        return subprocess.run(command, capture_output=True).returncode == 0
+
+    assert not healthy()
+    prometheus = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=error",
+        ]
+    )
+    try:
+        await eventually(lambda: prometheus.poll() is not None or healthy(), what="ready")
+        assert prometheus.poll() is None and healthy()
+    finally:
+        prometheus.terminate()
+        prometheus.wait(10)
