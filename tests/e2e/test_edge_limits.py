@@ -570,8 +570,8 @@ def _owner_of_port(port: int, listening: dict[int, tuple[str, int]]) -> int:
 
 
 def test_only_loopback_sockets_in_the_mesh(mesh, mongo_url, mail):
-    """Envoy's admin, the services, MongoDB and the SMTP catcher listen on loopback;
-    Envoy's listener on the configured address (loopback here and in `make up`)."""
+    """Envoy's admin, the services (gRPC and metrics), MongoDB and the SMTP catcher listen
+    on loopback; Envoy's listener on the configured address (loopback here and in `make up`)."""
     listening = _listening()
     owners = {name: _with_children(process.pid) for name, process in mesh.processes.items()}
     owners["mongodb"] = {_owner_of_port(int(mongo_url.rsplit(":", 1)[1]), listening)}
@@ -586,7 +586,7 @@ def test_only_loopback_sockets_in_the_mesh(mesh, mongo_url, mail):
             assert is_loopback(address), f"{name} listens on {address}:{port}"
     envoy_ports = {port for _, port in seen["envoy"]}
     assert {mesh.plan.http_port, mesh.plan.admin_port} <= envoy_ports
-    for backend, port in mesh.plan.grpc_ports.items():
+    for backend, port in [*mesh.plan.grpc_ports.items(), *mesh.plan.metrics_ports.items()]:
         if backend in seen:
             assert port in {p for _, p in seen[backend]}
 
