@@ -25,6 +25,7 @@ from mesh.topology import (
 )
 from meshkit.metrics import GrpcMetrics, MetricsEndpoint
 from meshkit.settings import ServiceSettings
+from tests.support.waiting import eventually
 
 SERVICE = "test.metrics.v1.Probe"
 
@@ -125,8 +126,15 @@ async def test_the_endpoint_serves_samples_and_stops():
         assert reply.status_code == 200 and "grpc_server_handled_total" in reply.text
         await endpoint.stop()
         running.cancel()
-        with pytest.raises(httpx.ConnectError):
-            await client.get(f"http://127.0.0.1:{port}/metrics")
+
+        async def refused() -> bool:
+            try:
+                await client.get(f"http://127.0.0.1:{port}/metrics")
+            except httpx.ConnectError:
+                return True
+            return False
+
+        await eventually(refused, what="the endpoint closed")
 
 
 @pytest.mark.parametrize("settings", [{}, {"metrics_port": 9, "workers": 2}])
