@@ -1,8 +1,10 @@
 """The mesh's metrics as an operator sees them: a real Prometheus (Debian's binary)
 scrapes every process's /metrics and Envoy's admin with the config rendered from
 the topology (mesh/prometheus_config.py) and loads the alert rules; the test's own
-calls move the counters it then queries through Prometheus's HTTP API."""
+calls (and a broker outage of the test mesh alone) move the counters and gauges it
+then queries through Prometheus's HTTP API."""
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -170,3 +172,27 @@ async def test_outbox_dead_letters_pools_and_envoy_are_reported(promql):
     }
     for expression, what in expectations.items():
         await eventually(lambda e=expression: query(promql, e), what=what)
+
+
+async def test_the_outbox_backlog_and_its_age_show_a_broker_outage(
+    broker, http, promql, new_product
+):
+    """Sales while the test mesh's RabbitMQ is cut: their events wait in the outbox,
+    which the relay's gauges show, and drain once it is back."""
+    product = await new_product(stock=10)
+    backlog = 'outbox_unpublished_events{job="inventory_relay"}'
+    age = 'outbox_oldest_unpublished_age_seconds{job="inventory_relay"}'
+    await asyncio.to_thread(broker.cut)
+    try:
+        for _ in range(3):
+            reply = await http.post(
+                "/inventory/decrease",
+                json={"product_id": product, "quantity": 1, "order_id": order()},
+            )
+            assert reply.status_code == 200, reply.text
+        await eventually(lambda: query(promql, f"{backlog} >= 3"), what="the backlog seen")
+        await eventually(lambda: query(promql, f"{age} > 1"), what="the oldest event aging")
+    finally:
+        await asyncio.to_thread(broker.restore)
+    await eventually(lambda: query(promql, f"{backlog} == 0"), within=60, what="drained")
+    await eventually(lambda: query(promql, f"{age} == 0"), what="nothing waiting")

@@ -13,6 +13,7 @@ FAST = {
     "SHUTDOWN_GRACE_SECONDS": "10",
     "OUTBOX_POLL_SECONDS": "0.5",
     "DRAIN_SECONDS": "0",
+    "METRICS_SAMPLE_SECONDS": "0.5",
 }
 # The suite sells hundreds of orders from one address in a burst: the per-client
 # mutation limit is raised (tests/e2e/test_edge_limits.py checks it on its own Envoy).
