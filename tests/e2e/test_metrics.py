@@ -5,8 +5,10 @@ calls (and a broker outage of the test mesh alone) move the counters and gauges 
 then queries through Prometheus's HTTP API."""
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 
+import aio_pika
 import httpx
 import pytest
 import pytest_asyncio
@@ -15,7 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from devtools.preflight import PROMETHEUS_INSTALL, prometheus_tool
 from devtools.sandbox import Mesh
 from mesh.topology import METRICS_PORTS
+from meshkit.events import EXCHANGE, PRODUCT_SOLD, SUBSCRIPTIONS
 from tests.support.inventory import order
+from tests.support.rabbit import take_messages
 from tests.support.waiting import eventually
 
 SCRAPE_SECONDS = 0.5
@@ -196,3 +200,44 @@ async def test_the_outbox_backlog_and_its_age_show_a_broker_outage(
         await asyncio.to_thread(broker.restore)
     await eventually(lambda: query(promql, f"{backlog} == 0"), within=60, what="drained")
     await eventually(lambda: query(promql, f"{age} == 0"), what="nothing waiting")
+
+
+async def test_a_poison_message_shows_as_redeliveries_failures_and_dead_letters(
+    mesh, mesh_env, promql
+):
+    """One unusable event: each consumer fails it, gets it redelivered up to the
+    limit, and its DLQ's depth shows it until someone takes it out."""
+    failed = 'sum(faststream_received_processed_messages_total{{job="{job}",status!="acked"}})'
+    redelivered = 'sum(faststream_received_messages_total{{job="{job}",redelivered="true"}})'
+    depth = 'dead_letter_queue_messages{{queue="{queue}"}}'
+    handled = "faststream_received_processed_messages_total"
+    before = {
+        job: {
+            "failed": scraped(mesh, job, handled) - scraped(mesh, job, handled, status="acked"),
+            "redelivered": scraped(
+                mesh, job, "faststream_received_messages_total", redelivered="true"
+            ),
+        }
+        for job in SUBSCRIPTIONS
+    }
+    poison = json.dumps({"event_id": "not-a-uuid", "quantity": -1}).encode()
+    async with await aio_pika.connect(mesh_env["AMQP_URL"]) as connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(EXCHANGE.name)
+        await exchange.publish(
+            aio_pika.Message(poison, content_type="application/json"), routing_key=PRODUCT_SOLD
+        )
+    for job, subscription in SUBSCRIPTIONS.items():
+        queue = subscription.dead_letter_queue
+        await eventually(lambda q=queue: query(promql, f"{depth.format(queue=q)} >= 1"), what=queue)
+        for what, expression in (("failed", failed), ("redelivered", redelivered)):
+            counted = f"{expression.format(job=job)} > {before[job][what]}"
+            await eventually(lambda e=counted: query(promql, e), what=f"{job}: {what}")
+        taken: list = []
+
+        async def drained(queue: str = queue, taken: list = taken) -> bool:
+            taken.extend(await take_messages(mesh_env["AMQP_URL"], queue))
+            return [m.body for m in taken] == [poison]
+
+        await eventually(drained, what=f"the poison taken out of {queue}")
+        await eventually(lambda q=queue: query(promql, f"{depth.format(queue=q)} == 0"), what=queue)
