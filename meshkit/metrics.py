@@ -14,7 +14,9 @@ metrics, by who records them (prometheus/README.md has the table with labels):
 - sampled on the process's loop every METRICS_SAMPLE_SECONDS, never at scrape
   time (a scrape runs on the endpoint's thread, the drivers on the loop):
   ``outbox_unpublished_events`` and ``outbox_oldest_unpublished_age_seconds``
-  (the relay), ``dead_letter_queue_messages`` (each consumer, its own DLQ);
+  (the relay; the age is worked out at scrape time from the oldest row seen, so
+  it grows between samples), ``dead_letter_queue_messages`` (each consumer, its
+  own DLQ);
 - ``db_pool_connections`` (PostgreSQL pools), read at scrape time;
 - prometheus_client's own ``process_*`` and ``python_*``.
 """
@@ -38,6 +40,8 @@ from meshkit.events import Subscription, dead_letter_queue
 from meshkit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+# Refreshes sampled gauges on the process's loop (MetricsEndpoint).
+Sampler = Callable[[], Awaitable[None]]
 
 # Our RPCs take milliseconds: finer buckets at the low end than the library's.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -144,7 +148,7 @@ def broker_metrics() -> RabbitPrometheusMiddleware:
     )
 
 
-def dead_letter_depth(broker: RabbitBroker, subscription: Subscription) -> "Sampler":
+def dead_letter_depth(broker: RabbitBroker, subscription: Subscription) -> Sampler:
     """A sampler of ``subscription``'s DLQ depth: the message count of a queue
     declare (idempotent, the same arguments), so no management API is needed."""
     queue_name = subscription.dead_letter_queue
@@ -196,8 +200,6 @@ def watch_pool(database: str, usage: Callable[[], tuple[int, int]]) -> None:
 
 
 # --- the endpoint -------------------------------------------------------------------
-
-Sampler = Callable[[], Awaitable[None]]
 
 
 class MetricsEndpoint:
