@@ -6,6 +6,7 @@ started with `make up`.
 """
 
 import os
+import random
 import socket
 import subprocess
 import uuid
@@ -28,11 +29,28 @@ PG_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0
 RABBIT_SERVER_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
+# Where free_port looks: below the kernel's ephemeral range (32768-60999 by default,
+# /proc/sys/net/ipv4/ip_local_port_range), from which every outgoing connection on
+# the machine takes its local port. A port handed out from that range may be taken
+# by someone's connection before our server binds it (seen: EADDRINUSE at start).
+FREE_PORTS = range(20_000, 32_768)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on right now, never handed out before by this process."""
+    for _ in range(1000):
+        port = random.choice(FREE_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {FREE_PORTS}")
 
 
 # --- PostgreSQL ---------------------------------------------------------------
