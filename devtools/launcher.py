@@ -27,7 +27,14 @@ from devtools.preflight import (
 from devtools.processes import ManagedProcess, StartupFailed, run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from inventory_svc.settings import InventorySettings
-from mesh.envoy_config import AUTH_ENV, EDGE_ENV, EdgeAuth, render, with_environment
+from mesh.envoy_config import (
+    AUTH_ENV,
+    EDGE_ENV,
+    EdgeAuth,
+    EdgeTracing,
+    render,
+    with_environment,
+)
 from mesh.topology import backends, base_name, native_ports
 from meshkit.settings import load_settings, without_credentials
 from notify_svc.settings import NotifySettings
@@ -108,6 +115,7 @@ def up(plan: MeshPlan) -> None:
         f"  Envoy admin:            http://127.0.0.1:{plan.admin_port}\n"
         f"  Prometheus:             {prometheus_ui}\n"
         f"    each process's /metrics on 127.0.0.1: {metrics}\n"
+        f"  Traces:                 {traces_summary()}\n"
         f"  RabbitMQ management:    {rabbitmq_ui}\n"
         f"  MongoDB:                {plan.env['MONGO_URL']} (analytics_db.sales_events)\n"
         "    browse it: make mongo-ui (Mongo Express on http://localhost:8081, admin/pass)\n"
@@ -135,6 +143,13 @@ def start_prometheus(plan: MeshPlan) -> str:
     return f"http://localhost:{plan.prometheus_port} (/targets, /alerts; rules: prometheus/)"
 
 
+def traces_summary() -> str:
+    tracing = EdgeTracing.from_env()
+    if not tracing:
+        return "off (set OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/gRPC receiver, envoy/README.md)"
+    return f"to {tracing.endpoint} ({tracing.sampler}); answers carry x-trace-id"
+
+
 def edge_auth(plan: MeshPlan) -> tuple[MeshPlan, str]:
     """The development key pair Envoy trusts (created once under .run/auth/), or, with
     AUTH_ISSUER/AUTH_AUDIENCES/AUTH_JWKS_URI set, an Envoy config of their own.
@@ -145,7 +160,7 @@ def edge_auth(plan: MeshPlan) -> tuple[MeshPlan, str]:
     if not auth.jwks_uri:
         ensure_keys(DEV_KEYS_DIR)
     dev_tokens = 'TOKEN=$(make -s token), then -H "authorization: Bearer $TOKEN"'
-    # Edge settings (CORS_ALLOWED_ORIGINS), OIDC settings or REPLICAS in the
+    # Edge settings (CORS_ALLOWED_ORIGINS, an OTLP endpoint), OIDC settings or REPLICAS in the
     # environment: an Envoy config rendered with them; otherwise the checked-in
     # envoy/envoy.yaml (one replica of each).
     replicated = plan.grpc_ports != native_ports(1)

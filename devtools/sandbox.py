@@ -21,7 +21,7 @@ import httpx
 from devtools.plan import MeshPlan, migrate, mongo_answers
 from devtools.processes import ManagedProcess
 from devtools.tokens import JWKS, SigningKey, ensure_keys
-from mesh.envoy_config import EdgeAuth, render
+from mesh.envoy_config import EdgeAuth, EdgeTracing, render
 from mesh.topology import backends, base_name, process_names
 
 # The servers the tests and the benchmarks make their databases and vhost on.
@@ -229,7 +229,8 @@ def start_mesh(
 ) -> Mesh:
     """Backends (all, or ``only`` these) with their workers (the outbox relay),
     ``replicas`` processes of each, migrated first, and an Envoy in front of them,
-    on free ports; ``edge`` overrides the Envoy's limits (EnvoySite fields)."""
+    on free ports; ``edge`` overrides the Envoy's limits (EnvoySite fields). With
+    OTEL_EXPORTER_OTLP_ENDPOINT in ``env``, Envoy exports its spans there too."""
     names = only or backends()
     migrate(env, names)
     # Ports for every process of the mesh, started or not: Envoy knows them all.
@@ -246,7 +247,8 @@ def start_mesh(
     )
     mesh = Mesh(plan, {}, ensure_keys(run_dir / "auth"))
     auth = EdgeAuth(jwks_file=str(run_dir / "auth" / JWKS))
-    plan.envoy_config.write_text(render(plan.envoy_site(auth, **{**SANDBOX_EDGE, **(edge or {})})))
+    edge = {"tracing": EdgeTracing.from_env(env), **SANDBOX_EDGE, **(edge or {})}
+    plan.envoy_config.write_text(render(plan.envoy_site(auth, **edge)))
     try:
         started = process_names(names, replicas)
         for name in started:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -34,7 +34,7 @@ ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%DYNAMIC_METADATA(mesh.edge:method)% %DYNAMIC_METADATA(mesh.edge:path):256%'
     ' %PROTOCOL%" %RESPONSE_CODE% grpc=%GRPC_STATUS% %DURATION%ms'
     " upstream=%UPSTREAM_CLUSTER%@%UPSTREAM_HOST% %RESPONSE_CODE_DETAILS%"
-    " deadline=%REQ(GRPC-TIMEOUT)%\n"
+    " deadline=%REQ(GRPC-TIMEOUT)% trace=%TRACE_ID%\n"
 )
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -99,6 +99,90 @@ class EdgeAuth:
 AUTH_ENV = ("AUTH_ISSUER", "AUTH_AUDIENCES", "AUTH_JWKS_URI", "AUTH_JWKS_FILE")
 
 
+# The standard OpenTelemetry variables Envoy's tracer is rendered from. The traces
+# endpoint wins over the general one, as in the OpenTelemetry SDKs.
+TRACES_ENDPOINT_ENV = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+# OTEL_TRACES_SAMPLER values Envoy's sampler extensions can express (the default is
+# the SDKs' default).
+SAMPLERS = (
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+    "always_on",
+    "always_off",
+    "traceidratio",
+)
+DEFAULT_SAMPLER = "parentbased_always_on"
+ENVOY_SERVICE_NAME = "envoy"
+
+
+@dataclass(frozen=True)
+class EdgeTracing:
+    """Where Envoy exports its spans (OTLP/gRPC) and which requests it samples.
+
+    From the standard variables (``from_env``), as the services read them:
+    OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, OTEL_TRACES_SAMPLER and _ARG,
+    OTEL_RESOURCE_ATTRIBUTES. Envoy's service.name is always ``envoy``:
+    OTEL_SERVICE_NAME names a service process, and one environment starts them all.
+    """
+
+    endpoint: str  # http://host:4317 (https: TLS, verified against the system CAs)
+    sampler: str = DEFAULT_SAMPLER
+    ratio: float = 1.0  # the traceidratio samplers' share of new traces
+    # Extra resource attributes (deployment.environment=…), never service.name.
+    resource_attributes: tuple[tuple[str, str], ...] = ()
+    trusted_ca_file: str = EdgeAuth.trusted_ca_file
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"the OTLP endpoint must be an http(s) URL (OTLP/gRPC, e.g. http://jaeger:4317),"
+                f" got {self.endpoint!r}"
+            )
+        if self.sampler not in SAMPLERS:
+            raise ValueError(
+                f"OTEL_TRACES_SAMPLER={self.sampler!r} is not one Envoy can apply;"
+                f" use one of {', '.join(SAMPLERS)}"
+            )
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"OTEL_TRACES_SAMPLER_ARG must be within [0, 1], got {self.ratio}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "EdgeTracing | None":
+        """None (no tracer at all) without an endpoint, or when the SDK or the trace
+        exporter is switched off (OTEL_SDK_DISABLED=true, OTEL_TRACES_EXPORTER=none)."""
+        endpoint = next((env[name] for name in TRACES_ENDPOINT_ENV if env.get(name)), "")
+        disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+        if not endpoint or disabled or env.get("OTEL_TRACES_EXPORTER", "").strip() == "none":
+            return None
+        sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or DEFAULT_SAMPLER
+        argument = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+        try:
+            ratio = float(argument) if argument else 1.0
+        except ValueError:
+            raise ValueError(
+                f"OTEL_TRACES_SAMPLER_ARG must be a number, got {argument!r}"
+            ) from None
+        return cls(
+            endpoint.strip(),
+            sampler,
+            ratio,
+            _resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")),
+        )
+
+
+def _resource_attributes(text: str) -> tuple[tuple[str, str], ...]:
+    """OTEL_RESOURCE_ATTRIBUTES (key=value,key=value, values percent-encoded) without
+    service.name: Envoy is always ``envoy``."""
+    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+    return tuple(
+        (key.strip(), unquote(value.strip()))
+        for key, value in pairs
+        if key.strip() and key.strip() != "service.name"
+    )
+
+
 @dataclass(frozen=True)
 class EnvoySite:
     """Where one Envoy listens, where it finds the backends, and the edge's limits.
@@ -120,6 +204,8 @@ class EnvoySite:
     # Where Envoy finds the docs site (built into docs/site by `make docs`).
     docs_dir: str = str(DOCS_SITE.relative_to(ROOT))
     auth: EdgeAuth = field(default_factory=EdgeAuth)
+    # Where Envoy exports its spans; None: no tracer at all (and no x-trace-id).
+    tracing: EdgeTracing | None = None
 
     # --- strict input ---------------------------------------------------------
     # A REST/JSON body: the largest request of the API is a few hundred bytes.
@@ -172,19 +258,21 @@ class EnvoySite:
     outlier_ejection_seconds: float = 10.0
 
 
-# Settings the launcher takes from the environment (README "Limits").
-EDGE_ENV = ("CORS_ALLOWED_ORIGINS",)
+# Settings the launcher takes from the environment (README "Limits", envoy/README.md
+# "Tracing"): any of them set, and `make up` renders Envoy's config with them.
+EDGE_ENV = ("CORS_ALLOWED_ORIGINS", *TRACES_ENDPOINT_ENV)
 
 
-def with_environment(site: EnvoySite, env: dict[str, str] | None = None) -> EnvoySite:
+def with_environment(site: EnvoySite, env: Mapping[str, str] | None = None) -> EnvoySite:
     """``site`` with the edge settings given in the environment: CORS_ALLOWED_ORIGINS,
-    a comma-separated list of origins (https://shop.example) browsers may call from."""
-    env = dict(os.environ) if env is None else env
+    a comma-separated list of origins (https://shop.example) browsers may call from,
+    and the OpenTelemetry variables (EdgeTracing.from_env)."""
+    env = os.environ if env is None else env
     if origins := env.get("CORS_ALLOWED_ORIGINS", "").strip():
         site = replace(
             site, cors_allowed_origins=tuple(o.strip() for o in origins.split(",") if o.strip())
         )
-    return site
+    return replace(site, tracing=EdgeTracing.from_env(env))
 
 
 # How long each kind of RPC may take (EnvoySite.timeouts). An RPC's kind comes from
@@ -353,6 +441,139 @@ def _outlier_detection(site: EnvoySite) -> Config:
         "interval": _seconds(min(site.health_check_seconds, 1.0)),
         "base_ejection_time": _seconds(site.outlier_ejection_seconds),
         "max_ejection_percent": 50,
+    }
+
+
+# --- tracing (OpenTelemetry) ----------------------------------------------------------
+#
+# With an OTLP endpoint configured (EdgeTracing), Envoy starts a trace for every call,
+# or continues the caller's W3C traceparent, passes its own span on to the backend as
+# traceparent, exports its span to the endpoint and returns the trace id in
+# x-trace-id (and writes it into the access log). Without one: no tracer, no header.
+
+OTLP_CLUSTER = "otlp"
+TRACE_ID_HEADER = "x-trace-id"
+SAMPLER_EXTENSION = "envoy.tracers.opentelemetry.samplers."
+
+
+def _sampler(name: str, ratio: float) -> Config:
+    """OTEL_TRACES_SAMPLER (and its ratio) as Envoy's OpenTelemetry sampler extension.
+
+    parentbased_*: a caller's traceparent decides (sampled or not), the root sampler
+    only new traces; the others decide on every call. always_off is a ratio of 0.
+    """
+    root = name.removeprefix("parentbased_")
+    if root == "always_on":
+        sampler = {
+            "name": SAMPLER_EXTENSION + "always_on",
+            "typed_config": _typed("tracers.opentelemetry.samplers.v3.AlwaysOnSamplerConfig"),
+        }
+    else:
+        share = 0.0 if root == "always_off" else ratio
+        sampler = {
+            "name": SAMPLER_EXTENSION + "trace_id_ratio_based",
+            "typed_config": _typed(
+                "tracers.opentelemetry.samplers.v3.TraceIdRatioBasedSamplerConfig",
+                # Parts per million: 0.1 % steps would not be enough for busy edges.
+                sampling_percentage={
+                    "numerator": round(share * 1_000_000),
+                    "denominator": "MILLION",
+                },
+            ),
+        }
+    if not name.startswith("parentbased_"):
+        return sampler
+    return {
+        "name": SAMPLER_EXTENSION + "parent_based",
+        "typed_config": _typed(
+            "tracers.opentelemetry.samplers.v3.ParentBasedSamplerConfig", wrapped_sampler=sampler
+        ),
+    }
+
+
+def _tracing(tracing: EdgeTracing) -> Config:
+    """The connection manager's tracer: OpenTelemetry over OTLP/gRPC (cluster `otlp`)."""
+    config: Config = {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+        "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "5s"},
+        "service_name": ENVOY_SERVICE_NAME,
+        "sampler": _sampler(tracing.sampler, tracing.ratio),
+    }
+    if tracing.resource_attributes:
+        config["resource_detectors"] = [
+            {
+                "name": "envoy.tracers.opentelemetry.resource_detectors.static_config",
+                "typed_config": _typed(
+                    "tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig",
+                    attributes=dict(tracing.resource_attributes),
+                ),
+            }
+        ]
+    return {
+        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": config},
+        # The sampler decides; every call is offered to it.
+        "random_sampling": {"value": 100},
+    }
+
+
+def _otlp_cluster(tracing: EdgeTracing) -> Config:
+    url = urlsplit(tracing.endpoint)
+    host, tls = url.hostname or "", url.scheme == "https"
+    cluster: Config = {
+        "name": OTLP_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "dns_lookup_family": "V4_PREFERRED",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+                "upstreams.http.v3.HttpProtocolOptions",
+                explicit_http_config={"http2_protocol_options": {}},
+            )
+        },
+        "load_assignment": {
+            "cluster_name": OTLP_CLUSTER,
+            "endpoints": [{"lb_endpoints": [_endpoint(host, url.port or (443 if tls else 4317))]}],
+        },
+    }
+    if tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": _typed(
+                "transport_sockets.tls.v3.UpstreamTlsContext",
+                sni=host,
+                common_tls_context={
+                    "alpn_protocols": ["h2"],
+                    "validation_context": {
+                        "trusted_ca": {"filename": tracing.trusted_ca_file},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": host}}
+                        ],
+                    },
+                },
+            ),
+        }
+    return cluster
+
+
+def _trace_id_header() -> Config:
+    """x-trace-id: the call's trace id, so a caller can quote it. Calls the sampler
+    left out have one too (passed on in traceparent, not exported)."""
+    return {
+        "header": {"key": TRACE_ID_HEADER, "value": "%TRACE_ID%"},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        "keep_empty_value": False,
+    }
+
+
+def _trace_id_filter() -> Config:
+    """x-trace-id on every answer: first in the chain, so last to see each answer on
+    its way out, including the local replies of every later filter."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": _typed(
+            "filters.http.header_mutation.v3.HeaderMutation",
+            mutations={"response_mutations": [{"append": _trace_id_header()}]},
+        ),
     }
 
 
@@ -536,6 +757,10 @@ def _rpc_route(rpc: _Rpc, site: EnvoySite) -> Config:
     )
     if rpc.http_method not in (None, "GET") and site.mutation_rate_per_second > 0:
         route["typed_per_filter_config"] = {RATE_LIMIT: _mutation_rate_limit(site)}
+    if site.tracing:
+        # Envoy's span is named after the RPC (OpenTelemetry's gRPC span name), for
+        # REST and native gRPC calls alike; not passed on as a header.
+        route["decorator"] = {"operation": f"{rpc.service}/{rpc.name}", "propagate": False}
     return route
 
 
@@ -818,6 +1043,8 @@ def envoy_config(
     clusters += [any_backend, _refusals_cluster()]
     if site.auth.jwks_uri:
         clusters.append(_jwks_cluster(site.auth))
+    if site.tracing:
+        clusters.append(_otlp_cluster(site.tracing))
     return {
         "admin": {"address": _address("127.0.0.1", site.admin_port)},
         "bootstrap_extensions": [
@@ -878,13 +1105,14 @@ def _cors_policy(site: EnvoySite) -> Config:
         allow_origin_string_match=[{"exact": origin} for origin in site.cors_allowed_origins],
         allow_methods="GET, POST",
         allow_headers="authorization, content-type, grpc-timeout, x-grpc-web, x-user-agent",
-        expose_headers="grpc-status, grpc-message, retry-after",
+        expose_headers=f"grpc-status, grpc-message, retry-after, {TRACE_ID_HEADER}",
         max_age="600",
     )
 
 
 def _http_filters(site: EnvoySite, services: list, descriptor_set: Path) -> list[Config]:
     return [
+        *([_trace_id_filter()] if site.tracing else []),
         # CORS first: a preflight from an allowed origin is answered here; without
         # configured origins no response carries access-control-allow-origin, so a
         # browser lets no other site read an answer.
@@ -974,7 +1202,7 @@ def _http_connection_manager(
     virtual_host: Config = {"name": "mesh", "domains": ["*"], "routes": routes}
     if site.cors_allowed_origins:
         virtual_host["typed_per_filter_config"] = {CORS: _cors_policy(site)}
-    return {
+    manager = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             **_typed("filters.network.http_connection_manager.v3.HttpConnectionManager"),
@@ -1022,6 +1250,9 @@ def _http_connection_manager(
             "http_filters": _http_filters(site, services, descriptor_set),
         },
     }
+    if site.tracing:
+        manager["typed_config"]["tracing"] = _tracing(site.tracing)
+    return manager
 
 
 # --- identity and authorization ----------------------------------------------------

@@ -7,7 +7,14 @@ import yaml
 
 from devtools.launcher import edge_auth
 from devtools.plan import native_plan
-from mesh.envoy_config import SAFE_RETRY_ON, UNSAFE_RETRY_ON, EnvoySite, envoy_config
+from mesh.envoy_config import (
+    AUTH_ENV,
+    EDGE_ENV,
+    SAFE_RETRY_ON,
+    UNSAFE_RETRY_ON,
+    EnvoySite,
+    envoy_config,
+)
 from mesh.topology import (
     api_replicas,
     backends,
@@ -84,7 +91,7 @@ def test_reads_and_decrease_stock_are_retried_after_a_reset_restock_never():
 
 
 def test_replicas_make_up_renders_an_envoy_config_listing_every_replica(tmp_path, monkeypatch):
-    for name in ("AUTH_ISSUER", "AUTH_AUDIENCES", "AUTH_JWKS_URI", "CORS_ALLOWED_ORIGINS"):
+    for name in (*AUTH_ENV, *EDGE_ENV):
         monkeypatch.delenv(name, raising=False)
     one = dataclasses.replace(native_plan({}, replicas=1), run_dir=tmp_path)
     assert edge_auth(one)[0].envoy_config == one.envoy_config  # the checked-in file
