@@ -5,6 +5,7 @@
     python -m bench.run --pipeline-only [--rate 150]   # only the event pipeline (≈ 2 min)
     python -m bench.run --replicas-only  # only 1 vs 2 replicas and CPU per order (≈ 3 min)
     python -m bench.run --only hot  # only the hot-product section (≈ 7 min)
+    python -m bench.run --only tracing  # only the tracing cost, off / 10 % / 100 % (≈ 3 min)
 
 Everything runs in a private sandbox (own databases, RabbitMQ vhost, MongoDB
 wire server, mesh on free ports). Each scenario is warmed up, then measured
@@ -41,6 +42,7 @@ from bench.edge import measure_edge, render_edge, splice
 from bench.pgbench_script import decrease_stock_script, get_stock_script
 from bench.pipeline import run_pipeline
 from bench.replicas import measure_replicas, render_replicas
+from bench.tracing import measure_tracing, render_tracing
 from devtools import sandbox
 from devtools.processes import ManagedProcess
 from mesh.topology import ROOT, backends
@@ -450,8 +452,8 @@ def main() -> None:
     parser.add_argument("--pipeline-only", action="store_true", help="skip the throughput rows")
     parser.add_argument(
         "--only",
-        choices=["hot"],
-        help="hot: only the hot-product section, spliced into the existing report",
+        choices=["hot", "tracing"],
+        help="only that section (hot products, tracing cost), spliced into the existing report",
     )
     parser.add_argument("--hot-clients", type=int, nargs="+", help="override 1 8 32 96")
     parser.add_argument(
@@ -531,11 +533,31 @@ async def run(args: argparse.Namespace) -> str:
     try:
         # Load from one address is what the bench is: no per-client mutation limit,
         # and room for its clients in the circuit breakers.
-        if args.replicas_only:  # its meshes are its own: only the databases now
+        if args.replicas_only or args.only == "tracing":  # meshes of their own: databases now
             sandbox.migrate(env, backends())
         else:
             mesh = sandbox.start_mesh(work, env, only=["inventory_svc"], edge=BENCH_EDGE)
         await seed_products(db_url)
+        if args.only == "tracing":
+
+            def rest_via_envoy(mesh: sandbox.Mesh) -> Generator:
+                bench = Bench(work, db_url, mesh, 0)
+                return bench.wrk(mesh.http_url, bench.token)
+
+            rows, load = await measure_tracing(
+                rest_via_envoy,
+                seed_products,
+                lambda: purge_event_queues(amqp_url),
+                PG_SERVER_URL,
+                work,
+                env,
+                BENCH_EDGE,
+                args.seconds,
+                args.warmup,
+                rounds := 1 if args.smoke else 2 * args.repeats,
+            )
+            existing = args.output_path.read_text() if args.output_path.exists() else ""
+            return splice(existing, render_tracing(rows, load, args.seconds, rounds))
         if args.edge_only:
             edge = await measure_edge(mesh, work, HOT_PRODUCT, smoke=args.smoke)
             existing = args.output_path.read_text() if args.output_path.exists() else ""
