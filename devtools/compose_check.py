@@ -16,8 +16,9 @@ the same variables (credentials without defaults); the credentials guard runs
 before every container and knows every example password; every container has a
 healthcheck and a pinned image; only Envoy publishes a port beyond loopback; COPY
 sources are in the build context; data files of the installed packages are package
-data; Envoy's backends are the compose services at their GRPC_PORT, and the real
-Envoy, given the files its volumes mount, accepts its config; Prometheus mounts the
+data; Envoy's backends are the compose services at their GRPC_PORT, its span
+exporter (cluster otlp) a service exposing that port, and the real Envoy, given
+the files its volumes mount, accepts its config; Prometheus mounts the
 generated config and its rules, and scrapes every service at its METRICS_PORT.
 Exits 1, one line per problem.
 """
@@ -41,7 +42,7 @@ from dockerfile_parse import DockerfileParser
 from devtools.plan import ENVOY_OPTIONS
 from devtools.processes import run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
-from mesh.envoy_config import CHECKED_IN, COMPOSE_SITE
+from mesh.envoy_config import CHECKED_IN, COMPOSE_SITE, OTLP_CLUSTER
 from mesh.prometheus_config import CHECKED_IN as PROMETHEUS_CHECKED_IN
 from mesh.prometheus_config import COMPOSE_SITE as PROMETHEUS_COMPOSE_SITE
 from mesh.topology import ROOT, WORKERS
@@ -286,6 +287,9 @@ def check_envoy(compose: Compose, root: Path) -> list[str]:
     ports = {n: (s.get("environment") or {}).get("GRPC_PORT") for n, s in services(compose).items()}
     problems, hosts = [], set()
     for cluster, host, port in envoy_endpoints(config):
+        if cluster == OTLP_CLUSTER:  # where Envoy exports its spans: no backend
+            problems += check_exposed(compose, cluster, host, port)
+            continue
         hosts.add(host)
         if host not in ports:
             problems.append(f"Envoy cluster {cluster}: {host} is no service")
@@ -308,6 +312,18 @@ def check_envoy(compose: Compose, root: Path) -> list[str]:
     wanted = {path: local_path(path, service) for path in set(re.findall(ENVOY_FILE, text))}
     files = {path: local for path, local in wanted.items() if local and local.exists()}
     return problems or validate_envoy(text, files)
+
+
+def check_exposed(compose: Compose, cluster: str, host: str, port: int) -> list[str]:
+    """``host`` is a compose service that exposes (or publishes) ``port``."""
+    service = services(compose).get(host)
+    if service is None:
+        return [f"Envoy cluster {cluster}: {host} is no service"]
+    exposed = {str(p) for p in service.get("expose") or []}
+    exposed |= {str(p["target"]) for p in service.get("ports") or []}
+    if str(port) not in exposed:
+        return [f"Envoy cluster {cluster}: {host} does not expose port {port}"]
+    return []
 
 
 def envoy_endpoints(config: dict[str, Any]) -> Iterator[tuple[str, str, int]]:

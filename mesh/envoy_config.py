@@ -1448,12 +1448,16 @@ def render(site: EnvoySite, descriptor_set: Path = DESCRIPTOR_SET) -> str:
 
 # The checked-in configs: what `make up` runs natively, and what compose mounts
 # (compose.yaml: backends by service name, contracts and docs under /etc/envoy).
+# Compose runs Jaeger next to the mesh, so its Envoy always traces, to Jaeger's
+# OTLP/gRPC port (a static file cannot read compose's environment).
+COMPOSE_OTLP_ENDPOINT = "http://jaeger:4317"
 COMPOSE_SITE = EnvoySite(
     listen_address="0.0.0.0",
     descriptor_path="/etc/envoy/mesh.binpb",
     docs_dir="/etc/envoy/docs",
     auth=EdgeAuth(jwks_file="/etc/envoy/auth/jwks.json"),
     backends={name: [(name.replace("_", "-"), port)] for name, port in GRPC_PORTS.items()},
+    tracing=EdgeTracing(COMPOSE_OTLP_ENDPOINT),
 )
 # Kubernetes (deploy/k8s): backends are headless Services, so DNS answers with
 # every ready pod and STRICT_DNS makes each one an endpoint that Envoy balances

@@ -183,6 +183,14 @@ def test_envoy_must_mount_the_generated_config_and_reach_our_services(compose):
     assert "does not mount" in problem and "envoy.compose.yaml as Envoy's config" in problem
 
 
+def test_envoy_exports_its_spans_to_a_service_that_takes_otlp(compose):
+    services = cc.services(compose)
+    services["jaeger"]["expose"] = ["4318"]
+    assert cc.check_envoy(compose, ROOT) == ["Envoy cluster otlp: jaeger does not expose port 4317"]
+    del services["jaeger"]
+    assert cc.check_envoy(compose, ROOT) == ["Envoy cluster otlp: jaeger is no service"]
+
+
 def test_prometheus_must_mount_the_generated_config_and_scrape_our_services(compose):
     services = cc.services(compose)
     assert cc.check_prometheus(compose, ROOT) == []
