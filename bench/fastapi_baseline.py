@@ -19,12 +19,15 @@ from inventory_svc.domain import SaleRequest
 from inventory_svc.store import RECORD_SALE, record_sale_arguments
 
 pool: asyncpg.Pool
+POOL_SIZE = 10  # inventory_svc's DB_POOL_SIZE default
 
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     global pool
-    pool = await asyncpg.create_pool(os.environ["BENCH_DATABASE_URL"], min_size=10, max_size=10)
+    pool = await asyncpg.create_pool(
+        os.environ["BENCH_DATABASE_URL"], min_size=POOL_SIZE, max_size=POOL_SIZE
+    )
     yield
     await pool.close()
 

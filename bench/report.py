@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from bench.connections import DEFAULT_MAX_CONNECTIONS
 from bench.edge import EdgeResult, render_edge
 from bench.pipeline import PipelineResult
 
@@ -64,19 +65,24 @@ def render_hot(rows: list, args: argparse.Namespace) -> list[str]:
         " (inventory_svc/batching.py); pgbench and the FastAPI baseline run one transaction"
         " per order. Sales per transaction and CPU per sale count every sale committed"
         " during the row (warm-up included), from the sales table (a transaction's sales"
-        " share their sold_at) and /proc. `pgbench, relay stopped`: pgbench"
-        " with the outbox relay's process stopped, its outbox rows left to nobody.",
+        ' share their sold_at) and /proc; "API" is inventory_svc\'s process, in the'
+        " FastAPI rows the baseline's. `pgbench, relay stopped`: pgbench"
+        " with the outbox relay's process stopped, its outbox rows left to nobody."
+        ' "PG conns": the most PostgreSQL connections the bench held at once during the'
+        " row (pg_stat_activity sampled every 20 ms: pgbench's or the generator's"
+        " services', the relay's, the bench's own; bench/connections.py): at most"
+        f" {DEFAULT_MAX_CONNECTIONS} fits PostgreSQL's default max_connections.",
         "",
         "| scenario | clients | TPS | p50 ms | p99 ms | x pgbench | x FastAPI"
-        " | sales / txn (max) | inventory_svc µs CPU / sale | relay µs CPU / sale"
-        " | Envoy µs CPU / sale | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | sales / txn: mean, p90 (max) | API µs CPU / sale | relay µs CPU / sale"
+        " | Envoy µs CPU / sale | PG conns | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[
             f"| {r.scenario} | {r.clients} | {r.tps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f}"
             f" | {r.ratio:.2f} | {r.tps / fastapi.get(r.clients, float('nan')):.2f}"
-            f" | {r.orders / r.transactions if r.transactions else float('nan'):.1f}"
-            f" ({r.max_batch}) | {r.service_cpu_us:.0f} | {r.relay_cpu_us:.0f}"
-            f" | {r.envoy_cpu_us:.0f}"
+            f" | {r.orders / r.transactions if r.transactions else float('nan'):.1f},"
+            f" {r.p90_batch} ({r.max_batch}) | {r.service_cpu_us:.0f} | {r.relay_cpu_us:.0f}"
+            f" | {r.envoy_cpu_us:.0f} | {r.pg_peak or '-'}"
             f" | {r.note or r.errors} |"
             for r in hot
         ],

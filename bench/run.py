@@ -23,10 +23,12 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +40,9 @@ from urllib.parse import urlsplit
 import aio_pika
 import asyncpg
 
+from bench.connections import ConnectionWatch, check_room
 from bench.edge import measure_edge, render_edge, splice
+from bench.fastapi_baseline import POOL_SIZE
 from bench.pgbench_script import decrease_stock_script, get_stock_script
 from bench.pipeline import run_pipeline
 from bench.replicas import measure_replicas, render_replicas
@@ -58,6 +62,11 @@ BENCH_EDGE = {"mutation_rate_per_second": 0, "max_requests_per_backend": 4096}
 HOT_CLIENTS = [1, 8, 32, 96]  # PostgreSQL's default max_connections is 100
 RELAY_STOPPED = "pgbench, relay stopped"
 RELAY = "inventory_relay"  # the outbox relay's process in the sandbox mesh
+FASTAPI = "FastAPI + asyncpg"
+# Bench-only service settings (bench/connections.py): pooled connections idle for a
+# second are closed and the health probe runs every 5 s, so a process idle during
+# a row (the API during pgbench's) leaves PostgreSQL's connection slots to the row.
+BENCH_SERVICE_ENV = {"DB_POOL_IDLE_SECONDS": "1", "HEALTH_PROBE_SECONDS": "5"}
 
 
 @dataclass
@@ -76,6 +85,8 @@ class Row:
     transactions: int = 0  # sale transactions committed during the measured runs
     orders: int = 0  # sales committed during the measured runs
     max_batch: int = 0  # most sales committed in one transaction
+    p90_batch: int = 0  # sales per transaction: 90 % of the transactions carried at most this
+    pg_peak: int = 0  # most PostgreSQL connections the bench held at once during the row
     service_cpu_us: float = float("nan")  # inventory_svc (the API) CPU per committed sale
     relay_cpu_us: float = float("nan")  # the outbox relay's CPU per committed sale
     envoy_cpu_us: float = float("nan")  # Envoy CPU per committed sale
@@ -88,6 +99,10 @@ class Measurement:
     p50_ms: float
     p99_ms: float
     errors: int
+
+
+class Stopped(Exception):
+    """The run is being torn down: the section on the worker thread gives up."""
 
 
 Generator = Callable[[str, str, int, float], Measurement]  # rpc, products, clients, seconds
@@ -112,6 +127,9 @@ class Bench:
     def __init__(self, work: Path, db_url: str, mesh: sandbox.Mesh, fastapi_port: int) -> None:
         self.work, self.db_url, self.mesh, self.fastapi_port = work, db_url, mesh, fastapi_port
         self.cpu_share = 0.0
+        # Set when the run is being torn down (an error, Ctrl-C, SIGTERM) while a
+        # section still runs on its worker thread: it starts nothing more.
+        self.stopping = threading.Event()
         # One token for the whole run (as a real client reuses its access token).
         self.token = mesh.token(["orders:write"], ttl_seconds=6 * 3600)
 
@@ -239,7 +257,7 @@ class Bench:
             # Envoy verifies the token (ES256) on DecreaseStock; GetStock is public.
             "gRPC via Envoy": self.grpc(self.mesh.envoy_target, self.token),
             "REST via Envoy": self.wrk(self.mesh.http_url, self.token),
-            "FastAPI + asyncpg": self.wrk(f"http://127.0.0.1:{self.fastapi_port}"),
+            FASTAPI: self.wrk(f"http://127.0.0.1:{self.fastapi_port}"),
         }
 
 
@@ -304,6 +322,8 @@ def measure_row(
     products: str,
     clients: int,
 ) -> Row:
+    if bench.stopping.is_set():
+        raise Stopped
     generator(rpc, products, clients, args.warmup)
     runs, cpu = [], []
     for _ in range(args.repeats):
@@ -364,82 +384,123 @@ def process_cpu_seconds(pid: int | None) -> float:
 
 async def hot_sales_between(
     conn: asyncpg.Connection, since: datetime, until: datetime
-) -> tuple[int, int, int]:
-    """(transactions, sales, most sales in one transaction) of the hot product.
+) -> tuple[int, int, int, int]:
+    """(transactions, sales, most sales in one transaction, 90th percentile of
+    sales per transaction) of the hot product.
 
     A transaction's sales share their sold_at (now() is the transaction's start
-    time), so grouping by it counts what each commit carried.
+    time), so grouping by it counts what each commit carried: the batch sizes as
+    the database saw them, whatever the service reports.
     """
     row = await conn.fetchrow(
         "SELECT count(*) AS transactions, coalesce(sum(n), 0)::bigint AS orders,"
-        " coalesce(max(n), 0) AS biggest FROM ("
+        " coalesce(max(n), 0) AS biggest,"
+        " coalesce(percentile_disc(0.9) WITHIN GROUP (ORDER BY n), 0) AS p90 FROM ("
         "  SELECT count(*) AS n FROM sales"
         "  WHERE product_id = $1 AND sold_at >= $2 AND sold_at < $3 GROUP BY sold_at) g",
         HOT_PRODUCT,
         since,
         until,
     )
-    return row["transactions"], row["orders"], row["biggest"]
+    return row["transactions"], row["orders"], row["biggest"], row["p90"]
 
 
-FREE_CONNECTIONS = "SELECT current_setting('max_connections')::int - count(*) FROM pg_stat_activity"
+def failed_row(name: str, clients: int, note: str) -> Row:
+    nan = float("nan")
+    return Row(name, "decrease", "hot", clients, nan, nan, nan, nan, 0, note=f"failed: {note}")
 
 
-def measure_hot(bench: Bench, args: argparse.Namespace, amqp_url: str) -> list[Row]:
+def measure_hot(
+    bench: Bench,
+    args: argparse.Namespace,
+    amqp_url: str,
+    fastapi: "FastApiBaseline",
+    databases: list[str],
+) -> list[Row]:
     """DecreaseStock on one product at ``args.hot_clients``, with what each commit
-    carried and the CPU each sale cost; then pgbench with the relay stopped."""
+    carried, the CPU each sale cost and the PostgreSQL connections the bench held
+    (bench/connections.py); then pgbench with the relay stopped.
 
-    # One connection held for the bookkeeping, opened before the load: on a shared
-    # server a fresh connection per row can find every slot taken by then.
-    loop = asyncio.new_event_loop()
-    conn: asyncpg.Connection = loop.run_until_complete(asyncpg.connect(bench.db_url))
+    The FastAPI baseline runs only during its own rows: its pool would otherwise
+    hold 10 of the 4 connections a default server has to spare at 96 clients."""
+    watch = ConnectionWatch(bench.db_url, databases)
+    fastapi.stop()
 
     def measured(name: str, generator: Generator, clients: int) -> Row:
-        pids = {p: bench.mesh.processes[p].pid for p in ("inventory_svc", RELAY, "envoy")}
-        before = {p: process_cpu_seconds(pid) for p, pid in pids.items()}
-        since = loop.run_until_complete(conn.fetchval("SELECT clock_timestamp()"))
+        # A pgbench row needs its clients' connections free, and the baseline its pool
+        # (the API's idle pool closes what it holds within a second).
+        needed = clients if generator == bench.pgbench else 0
+        needed += fastapi.pool_size if name == FASTAPI else 0
+        free = watch.wait_for_room(needed)
+        if free < needed:
+            print(f"decrease hot   c={clients:<3} {name:22} no room: {free} free", flush=True)
+            return failed_row(name, clients, f"{needed} connections needed, {free} free")
+        if bench.stopping.is_set():
+            raise Stopped
+        if name == FASTAPI:
+            fastapi.start()
         try:
-            row = measure_row(bench, args, amqp_url, name, generator, "decrease", "hot", clients)
+            # The service column: the FastAPI baseline's own process in its rows.
+            api = fastapi.process if name == FASTAPI else bench.mesh.processes["inventory_svc"]
+            pids = {
+                "service_cpu_us": api.pid,
+                "relay_cpu_us": bench.mesh.processes[RELAY].pid,
+                "envoy_cpu_us": bench.mesh.processes["envoy"].pid,
+            }
+            before = {column: process_cpu_seconds(pid) for column, pid in pids.items()}
+            since = watch.call(lambda: watch.conn.fetchval("SELECT clock_timestamp()"))
+            with watch.sampling() as peak:
+                row = measure_row(
+                    bench, args, amqp_url, name, generator, "decrease", "hot", clients
+                )
+            used = {c: process_cpu_seconds(pid) - before[c] for c, pid in pids.items()}
         except RuntimeError as exc:  # e.g. pgbench: too many connections for the server
             print(f"decrease hot   c={clients:<3} {name:22} failed: {exc}", flush=True)
-            free = loop.run_until_complete(conn.fetchval(FREE_CONNECTIONS))
-            note = f"failed: {str(exc).strip().splitlines()[-1][:160]} ({free} connections free)"
-            nan = float("nan")
-            return Row(name, "decrease", "hot", clients, nan, nan, nan, nan, 0, note=note)
-        until = loop.run_until_complete(conn.fetchval("SELECT clock_timestamp()"))
-        row.transactions, row.orders, row.max_batch = loop.run_until_complete(
-            hot_sales_between(conn, since, until)
+            free = watch.wait_for_room(0, within=0)
+            return failed_row(
+                name,
+                clients,
+                f"{str(exc).strip().splitlines()[-1][:160]} ({free} connections free)",
+            )
+        finally:
+            if name == FASTAPI:
+                fastapi.stop()
+        row.pg_peak = peak.ours
+        print(f"{'':15}PostgreSQL connections held by the bench, peak {peak.ours}", flush=True)
+        until = watch.call(lambda: watch.conn.fetchval("SELECT clock_timestamp()"))
+        row.transactions, row.orders, row.max_batch, row.p90_batch = watch.call(
+            lambda: hot_sales_between(watch.conn, since, until)
         )
         # The warm-up's sales are counted too, so the CPU per sale is over the same span.
-        if row.orders:
-            for process, attribute in (
-                ("inventory_svc", "service_cpu_us"),
-                (RELAY, "relay_cpu_us"),
-                ("envoy", "envoy_cpu_us"),
-            ):
-                used = process_cpu_seconds(pids[process]) - before[process]
-                setattr(row, attribute, used / row.orders * 1e6)
+        for column, seconds in used.items():
+            setattr(row, column, seconds / row.orders * 1e6 if row.orders else float("nan"))
         return row
 
-    rows = []
-    for clients in args.hot_clients:
-        for name, generator in bench.scenarios().items():
-            rows.append(measured(name, generator, clients))
-    # pgbench alone: without the relay (and RabbitMQ) handling its outbox rows on the
-    # same two cores.
-    bench.mesh.processes[RELAY].stop()
     try:
+        rows = []
         for clients in args.hot_clients:
-            rows.append(measured(RELAY_STOPPED, bench.pgbench, clients))
-        # Their events are bench noise: mark them published rather than have the
-        # relay spend the next rows' CPU on them.
-        loop.run_until_complete(
-            conn.execute("UPDATE outbox SET published_at = now() WHERE published_at IS NULL")
-        )
+            for name, generator in bench.scenarios().items():
+                rows.append(measured(name, generator, clients))
+        # pgbench alone: without the relay (and RabbitMQ) handling its outbox rows on
+        # the same two cores.
+        bench.mesh.processes[RELAY].stop()
+        try:
+            for clients in args.hot_clients:
+                rows.append(measured(RELAY_STOPPED, bench.pgbench, clients))
+            # Their events are bench noise: mark them published rather than have the
+            # relay spend the next rows' CPU on them.
+            watch.call(
+                lambda: watch.conn.execute(
+                    "UPDATE outbox SET published_at = now() WHERE published_at IS NULL"
+                )
+            )
+        finally:
+            if not bench.stopping.is_set():
+                bench.mesh.start(RELAY)
     finally:
-        bench.mesh.start("inventory_svc")
-        loop.run_until_complete(conn.close())
-        loop.close()
+        watch.close()
+        if not bench.stopping.is_set():
+            fastapi.start()  # the sections after this one compare with it
     return rows
 
 
@@ -506,7 +567,10 @@ def main() -> None:
         ROOT / ("test-artifacts/bench-smoke.md" if args.smoke else "BENCHMARKS.md")
     )
     args.output_path = output
-    report = asyncio.run(run(args))
+    try:
+        report = asyncio.run(run(args))
+    except asyncio.CancelledError:  # SIGTERM, after the clean-up in run()
+        sys.exit("bench: stopped (SIGTERM); every process it started is stopped")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)
     print(f"\nwrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
@@ -515,6 +579,14 @@ def main() -> None:
 async def run(args: argparse.Namespace) -> str:
     from bench.report import render, render_hot
 
+    # SIGTERM (a CI job cancelled, `kill`) ends the run as Ctrl-C does: through the
+    # clean-up below, so no process the bench started outlives it.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    hot_rows = not (args.pipeline_only or args.edge_only or args.replicas_only)
+    if hot_rows:  # before anything starts: a server too small for the rows says so
+        check_room(await max_connections(PG_SERVER_URL), max(args.hot_clients))
     work = Path(tempfile.mkdtemp(prefix="polyglot-bench-"))
     db_url = await sandbox.create_database(PG_SERVER_URL, "polyglot_bench_inventory")
     notify_url = await sandbox.create_database(PG_SERVER_URL, "polyglot_bench_notify")
@@ -526,10 +598,13 @@ async def run(args: argparse.Namespace) -> str:
         "AMQP_URL": amqp_url,
         "MONGO_URL": mongo_url,
         "LOG_LEVEL": "WARNING",
+        **BENCH_SERVICE_ENV,
         **dict(setting.split("=", 1) for setting in args.service_env),
     }
+    databases = [db_url, notify_url]  # the bench's connections: to these
     mesh = None
     fastapi = None
+    bench = None
     try:
         # Load from one address is what the bench is: no per-client mutation limit,
         # and room for its clients in the circuit breakers.
@@ -562,27 +637,9 @@ async def run(args: argparse.Namespace) -> str:
             edge = await measure_edge(mesh, work, HOT_PRODUCT, smoke=args.smoke)
             existing = args.output_path.read_text() if args.output_path.exists() else ""
             return splice(existing, render_edge(edge))
-        fastapi_port = sandbox.free_port()
-        fastapi = ManagedProcess(
-            "fastapi",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.fastapi_baseline:app",
-                "--port",
-                str(fastapi_port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            work / "fastapi.log",
-            env={"BENCH_DATABASE_URL": db_url},
-        )
+        fastapi = FastApiBaseline(work, db_url)
         fastapi.start()
-        fastapi.wait_until(
-            lambda: _http_ok(f"http://127.0.0.1:{fastapi_port}/inventory/{HOT_PRODUCT}"), "HTTP 200"
-        )
+        fastapi_port = fastapi.port
 
         async def replicas() -> list[str]:
             rows = await measure_replicas(
@@ -594,7 +651,7 @@ async def run(args: argparse.Namespace) -> str:
                 BENCH_EDGE,
                 args.seconds,
                 args.warmup,
-                fastapi,
+                fastapi.process,
                 fastapi_port,
             )
             return render_replicas(rows, args.seconds, os.cpu_count() or 1)
@@ -604,14 +661,16 @@ async def run(args: argparse.Namespace) -> str:
             return splice(existing, await replicas())
         bench = Bench(work, db_url, mesh, fastapi_port)
         if args.only == "hot":
-            hot = add_ratios(await asyncio.to_thread(measure_hot, bench, args, amqp_url))
+            hot = add_ratios(
+                await asyncio.to_thread(measure_hot, bench, args, amqp_url, fastapi, databases)
+            )
             existing = args.output_path.read_text() if args.output_path.exists() else ""
             return splice(existing, render_hot(hot, args))
         rows = (
             []
             if args.pipeline_only
             else add_ratios(
-                await asyncio.to_thread(measure_hot, bench, args, amqp_url)
+                await asyncio.to_thread(measure_hot, bench, args, amqp_url, fastapi, databases)
                 + await asyncio.to_thread(measure_all, bench, args, amqp_url)
             )
         )
@@ -633,6 +692,8 @@ async def run(args: argparse.Namespace) -> str:
         fastapi.stop()
         return splice(render(rows, pipeline, args, machine(), edge), section)
     finally:
+        if bench:
+            bench.stopping.set()
         if fastapi:
             fastapi.stop()
         if mesh:
@@ -642,6 +703,51 @@ async def run(args: argparse.Namespace) -> str:
         await sandbox.drop_database(db_url)
         await sandbox.drop_database(notify_url)
         shutil.rmtree(work, ignore_errors=True)
+
+
+class FastApiBaseline:
+    """The FastAPI + asyncpg baseline's uvicorn process, started and stopped as the
+    rows need it (the hot section runs it only during its own rows)."""
+
+    pool_size = POOL_SIZE
+
+    def __init__(self, work: Path, db_url: str) -> None:
+        self.port = sandbox.free_port()
+        self.process = ManagedProcess(
+            "fastapi",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.fastapi_baseline:app",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            work / "fastapi.log",
+            env={"BENCH_DATABASE_URL": db_url},
+        )
+
+    def start(self) -> None:
+        if self.process.running():
+            return
+        self.process.start()
+        self.process.wait_until(
+            lambda: _http_ok(f"http://127.0.0.1:{self.port}/inventory/{HOT_PRODUCT}"), "HTTP 200"
+        )
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+async def max_connections(server_url: str) -> int:
+    conn = await asyncpg.connect(sandbox.database_url(server_url, "postgres"))
+    try:
+        return int(await conn.fetchval("SHOW max_connections"))
+    finally:
+        await conn.close()
 
 
 def _http_ok(url: str) -> bool:

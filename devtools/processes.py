@@ -35,6 +35,9 @@ class ManagedProcess:
     _popen: subprocess.Popen | None = None
 
     def start(self) -> None:
+        # A second start would orphan the running process (nothing would stop it).
+        if self._popen is not None and self._popen.poll() is None:
+            raise RuntimeError(f"{self.name} is already running (pid {self._popen.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._popen = subprocess.Popen(

@@ -32,6 +32,7 @@ def _store(settings: InventorySettings, pool_size: int | None = None) -> Postgre
         str(settings.inventory_database_url),
         pool_size=pool_size or settings.db_pool_size,
         timeout_seconds=settings.db_timeout_seconds,
+        idle_seconds=settings.db_pool_idle_seconds,
     )
 
 

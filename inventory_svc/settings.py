@@ -10,6 +10,10 @@ class InventorySettings(ServiceSettings):
     )
     # Connections kept open to PostgreSQL; each in-flight RPC holds one briefly.
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # 0: pooled connections stay open. Otherwise one idle this long is closed and
+    # reopened on demand (the bench sets it so idle processes leave PostgreSQL's
+    # connection slots to its 96-client rows).
+    db_pool_idle_seconds: float = Field(default=0, ge=0, le=3600)
     # Upper bound for one statement or for waiting on a pooled connection: past it
     # the caller gets UNAVAILABLE instead of a hang.
     db_timeout_seconds: float = Field(default=5.0, gt=0, le=120)

@@ -73,6 +73,7 @@ class PostgresDatabase:
         migrations: Traversable,
         pool_size: int,
         timeout_seconds: float,
+        idle_seconds: float = 0,
     ) -> None:
         self.dsn = dsn
         self._label = label  # e.g. "inventory database", for messages
@@ -80,6 +81,10 @@ class PostgresDatabase:
         self._migrations = migrations
         self._pool_size = pool_size
         self._timeout = timeout_seconds
+        # 0: every pooled connection stays open. Otherwise a connection idle this
+        # long is closed (no floor) and opened again when needed: a process that
+        # is mostly idle then leaves the server's connection slots to others.
+        self._idle_seconds = idle_seconds
         self._pool: asyncpg.Pool | None = None
         self._schema_checked = False
 
@@ -94,8 +99,9 @@ class PostgresDatabase:
         if self._pool is None:
             self._pool = await asyncpg.create_pool(
                 self.dsn,
-                min_size=self._pool_size,
+                min_size=0 if self._idle_seconds else self._pool_size,
                 max_size=self._pool_size,
+                max_inactive_connection_lifetime=self._idle_seconds,
                 command_timeout=self._timeout,
                 timeout=self._timeout,
                 reset=_keep_session,
@@ -145,13 +151,16 @@ class PostgresStore:
     label = "database"  # e.g. "inventory database", for messages
     migrations: Traversable
 
-    def __init__(self, dsn: str, *, pool_size: int, timeout_seconds: float) -> None:
+    def __init__(
+        self, dsn: str, *, pool_size: int, timeout_seconds: float, idle_seconds: float = 0
+    ) -> None:
         self.db = PostgresDatabase(
             dsn,
             label=self.label,
             migrations=self.migrations,
             pool_size=pool_size,
             timeout_seconds=timeout_seconds,
+            idle_seconds=idle_seconds,
         )
         # e.g. inventory_svc.store → python -m inventory_svc.migrate
         self.db.migrator = f"python -m {type(self).__module__.split('.')[0]}.migrate"
