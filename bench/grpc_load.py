@@ -57,6 +57,9 @@ def requests(args: argparse.Namespace, worker: int) -> Callable[[], bytes]:
     return decrease if args.rpc == "decrease" else get
 
 
+CONNECT_SECONDS = 30.0
+
+
 async def drive(args: argparse.Namespace, worker: int, clients: int) -> dict:
     next_request = requests(args, worker)
     latencies: list[float] = []
@@ -65,7 +68,9 @@ async def drive(args: argparse.Namespace, worker: int, clients: int) -> dict:
     metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
     async with grpc.aio.insecure_channel(args.target) as channel:
         call = channel.unary_unary(METHODS[args.rpc][0])  # raw bytes both ways
-        await channel.channel_ready()
+        # Bounded: a server that went away (the bench tearing down) must not keep
+        # the generator, and the bench waiting for it, forever.
+        await asyncio.wait_for(channel.channel_ready(), CONNECT_SECONDS)
         await asyncio.sleep(max(0.0, args.start_at - time.time()))
         stop_at = time.perf_counter() + args.seconds
 

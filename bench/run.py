@@ -18,6 +18,7 @@ the same run are what we track.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -112,15 +113,38 @@ def products_of(kind: str) -> tuple[int, int]:
     return (HOT_PRODUCT, 1) if kind == "hot" else SPREAD
 
 
+# Generators running now: the run's clean-up stops them (and what they started,
+# e.g. grpc_load's worker processes) when it ends early.
+GENERATORS: set[subprocess.Popen] = set()
+
+
 def timed_child(argv: list[str], seconds: float) -> tuple[str, float]:
     """Run a generator; its stdout and the share of all cores its processes used."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=ROOT)
+    with subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,  # its own process group: stop_generators() stops it whole
+    ) as child:
+        GENERATORS.add(child)
+        try:
+            out, err = child.communicate()
+        finally:
+            GENERATORS.discard(child)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed: {done.stderr[-2000:]}")
+    if child.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {err[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return done.stdout, cpu / (seconds * (os.cpu_count() or 1))
+    return out, cpu / (seconds * (os.cpu_count() or 1))
+
+
+def stop_generators() -> None:
+    for child in list(GENERATORS):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
 
 
 class Bench:
@@ -694,6 +718,7 @@ async def run(args: argparse.Namespace) -> str:
     finally:
         if bench:
             bench.stopping.set()
+        stop_generators()
         if fastapi:
             fastapi.stop()
         if mesh:
