@@ -2,9 +2,11 @@
 
 PostgreSQL's default ``max_connections`` is 100 and the hot section runs pgbench
 with 96 clients, so everything else the bench holds during that row has to fit
-in 4: this watcher (one connection, also used for the section's bookkeeping),
-the outbox relay (its LISTEN connection and the one it claims rows on), and the
-API's pool, which closes idle connections (``DB_POOL_IDLE_SECONDS``, see
+in 4 (``HARNESS_CONNECTIONS``): this watcher (one connection, also used for the
+section's bookkeeping), the outbox relay (its LISTEN connection and a pool of one,
+``RELAY_DB_POOL_SIZE``), and the API's pool, which is idle during a pgbench row
+and closes idle connections (``DB_POOL_IDLE_SECONDS``), so it holds at most the
+one its health probe opens now and then (bench settings:
 ``bench.run.BENCH_SERVICE_ENV``). The FastAPI baseline runs only during its own
 rows, and notify_svc only in the pipeline section.
 
@@ -16,9 +18,10 @@ have fit on a default server.
 import asyncio
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -28,15 +31,20 @@ T = TypeVar("T")
 
 DEFAULT_MAX_CONNECTIONS = 100  # PostgreSQL's default, what CI and most users have
 # Besides pgbench's clients, at most this many connections are open for the bench
-# during a pgbench row: the watcher and the relay's two (module docstring). The
-# API's pool is idle then and closes what it held (a health probe may briefly open
-# one: the sampled peak shows whether that ever mattered).
-HARNESS_CONNECTIONS = 3
-SAMPLE_SECONDS = 0.02
+# during a pgbench row: the watcher, the relay's two, the API's health probe's
+# (module docstring).
+HARNESS_CONNECTIONS = 4
+SAMPLE_SECONDS = 0.05
+# The bench's connections, everyone's, and what the bench's busy backends are
+# waiting for (wait_event; "running" when on CPU or runnable): a coarse profile of
+# the database side of a row, e.g. Lock:transactionid (the hot row's lock queue)
+# against IO:WALSync (commits) against Client:ClientRead (waiting for the client).
 _OURS = (
     "SELECT count(*) FILTER (WHERE datname = ANY($1::text[])) AS ours,"
     " count(*) FILTER (WHERE backend_type = 'client backend') AS everyone,"
-    " current_setting('max_connections')::int AS max_connections"
+    " coalesce(array_agg(coalesce(wait_event_type || ':' || wait_event, 'running'))"
+    "  FILTER (WHERE datname = ANY($1::text[]) AND state = 'active'"
+    "  AND pid <> pg_backend_pid()), '{}') AS waits"
     " FROM pg_stat_activity"
 )
 
@@ -50,6 +58,14 @@ class Peak:
     ours: int = 0  # the bench's connections (its databases), the most seen at once
     everyone: int = 0  # every client connection on the server (others' too)
     samples: int = 0
+    waits: Counter[str] = field(default_factory=Counter)  # active backends' wait events
+
+    def top_waits(self, n: int = 4) -> str:
+        """The commonest wait events, as shares of the samples' active backends."""
+        total = sum(self.waits.values())
+        return ", ".join(
+            f"{event} {count / total:.0%}" for event, count in self.waits.most_common(n)
+        )
 
 
 class ConnectionWatch:
@@ -85,6 +101,18 @@ class ConnectionWatch:
                 return free
             time.sleep(0.2)
 
+    def settle(self, within: float = 15.0) -> int:
+        """Wait (polling) until the bench holds no more than it does while idle:
+        what the last row opened (the baseline's pool, connections of the API's
+        pool past their idle time, backends of clients that just left) is gone, so
+        a row's peak is its own; the bench's connections then."""
+        deadline = time.monotonic() + within
+        while (ours := self.counts().ours) > HARNESS_CONNECTIONS:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        return ours
+
     @contextmanager
     def sampling(self) -> Iterator[Peak]:
         """Sample while the block runs; the yielded Peak is final after it."""
@@ -96,6 +124,7 @@ class ConnectionWatch:
                 row = await self.conn.fetchrow(_OURS, self._databases)
                 peak.ours = max(peak.ours, row["ours"])
                 peak.everyone = max(peak.everyone, row["everyone"])
+                peak.waits.update(row["waits"])
                 peak.samples += 1
                 with suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), SAMPLE_SECONDS)

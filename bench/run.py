@@ -66,8 +66,13 @@ RELAY = "inventory_relay"  # the outbox relay's process in the sandbox mesh
 FASTAPI = "FastAPI + asyncpg"
 # Bench-only service settings (bench/connections.py): pooled connections idle for a
 # second are closed and the health probe runs every 5 s, so a process idle during
-# a row (the API during pgbench's) leaves PostgreSQL's connection slots to the row.
-BENCH_SERVICE_ENV = {"DB_POOL_IDLE_SECONDS": "1", "HEALTH_PROBE_SECONDS": "5"}
+# a row (the API during pgbench's) leaves PostgreSQL's connection slots to the row;
+# the relay claims and probes on one pooled connection.
+BENCH_SERVICE_ENV = {
+    "DB_POOL_IDLE_SECONDS": "1",
+    "HEALTH_PROBE_SECONDS": "5",
+    "RELAY_DB_POOL_SIZE": "1",
+}
 
 
 @dataclass
@@ -455,6 +460,7 @@ def measure_hot(
         # (the API's idle pool closes what it holds within a second).
         needed = clients if generator == bench.pgbench else 0
         needed += fastapi.pool_size if name == FASTAPI else 0
+        watch.settle()
         free = watch.wait_for_room(needed)
         if free < needed:
             print(f"decrease hot   c={clients:<3} {name:22} no room: {free} free", flush=True)
@@ -490,7 +496,11 @@ def measure_hot(
             if name == FASTAPI:
                 fastapi.stop()
         row.pg_peak = peak.ours
-        print(f"{'':15}PostgreSQL connections held by the bench, peak {peak.ours}", flush=True)
+        print(
+            f"{'':15}PostgreSQL connections held by the bench, peak {peak.ours};"
+            f" its busy backends: {peak.top_waits() or 'none'}",
+            flush=True,
+        )
         until = watch.call(lambda: watch.conn.fetchval("SELECT clock_timestamp()"))
         row.transactions, row.orders, row.max_batch, row.p90_batch = watch.call(
             lambda: hot_sales_between(watch.conn, since, until)

@@ -20,12 +20,6 @@ from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
 from meshkit.metrics import MetricsEndpoint, outbox_gauges, watch_pool
 
-# The relay works on one connection at a time (a claim-and-publish transaction,
-# now and then the backlog report or the clean-up) plus its health probe's, and
-# LISTENs on a connection of its own: a pool of DB_POOL_SIZE would only take
-# PostgreSQL connections from the APIs.
-RELAY_POOL_SIZE = 2
-
 
 def _store(settings: InventorySettings, pool_size: int | None = None) -> PostgresInventory:
     return PostgresInventory(
@@ -59,7 +53,7 @@ async def serve(settings: InventorySettings, stop: asyncio.Event) -> None:
 async def relay(settings: InventorySettings, stop: asyncio.Event) -> None:
     """The outbox relay: no API, a gRPC server of its own for grpc.health.v1 (""
     while its database answers, ``inventory_svc.outbox_relay`` while it can publish)."""
-    store = _store(settings, RELAY_POOL_SIZE)
+    store = _store(settings, settings.relay_db_pool_size)
     outbox = PostgresOutbox(store.db)
     broker = rabbit_broker(str(settings.amqp_url))
     broker.include_router(router)

@@ -14,6 +14,12 @@ class InventorySettings(ServiceSettings):
     # reopened on demand (the bench sets it so idle processes leave PostgreSQL's
     # connection slots to its 96-client rows).
     db_pool_idle_seconds: float = Field(default=0, ge=0, le=3600)
+    # The outbox relay's pool (DB_POOL_SIZE is the API's). The relay works on one
+    # connection at a time (a claim-and-publish transaction, now and then the
+    # backlog report or the clean-up) plus its health probe's, and LISTENs on a
+    # connection of its own: a pool of DB_POOL_SIZE would only take PostgreSQL
+    # connections from the APIs. With 1 the probe waits for the claim in hand.
+    relay_db_pool_size: int = Field(default=2, ge=1, le=20)
     # Upper bound for one statement or for waiting on a pooled connection: past it
     # the caller gets UNAVAILABLE instead of a hang.
     db_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
