@@ -12,6 +12,7 @@ from meshkit.errors import AlreadyExists, NotFound, Unavailable
 from meshkit.postgres import apply_migrations
 from tests.support.inventory import inventory_state, order, stock_of
 from tests.support.net import TcpProxy
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -148,3 +149,26 @@ async def test_database_outage_is_unavailable_then_recovers(inventory_db_url, ne
     finally:
         await store.close()
         proxy.close()
+
+
+async def test_an_idle_pool_closes_its_connections_and_opens_them_again_when_needed(
+    inventory_db_url, inventory_db, new_product
+):
+    """DB_POOL_IDLE_SECONDS: a mostly idle process leaves PostgreSQL's connection
+    slots to others (the bench's 96-client rows on a default server)."""
+    store = PostgresInventory(inventory_db_url, pool_size=4, timeout_seconds=5, idle_seconds=0.2)
+    try:
+        await store.ready()
+        async with store.db.connection() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+
+        async def closed() -> bool:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
+            return await inventory_db.fetchval(query, pid) == 0
+
+        await eventually(closed, within=10, what="the idle pooled connection closed")
+        product = await new_product(stock=5)
+        sale = await use_cases.decrease_stock(store, SaleRequest("ORD-idle-1", product, 1))
+        assert sale.remaining_stock == 4
+    finally:
+        await store.close()
