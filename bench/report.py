@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from bench.connections import DEFAULT_MAX_CONNECTIONS
+from bench.connections import DEFAULT_MAX_CONNECTIONS, SAMPLE_SECONDS
 from bench.edge import EdgeResult, render_edge
 from bench.pipeline import PipelineResult
 
@@ -69,7 +69,8 @@ def render_hot(rows: list, args: argparse.Namespace) -> list[str]:
         " FastAPI rows the baseline's. `pgbench, relay stopped`: pgbench"
         " with the outbox relay's process stopped, its outbox rows left to nobody."
         ' "PG conns": the most PostgreSQL connections the bench held at once during the'
-        " row (pg_stat_activity sampled every 20 ms: pgbench's or the generator's"
+        f" row (pg_stat_activity sampled every {SAMPLE_SECONDS * 1000:.0f} ms: pgbench's or the"
+        " generator's"
         " services', the relay's, the bench's own; bench/connections.py): at most"
         f" {DEFAULT_MAX_CONNECTIONS} fits PostgreSQL's default max_connections.",
         "",
@@ -86,6 +87,12 @@ def render_hot(rows: list, args: argparse.Namespace) -> list[str]:
             f" | {r.note or r.errors} |"
             for r in hot
         ],
+        "",
+        "What the bench's busy PostgreSQL backends were waiting for (wait events, share of"
+        " the samples above; `running`: on a CPU or runnable): `Lock:transactionid` is the"
+        " hot row's lock queue, `IO:WALSync` a commit's flush to disk.",
+        "",
+        *[f"- {r.scenario}, {r.clients} clients: {r.pg_waits}" for r in hot if r.pg_waits],
         "",
         "| target | measured | |",
         "|---|---|---|",

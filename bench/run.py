@@ -93,6 +93,7 @@ class Row:
     max_batch: int = 0  # most sales committed in one transaction
     p90_batch: int = 0  # sales per transaction: 90 % of the transactions carried at most this
     pg_peak: int = 0  # most PostgreSQL connections the bench held at once during the row
+    pg_waits: str = ""  # what the bench's busy backends waited for, commonest first
     service_cpu_us: float = float("nan")  # inventory_svc (the API) CPU per committed sale
     relay_cpu_us: float = float("nan")  # the outbox relay's CPU per committed sale
     envoy_cpu_us: float = float("nan")  # Envoy CPU per committed sale
@@ -495,7 +496,7 @@ def measure_hot(
         finally:
             if name == FASTAPI:
                 fastapi.stop()
-        row.pg_peak = peak.ours
+        row.pg_peak, row.pg_waits = peak.ours, peak.top_waits()
         print(
             f"{'':15}PostgreSQL connections held by the bench, peak {peak.ours};"
             f" its busy backends: {peak.top_waits() or 'none'}",
