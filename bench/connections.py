@@ -39,6 +39,7 @@ SAMPLE_SECONDS = 0.05
 # waiting for (wait_event; "running" when on CPU or runnable): a coarse profile of
 # the database side of a row, e.g. Lock:transactionid (the hot row's lock queue)
 # against IO:WALSync (commits) against Client:ClientRead (waiting for the client).
+IDLE = "no query running"
 _OURS = (
     "SELECT count(*) FILTER (WHERE datname = ANY($1::text[])) AS ours,"
     " count(*) FILTER (WHERE backend_type = 'client backend') AS everyone,"
@@ -124,7 +125,8 @@ class ConnectionWatch:
                 row = await self.conn.fetchrow(_OURS, self._databases)
                 peak.ours = max(peak.ours, row["ours"])
                 peak.everyone = max(peak.everyone, row["everyone"])
-                peak.waits.update(row["waits"])
+                # No busy backend: the database waited for the bench's clients.
+                peak.waits.update(row["waits"] or [IDLE])
                 peak.samples += 1
                 with suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), SAMPLE_SECONDS)

@@ -89,8 +89,10 @@ def render_hot(rows: list, args: argparse.Namespace) -> list[str]:
         ],
         "",
         "What the bench's busy PostgreSQL backends were waiting for (wait events, share of"
-        " the samples above; `running`: on a CPU or runnable): `Lock:transactionid` is the"
-        " hot row's lock queue, `IO:WALSync` a commit's flush to disk.",
+        " the samples above; `running`: on a CPU or runnable; `no query running`: none of the"
+        " bench's connections had a statement in progress, the database waited for its"
+        " clients): `Lock:transactionid` is the hot row's lock queue, `IO:WALSync` a"
+        " commit's flush to disk.",
         "",
         *[f"- {r.scenario}, {r.clients} clients: {r.pg_waits}" for r in hot if r.pg_waits],
         "",
