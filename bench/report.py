@@ -72,18 +72,20 @@ def render_hot(rows: list, args: argparse.Namespace) -> list[str]:
         f" row (pg_stat_activity sampled every {SAMPLE_SECONDS * 1000:.0f} ms: pgbench's or the"
         " generator's"
         " services', the relay's, the bench's own; bench/connections.py): at most"
-        f" {DEFAULT_MAX_CONNECTIONS} fits PostgreSQL's default max_connections.",
+        f" {DEFAULT_MAX_CONNECTIONS} fits PostgreSQL's default max_connections."
+        ' "machine busy": the share of all cores not idle during the row (/proc/stat),'
+        " whoever used them: on a shared machine, other work too.",
         "",
         "| scenario | clients | TPS | p50 ms | p99 ms | x pgbench | x FastAPI"
         " | sales / txn: mean, p90 (max) | API µs CPU / sale | relay µs CPU / sale"
-        " | Envoy µs CPU / sale | PG conns | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | Envoy µs CPU / sale | machine busy | PG conns | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[
             f"| {r.scenario} | {r.clients} | {r.tps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f}"
             f" | {r.ratio:.2f} | {r.tps / fastapi.get(r.clients, float('nan')):.2f}"
             f" | {r.orders / r.transactions if r.transactions else float('nan'):.1f},"
             f" {r.p90_batch} ({r.max_batch}) | {r.service_cpu_us:.0f} | {r.relay_cpu_us:.0f}"
-            f" | {r.envoy_cpu_us:.0f} | {r.pg_peak or '-'}"
+            f" | {r.envoy_cpu_us:.0f} | {r.machine_busy:.0%} | {r.pg_peak or '-'}"
             f" | {r.note or r.errors} |"
             for r in hot
         ],

@@ -94,6 +94,7 @@ class Row:
     p90_batch: int = 0  # sales per transaction: 90 % of the transactions carried at most this
     pg_peak: int = 0  # most PostgreSQL connections the bench held at once during the row
     pg_waits: str = ""  # what the bench's busy backends waited for, commonest first
+    machine_busy: float = float("nan")  # share of all cores busy during the row (anyone's)
     service_cpu_us: float = float("nan")  # inventory_svc (the API) CPU per committed sale
     relay_cpu_us: float = float("nan")  # the outbox relay's CPU per committed sale
     envoy_cpu_us: float = float("nan")  # Envoy CPU per committed sale
@@ -403,6 +404,13 @@ def add_ratios(rows: list[Row]) -> list[Row]:
     return rows
 
 
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores so far (/proc/stat's first line)."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 def process_cpu_seconds(pid: int | None) -> float:
     """User + system CPU a running process has used so far (/proc/<pid>/stat)."""
     try:
@@ -479,12 +487,14 @@ def measure_hot(
                 "envoy_cpu_us": bench.mesh.processes["envoy"].pid,
             }
             before = {column: process_cpu_seconds(pid) for column, pid in pids.items()}
+            busy_before, total_before = machine_cpu()
             since = watch.call(lambda: watch.conn.fetchval("SELECT clock_timestamp()"))
             with watch.sampling() as peak:
                 row = measure_row(
                     bench, args, amqp_url, name, generator, "decrease", "hot", clients
                 )
             used = {c: process_cpu_seconds(pid) - before[c] for c, pid in pids.items()}
+            busy, total = machine_cpu()
         except RuntimeError as exc:  # e.g. pgbench: too many connections for the server
             print(f"decrease hot   c={clients:<3} {name:22} failed: {exc}", flush=True)
             free = watch.wait_for_room(0, within=0)
@@ -497,6 +507,7 @@ def measure_hot(
             if name == FASTAPI:
                 fastapi.stop()
         row.pg_peak, row.pg_waits = peak.ours, peak.top_waits()
+        row.machine_busy = (busy - busy_before) / max(1, total - total_before)
         print(
             f"{'':15}PostgreSQL connections held by the bench, peak {peak.ours};"
             f" its busy backends: {peak.top_waits() or 'none'}",
