@@ -780,8 +780,7 @@ class FastApiBaseline:
     def start(self) -> None:
         if self.process.running():
             return
-        self.process.start()
-        self.process.wait_until(
+        self.process.start_until(
             lambda: _http_ok(f"http://127.0.0.1:{self.port}/inventory/{HOT_PRODUCT}"), "HTTP 200"
         )
 
