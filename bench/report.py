@@ -1,6 +1,7 @@
 """BENCHMARKS.md: the table, the targets, the pipeline and the hand-written findings."""
 
 import argparse
+import os
 from pathlib import Path
 
 from bench.connections import DEFAULT_MAX_CONNECTIONS, SAMPLE_SECONDS
@@ -56,8 +57,13 @@ def render_hot(rows: list, args: argparse.Namespace) -> list[str]:
     """The hot-product section: rows with what each commit carried and CPU per sale."""
     hot = [r for r in rows if r.rpc == "decrease" and r.products == "hot"]
     fastapi = {r.clients: r.tps for r in hot if r.scenario.startswith("FastAPI")}
+    load_now = " / ".join(f"{value:.1f}" for value in os.getloadavg())
     return [
         HOT_SECTION,
+        "",
+        f"`{args.command}`, {args.started:%Y-%m-%d %H:%M} UTC; load average (1 / 5 / 15 min)"
+        f" {args.load_at_start} at the start, {load_now} at the end, on {os.cpu_count()}"
+        " cores (other work on a shared machine counts too).",
         "",
         f"Every order on one product, closed loop ({args.repeats} run(s) of {args.seconds:g} s"
         f" after {args.warmup:g} s of warm-up, medians). Orders of one product arriving while"

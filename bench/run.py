@@ -613,6 +613,10 @@ def main() -> None:
         ROOT / ("test-artifacts/bench-smoke.md" if args.smoke else "BENCHMARKS.md")
     )
     args.output_path = output
+    # What the report says about the run itself (the hot section prints them).
+    args.command = "python -m bench.run " + " ".join(sys.argv[1:])
+    args.started = datetime.now(UTC)
+    args.load_at_start = " / ".join(f"{value:.1f}" for value in os.getloadavg())
     try:
         report = asyncio.run(run(args))
     except asyncio.CancelledError:  # SIGTERM, after the clean-up in run()
