@@ -11,9 +11,11 @@ from meshkit.events import SUBSCRIPTIONS
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
 from meshkit.metrics import MetricsEndpoint, dead_letter_depth
+from meshkit.telemetry import broker_middlewares, start_tracing
 
 
 async def serve(settings: AnalyticsSettings, stop: asyncio.Event) -> None:
+    tracing = start_tracing("analytics_svc")  # first: the clients below look for it
     sales = MongoSales(
         str(settings.mongo_url),
         settings.analytics_database,
@@ -23,6 +25,7 @@ async def serve(settings: AnalyticsSettings, stop: asyncio.Event) -> None:
         str(settings.amqp_url),
         prefetch=settings.consumer_prefetch,
         graceful_timeout=settings.shutdown_grace_seconds,
+        middlewares=broker_middlewares(),
     )
     broker.include_router(event_router(sales))
     metrics = MetricsEndpoint(
@@ -35,5 +38,5 @@ async def serve(settings: AnalyticsSettings, stop: asyncio.Event) -> None:
         GrpcServer(settings, [AnalyticsApi(sales)]),
         ready=sales.ready,
         components=[EventConsumer(broker, health_name="analytics_svc.consumer"), metrics],
-        close=[sales.close],
+        close=[sales.close, tracing.shutdown],
     )

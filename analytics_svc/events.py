@@ -30,7 +30,9 @@ def event_router(sales: SalesStore) -> RabbitRouter:
     @subscribe(router, "analytics_svc", lambda event: f"recording sale {event.event_id}")
     async def record_product_sold(event: ProductSold) -> None:
         sale = to_domain(checked_product_sold(event), Sale)
-        if not await use_cases.record_sale(sales, sale):
+        if await use_cases.record_sale(sales, sale):
+            log.info("order %s: sale event %s recorded", sale.order_id, sale.event_id)
+        else:
             log.info("sale event %s (order %s) was already recorded", sale.event_id, sale.order_id)
 
     return router

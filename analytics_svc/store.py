@@ -24,9 +24,13 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from analytics_svc.domain import EventsPage, ProductSales, Sale, SalesSummary, SummaryWindow
 from meshkit.errors import Unavailable
+from meshkit.telemetry import in_trace_of, trace_headers
 
 log = logging.getLogger(__name__)
 
+# A sale waiting for the next insert: its document, its caller's answer, and the
+# caller's trace context (meshkit.telemetry).
+Waiting = tuple["SaleEvent", asyncio.Future[bool], dict[str, str]]
 NEWEST_FIRST = [("occurred_at", DESCENDING), ("event_id", DESCENDING)]
 MAX_BATCH = 500
 DUPLICATE_KEY = 11000
@@ -125,7 +129,7 @@ class MongoSales:
         self._timeout_seconds = timeout_seconds
         self._timeout_ms = int(timeout_seconds * 1000)
         self._client: AsyncMongoClient | None = None
-        self._waiting: list[tuple[SaleEvent, asyncio.Future[bool]]] = []
+        self._waiting: list[Waiting] = []
         self._writer: asyncio.Task | None = None
 
     async def ready(self) -> None:
@@ -173,7 +177,7 @@ class MongoSales:
         """Store the sale; False when it was already recorded (a redelivered event)."""
         document = SaleEvent(**dataclasses.asdict(sale), recorded_at=datetime.now(UTC))
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((document, outcome))
+        self._waiting.append((document, outcome, trace_headers()))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting())
         return await outcome
@@ -182,22 +186,25 @@ class MongoSales:
         while self._waiting:
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             try:
-                async with self._mongo():
-                    outcomes = await self._insert(batch)
+                # The insert's span joins the first caller's trace: this task is
+                # the one some earlier caller started.
+                with in_trace_of(batch[0][2]):
+                    async with self._mongo():
+                        outcomes = await self._insert(batch)
             except Exception as exc:  # every caller of this batch learns it failed
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), new in zip(batch, outcomes, strict=True):
+            for (_, future, _), new in zip(batch, outcomes, strict=True):
                 if not future.done():
                     future.set_result(new)
 
     @staticmethod
-    async def _insert(batch: list[tuple[SaleEvent, asyncio.Future[bool]]]) -> list[bool]:
+    async def _insert(batch: list[Waiting]) -> list[bool]:
         """insert_many, unordered: a duplicate (redelivered event) does not stop the rest."""
         try:
-            await SaleEvent.insert_many([document for document, _ in batch], ordered=False)
+            await SaleEvent.insert_many([document for document, _, _ in batch], ordered=False)
             return [True] * len(batch)
         except BulkWriteError as exc:
             return _bulk_outcomes(exc, len(batch))

@@ -19,6 +19,12 @@ from meshkit.broker import rabbit_broker
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
 from meshkit.metrics import MetricsEndpoint, outbox_gauges, watch_pool
+from meshkit.telemetry import start_tracing
+
+# Trace service names (service.name) by default, as mesh/topology.py names the
+# processes; OTEL_SERVICE_NAME overrides.
+SERVICE_NAME = "inventory_svc"
+RELAY_SERVICE_NAME = "inventory_relay"
 
 
 def _store(settings: InventorySettings, pool_size: int | None = None) -> PostgresInventory:
@@ -33,6 +39,7 @@ def _store(settings: InventorySettings, pool_size: int | None = None) -> Postgre
 async def serve(settings: InventorySettings, stop: asyncio.Event) -> None:
     """The API: SERVING once PostgreSQL answers. Sales never wait for RabbitMQ, the
     outbox keeps their events until a relay publishes them."""
+    tracing = start_tracing(SERVICE_NAME)
     store = _store(settings)
     # Concurrent sales of one product share a transaction (batching.py).
     sales = SaleBatcher(
@@ -46,13 +53,14 @@ async def serve(settings: InventorySettings, stop: asyncio.Event) -> None:
         GrpcServer(settings, [InventoryApi(sales)]),
         ready=store.ready,
         components=[MetricsEndpoint(settings, health_name="inventory_svc.metrics")],
-        close=[store.close],
+        close=[store.close, tracing.shutdown],
     )
 
 
 async def relay(settings: InventorySettings, stop: asyncio.Event) -> None:
     """The outbox relay: no API, a gRPC server of its own for grpc.health.v1 (""
     while its database answers, ``inventory_svc.outbox_relay`` while it can publish)."""
+    tracing = start_tracing(RELAY_SERVICE_NAME)
     store = _store(settings, settings.relay_db_pool_size)
     outbox = PostgresOutbox(store.db)
     broker = rabbit_broker(str(settings.amqp_url))
@@ -78,5 +86,5 @@ async def relay(settings: InventorySettings, stop: asyncio.Event) -> None:
         GrpcServer(settings, []),
         ready=store.ready,
         components=[outbox_relay, metrics],
-        close=[outbox.close, store.close],
+        close=[outbox.close, store.close, tracing.shutdown],
     )

@@ -1,6 +1,7 @@
 """Inventory rules, free of I/O: what a valid sale is and how replays are judged."""
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from meshkit import paging
 from meshkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -46,6 +47,10 @@ class SaleRequest:
     quantity: int
     # Who asks: the caller's verified subject (meshkit.identity), "" when none.
     sold_by: str = ""
+    # The caller's W3C trace context (traceparent, tracestate; meshkit.telemetry),
+    # stored with the sale's event so that the event continues the caller's trace
+    # however late it is published; {} when the call is not traced.
+    trace_context: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,15 @@ def valid_product_id(product_id: int) -> int:
     return product_id
 
 
-def sale_request(order_id: str, product_id: int, quantity: int, sold_by: str = "") -> SaleRequest:
-    """Validate what a caller sent to DecreaseStock (``sold_by``: who sent it)."""
+def sale_request(
+    order_id: str,
+    product_id: int,
+    quantity: int,
+    sold_by: str = "",
+    trace_context: Mapping[str, str] | None = None,
+) -> SaleRequest:
+    """Validate what a caller sent to DecreaseStock (``sold_by``: who sent it;
+    ``trace_context``: the trace it belongs to)."""
     valid_product_id(product_id)
     if not 1 <= quantity <= MAX_SALE_QUANTITY:
         raise InvalidArgument(f"quantity must be between 1 and {MAX_SALE_QUANTITY}, got {quantity}")
@@ -115,7 +127,13 @@ def sale_request(order_id: str, product_id: int, quantity: int, sold_by: str = "
             " and '-_.:',"
             f" starting with a letter or digit, got {order_id[:80]!r}"
         )
-    return SaleRequest(order_id=order_id, product_id=product_id, quantity=quantity, sold_by=sold_by)
+    return SaleRequest(
+        order_id=order_id,
+        product_id=product_id,
+        quantity=quantity,
+        sold_by=sold_by,
+        trace_context=trace_context or {},
+    )
 
 
 def replayed_sale(recorded: Sale, request: SaleRequest) -> Sale:

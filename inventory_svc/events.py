@@ -9,7 +9,10 @@ transaction (store.py). The OutboxRelay moves committed rows to RabbitMQ:
 - marks a row published only after RabbitMQ confirmed it, so a crash or an
   outage delays events but never loses one; a crash between confirm and mark
   re-publishes it, and consumers deduplicate by event id;
-- while the broker is down it retries with backoff and catches up afterwards.
+- while the broker is down it retries with backoff and catches up afterwards;
+- each publish is a PRODUCER span in the trace of the call that made the sale
+  (its context is in the row's headers), and the message's headers carry that
+  span's context on to the consumers: one trace per order, however late.
 
 It depends on the ``Outbox`` port below, not on PostgreSQL: store.py's
 PostgresOutbox is the adapter bootstrap plugs in.
@@ -30,6 +33,7 @@ from inventory_svc.store import OutboxBacklog, OutboxEntry
 from meshkit.broker import broker_reachable, connect_when_reachable
 from meshkit.events import EVENT_TYPES, EXCHANGE, PRODUCT_SOLD, ProductSold
 from meshkit.resilience import retrying
+from meshkit.telemetry import producer_span, untraced
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,17 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
 
     async def _step(self) -> int:
+        # The polling's own SQL belongs to no order: untraced, or every poll would
+        # start a trace. Each publish still gets its span in its order's trace.
+        with untraced():
+            return await self._step_untraced()
+
+    async def _step_untraced(self) -> int:
+        if self.last_error is not None:
+            # The last step failed: claim and publish again only once the broker
+            # answers, so an outage costs no claims and no failed publish (each a
+            # span with an error status in its order's trace) every few seconds.
+            await broker_reachable(self._broker)
         await self._outbox.listen(self._wake.set)
         self._wake.clear()
         published = await self._outbox.publish_pending(self._batch_size, self._publish)
@@ -154,18 +169,31 @@ class OutboxRelay:
         # The body goes out as stored (made by meshkit.events.product_sold_body,
         # completed by RECORD_SALE; checked by the tests): decoding and re-encoding
         # it here cost about a quarter of the relay's CPU (bench/findings.md).
-        await asyncio.wait_for(
-            PUBLISHERS[entry.routing_key].publish(
-                entry.body,
-                message_id=str(entry.event_id),
-                correlation_id=str(entry.event_id),
-                timestamp=entry.created_at,
-                content_type="application/json",
-                message_type=EVENT_TYPES[entry.routing_key].__name__,
-                headers=entry.headers,
-            ),
-            PUBLISH_TIMEOUT_SECONDS,
-        )
+        event_id = str(entry.event_id)
+        with producer_span(
+            f"{EXCHANGE.name}.{entry.routing_key} publish",  # FastStream's consumers' style
+            entry.headers,
+            {
+                "messaging.system": "rabbitmq",
+                "messaging.operation": "publish",
+                "messaging.destination.name": EXCHANGE.name,
+                "messaging.rabbitmq.destination.routing_key": entry.routing_key,
+                "messaging.message.id": event_id,
+                "messaging.message.conversation_id": event_id,
+            },
+        ) as headers:
+            await asyncio.wait_for(
+                PUBLISHERS[entry.routing_key].publish(
+                    entry.body,
+                    message_id=event_id,
+                    correlation_id=event_id,
+                    timestamp=entry.created_at,
+                    content_type="application/json",
+                    message_type=EVENT_TYPES[entry.routing_key].__name__,
+                    headers=headers,
+                ),
+                PUBLISH_TIMEOUT_SECONDS,
+            )
 
     async def _report(self) -> None:
         backlog = await self._outbox.backlog()

@@ -4,6 +4,7 @@ import polyglot.inventory.v1 as pb
 from inventory_svc import domain, use_cases
 from inventory_svc.use_cases import InventoryStore
 from meshkit.identity import caller_subject
+from meshkit.telemetry import trace_headers
 
 
 class InventoryApi(pb.InventoryServiceBase):
@@ -38,6 +39,9 @@ class InventoryApi(pb.InventoryServiceBase):
             quantity=decrease_stock_request.quantity,
             # Set by meshkit.grpc_server from the header Envoy derives from the token.
             sold_by=caller_subject.get(),
+            # This call's span (the gRPC server span when tracing): the outbox row
+            # keeps it, so the relay's publish continues this trace.
+            trace_context=trace_headers(),
         )
         sale = await use_cases.decrease_stock(self._store, request)
         return pb.DecreaseStockResponse(

@@ -15,6 +15,7 @@ from inventory_svc.domain import MAX_STOCK, Page, Product, Sale, SaleRequest
 from meshkit.errors import Unavailable
 from meshkit.events import PRODUCT_SOLD, product_sold_body
 from meshkit.postgres import DATABASE_DOWN, PostgresDatabase, PostgresStore
+from meshkit.telemetry import in_trace_of
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ MIGRATIONS = resources.files(__package__) / "migrations"
 # product's name and the stock left, from the updated row, and the sale's time,
 # from the sale row — so the shape of the event is written once, in Python, and
 # the sale stays one round trip holding the product's row lock for one statement.
+# The row's headers ($8) are the caller's trace context (``outbox_headers``).
 RECORD_SALE = """
 WITH sold AS (
     UPDATE products SET stock = stock - $3, updated_at = now()
@@ -43,9 +45,10 @@ WITH sold AS (
     SELECT $1, product_id, $3, stock, $7 FROM sold
     RETURNING sold_at
 ), event AS (
-    INSERT INTO outbox (event_id, routing_key, ordering_key, payload)
+    INSERT INTO outbox (event_id, routing_key, ordering_key, payload, headers)
     SELECT $4::uuid, $5, sold.product_id::text, $6::jsonb || jsonb_build_object(
-        'product_name', sold.name, 'remaining_stock', sold.stock, 'occurred_at', sale.sold_at)
+        'product_name', sold.name, 'remaining_stock', sold.stock, 'occurred_at', sale.sold_at),
+        $8::jsonb
     FROM sold, sale
 )
 SELECT stock FROM sold
@@ -65,6 +68,15 @@ def new_event(request: SaleRequest) -> tuple[uuid.UUID, str]:
     return event_id, body
 
 
+NO_HEADERS = "{}"
+
+
+def outbox_headers(request: SaleRequest) -> str:
+    """The outbox row's headers (jsonb): the caller's W3C trace context, which the
+    relay publishes as AMQP headers under its own span in that trace."""
+    return json.dumps(dict(request.trace_context)) if request.trace_context else NO_HEADERS
+
+
 def record_sale_arguments(request: SaleRequest) -> tuple:
     """RECORD_SALE's parameters for a request, with a new event id."""
     event_id, body = new_event(request)
@@ -76,14 +88,16 @@ def record_sale_arguments(request: SaleRequest) -> tuple:
         PRODUCT_SOLD,
         body,
         request.sold_by,
+        outbox_headers(request),
     )
 
 
 # Several orders of one product in one statement, so one round trip and one
 # transaction for the batch: the function (migration 0004_record_sales.sql, where
-# its shape is explained) locks the product's row once and applies RECORD_SALE's
-# rules order by order, in the arrays' order.
-RECORD_SALES = "SELECT record_sales($1, $2, $3, $4, $5, $6, $7)"
+# its shape is explained; 0005 adds each order's own outbox headers) locks the
+# product's row once and applies RECORD_SALE's rules order by order, in the
+# arrays' order.
+RECORD_SALES = "SELECT record_sales($1, $2, $3, $4, $5, $6, $7, $8)"
 
 # A batch failing as a whole: nothing of it was committed, the same orders may be
 # sent again (DecreaseStock is idempotent). READ COMMITTED makes these rare; they
@@ -144,7 +158,10 @@ class PostgresInventory(PostgresStore):
         """
         async with self.db.connection() as conn:
             try:
-                remaining = await conn.fetchval(RECORD_SALE, *record_sale_arguments(request))
+                # The SQL span in the order's own trace: the batcher may run this
+                # in a task another call started.
+                with in_trace_of(request.trace_context):
+                    remaining = await conn.fetchval(RECORD_SALE, *record_sale_arguments(request))
             except asyncpg.UniqueViolationError:
                 return None
         if remaining is None:
@@ -165,16 +182,19 @@ class PostgresInventory(PostgresStore):
         events = [new_event(r) for r in requests]
         async with self.db.connection() as conn:
             try:
-                remaining = await conn.fetchval(
-                    RECORD_SALES,
-                    product_id,
-                    [r.order_id for r in requests],
-                    [r.quantity for r in requests],
-                    [r.sold_by for r in requests],
-                    [event_id for event_id, _ in events],
-                    PRODUCT_SOLD,
-                    [body for _, body in events],
-                )
+                # One statement for several orders: its span joins the first one's trace.
+                with in_trace_of(requests[0].trace_context):
+                    remaining = await conn.fetchval(
+                        RECORD_SALES,
+                        product_id,
+                        [r.order_id for r in requests],
+                        [r.quantity for r in requests],
+                        [r.sold_by for r in requests],
+                        [event_id for event_id, _ in events],
+                        PRODUCT_SOLD,
+                        [body for _, body in events],
+                        [outbox_headers(r) for r in requests],
+                    )
             except BATCH_RETRYABLE as exc:
                 log.warning("a batch of %d sales was rolled back: %s", len(requests), exc)
                 raise Unavailable("the inventory database is busy; try again") from exc

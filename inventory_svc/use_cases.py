@@ -4,10 +4,13 @@ Each use case is one store write (or read) plus the domain's judgement of the
 outcome, so the rules stay in domain.py and the SQL stays in store.py.
 """
 
+import logging
 from typing import Protocol
 
 from inventory_svc import domain
 from inventory_svc.domain import Page, Product, Sale, SaleRequest
+
+log = logging.getLogger(__name__)
 
 
 class InventoryStore(Protocol):
@@ -36,6 +39,15 @@ async def decrease_stock(store: InventoryStore, request: SaleRequest) -> Sale:
     """Sell once per order id; a replay gets the first answer back."""
     sale = await store.record_sale(request)
     if sale is not None:
+        # One line per committed sale: with the trace id (meshkit/logs.py) it is
+        # what `grep <order id or trace id> .run/logs/*` finds first.
+        log.info(
+            "order %s: sold %d x product %d, %d left",
+            sale.order_id,
+            sale.quantity,
+            sale.product_id,
+            sale.remaining_stock,
+        )
         return sale
     # Nothing was written: find out why, in the order that decides the answer.
     recorded = await store.find_sale(request.order_id)

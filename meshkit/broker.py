@@ -12,7 +12,7 @@ service gets it there and back, the same way for every service:
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from faststream import AckPolicy
@@ -44,16 +44,22 @@ async def declare_topology(broker: RabbitBroker) -> None:
 
 
 def rabbit_broker(
-    url: str, *, prefetch: int | None = None, graceful_timeout: float = 10.0
+    url: str,
+    *,
+    prefetch: int | None = None,
+    graceful_timeout: float = 10.0,
+    middlewares: Sequence[Any] = (),
 ) -> RabbitBroker:
+    """``middlewares``: FastStream broker middlewares besides the metrics' (e.g.
+    meshkit.telemetry's consumer spans)."""
     return RabbitBroker(
         url,
         # Publisher confirms; an unroutable mandatory message raises instead of
         # vanishing, so the outbox relay retries it.
         default_channel=Channel(prefetch_count=prefetch, on_return_raises=True),
         graceful_timeout=graceful_timeout,
-        middlewares=[broker_metrics()],
         log_level=logging.DEBUG,  # one line per message is too much at INFO
+        middlewares=(broker_metrics(), *middlewares),
     )
 
 

@@ -34,6 +34,7 @@ from meshkit.identity import caller_subject, subject_from_metadata
 from meshkit.metrics import GrpcMetrics
 from meshkit.reflection import mesh_pool, reflection_handlers
 from meshkit.settings import ServiceSettings
+from meshkit.telemetry import grpc_server_interceptors, untraced
 
 log = logging.getLogger(__name__)
 # grpc.health.v1 name of the process itself (see GrpcServer.start).
@@ -189,7 +190,8 @@ class GrpcServer:
             # Calls beyond this are refused at once (RESOURCE_EXHAUSTED) instead of
             # queueing behind the ones in hand; health checks count too.
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
-            interceptors=[GrpcMetrics()],
+            # Server spans when tracing is on (meshkit/telemetry.py), then metrics.
+            interceptors=[*grpc_server_interceptors(), GrpcMetrics()],
         )
         self._health = health.aio.HealthServicer()
         self._api_names: list[str] = []
@@ -242,7 +244,10 @@ class GrpcServer:
         passed_once = False
         while True:
             try:
-                await asyncio.wait_for(probe(), timeout=max(every, 1.0) if passed_once else None)
+                with untraced():  # a probe is no request: no trace every few seconds
+                    await asyncio.wait_for(
+                        probe(), timeout=max(every, 1.0) if passed_once else None
+                    )
                 healthy, reason, passed_once = True, "", True
             except Exception as exc:  # any failure means "not ready"
                 healthy, reason = False, str(exc) or type(exc).__name__

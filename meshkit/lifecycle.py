@@ -195,7 +195,7 @@ def service_main(
             f" python -m {name}.migrate)"
         )
     settings = load_settings(settings_type)
-    configure_logging(name, settings.log_level)
+    configure_logging(name, settings.log_level, settings.log_format)
 
     def run() -> None:
         run_until_signalled(lambda stop: serve(settings, stop), event_loop=settings.event_loop)

@@ -269,7 +269,7 @@ def migration_main(
     Exit status 0 when the database is up to date (nothing pending is fine), 1
     with the reason otherwise."""
     settings = load_settings(settings_type)
-    configure_logging(f"{name}.migrate", settings.log_level)
+    configure_logging(f"{name}.migrate", settings.log_level, settings.log_format)
     try:
         applied = asyncio.run(migrate(str(database_url(settings)), migrations))
     except (TimeoutError, *DATABASE_DOWN, asyncpg.PostgresError) as exc:

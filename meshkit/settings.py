@@ -16,6 +16,8 @@ class ServiceSettings(BaseSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "json": one JSON object per line (for a log collector); "text" for people.
+    log_format: Literal["text", "json"] = "text"
     # How long in-flight RPCs may run on after SIGTERM before they are cancelled.
     shutdown_grace_seconds: float = Field(default=10.0, gt=0, le=300)
     # After SIGTERM, how long the server stays up NOT_SERVING before it stops

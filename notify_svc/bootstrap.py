@@ -7,6 +7,7 @@ from meshkit.events import SUBSCRIPTIONS
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
 from meshkit.metrics import MetricsEndpoint, dead_letter_depth, watch_pool
+from meshkit.telemetry import broker_middlewares, start_tracing
 from notify_svc.events import Notifier, event_router
 from notify_svc.grpc_api import NotificationApi
 from notify_svc.mailer import Mailer
@@ -15,6 +16,7 @@ from notify_svc.store import PostgresNotifications
 
 
 async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
+    tracing = start_tracing("notify_svc")  # first: the clients below look for it
     store = PostgresNotifications(
         str(settings.notify_database_url),
         pool_size=settings.db_pool_size,
@@ -28,6 +30,7 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
         str(settings.amqp_url),
         prefetch=settings.consumer_prefetch,
         graceful_timeout=settings.shutdown_grace_seconds,
+        middlewares=broker_middlewares(),
     )
     broker.include_router(
         event_router(
@@ -51,5 +54,5 @@ async def serve(settings: NotifySettings, stop: asyncio.Event) -> None:
         GrpcServer(settings, [NotificationApi(store)]),
         ready=store.ready,
         components=[EventConsumer(broker, health_name="notify_svc.consumer"), metrics],
-        close=[store.close],
+        close=[store.close, tracing.shutdown],
     )

@@ -7,11 +7,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
+from opentelemetry import trace
 
 from meshkit.errors import Unavailable
 from notify_svc.domain import OrderConfirmation
 
 log = logging.getLogger(__name__)
+# The API's tracer: a no-op unless meshkit.telemetry installed the SDK.
+tracer = trace.get_tracer(__name__)
 
 SMTP_DOWN = (
     aiosmtplib.SMTPConnectError,
@@ -61,6 +64,20 @@ class Mailer:
         message["Date"] = format_datetime(email.sent_for)
         message["Message-ID"] = email.message_id
         message.set_content(email.body)
+        # A CLIENT span for the send, inside the consumer's span: the Message-ID
+        # and the server, never the addresses or the text.
+        with tracer.start_as_current_span(
+            "smtp send",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "email.message_id": email.message_id,
+                "server.address": self._smtp["hostname"] or "",
+                "server.port": self._smtp["port"],
+            },
+        ):
+            await self._send_over_smtp(message)
+
+    async def _send_over_smtp(self, message: EmailMessage) -> None:
         try:
             await aiosmtplib.send(message, timeout=self._timeout, **self._smtp)
         except SMTP_DOWN as exc:

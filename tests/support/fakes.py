@@ -14,9 +14,11 @@ class FakeInventory:
     def __init__(self, *products: Product) -> None:
         self.products = {p.product_id: p for p in products}
         self.sales: dict[str, Sale] = {}
+        self.requests: list[SaleRequest] = []  # every record_sale call's request, in order
 
     def sell(self, request: SaleRequest) -> Sale | None:
         """One order, all at once (no await: nothing interleaves with it)."""
+        self.requests.append(request)
         product = self.products.get(request.product_id)
         if product is None or product.stock < request.quantity or request.order_id in self.sales:
             return None
