@@ -29,11 +29,13 @@ Config = dict[str, Any]
 # Envoy's own error replies (bad JSON, unknown route, no healthy upstream, …)
 # get the same JSON shape as gRPC errors converted by the transcoder.
 # The method and path a request arrived with (kept in metadata before the
-# transcoder rewrites them), and whether a backend was reached (upstream host).
+# transcoder rewrites them), whether a backend was reached (upstream host), how
+# many tries it took and why Envoy answered itself (response flags: UO overflow, …).
 ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%DYNAMIC_METADATA(mesh.edge:method)% %DYNAMIC_METADATA(mesh.edge:path):256%'
     ' %PROTOCOL%" %RESPONSE_CODE% grpc=%GRPC_STATUS% %DURATION%ms'
-    " upstream=%UPSTREAM_CLUSTER%@%UPSTREAM_HOST% %RESPONSE_CODE_DETAILS%"
+    " upstream=%UPSTREAM_CLUSTER%@%UPSTREAM_HOST% tries=%UPSTREAM_REQUEST_ATTEMPT_COUNT%"
+    " flags=%RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%"
     " deadline=%REQ(GRPC-TIMEOUT)% trace=%TRACE_ID%\n"
 )
 CONTENT_TYPES = {
@@ -246,8 +248,11 @@ class EnvoySite:
     # --- replicas: retries and ejection (README "Replicas") -----------------------
     # Retries of an RPC that is safe to repeat (RETRY_SAFE), each try bounded by
     # this timeout: above the services' database timeout (5 s), so their own
-    # answer comes back first.
-    retries: int = 2
+    # answer comes back first. One try more than outlier_consecutive_errors: a
+    # replica that died looks idle to least-request (its calls fail at once), so
+    # every try of one call may land on it; after the third the replica is
+    # ejected and the fourth reaches a live one.
+    retries: int = 3
     per_try_timeout_seconds: float = 6.0
     # Retries in flight per backend as a share of its calls in flight (a retry
     # budget): a struggling backend is not hit by a retry storm.
@@ -416,10 +421,13 @@ def _circuit_breakers(site: EnvoySite) -> Config:
                 "max_requests": site.max_requests_per_backend,
                 "max_pending_requests": site.max_pending_per_backend,
                 "max_connections": 64,
-                # Retries in flight: a share of the calls in flight, at least 3.
+                # Retries in flight: a share of the calls in flight, at least 16.
+                # When a replica dies, every caller's next call may fail on it at
+                # once and wait out its back-off: with only 3, the 4th of 4 callers
+                # got a 503 instead of its retry (tests/e2e/test_replicas.py).
                 "retry_budget": {
                     "budget_percent": {"value": site.retry_budget_percent},
-                    "min_retry_concurrency": 3,
+                    "min_retry_concurrency": 16,
                 },
                 "track_remaining": True,
             }
@@ -441,6 +449,10 @@ def _outlier_detection(site: EnvoySite) -> Config:
         "interval": _seconds(min(site.health_check_seconds, 1.0)),
         "base_ejection_time": _seconds(site.outlier_ejection_seconds),
         "max_ejection_percent": 50,
+        # Envoy counts the host it would eject: with two replicas, one is already
+        # 50 %, so without this a dead replica is never ejected and keeps drawing
+        # calls (least-request favours a host whose calls fail at once).
+        "always_eject_one_host": True,
     }
 
 
@@ -711,7 +723,10 @@ def _retry_policy(safe: bool, site: EnvoySite, timeout: float) -> Config:
                 "typed_config": _typed("retry.host.previous_hosts.v3.PreviousHostsPredicate"),
             }
         ],
-        "host_selection_retry_max_attempts": 3,
+        # Least-request draws two replicas and takes the idler one, and a dead
+        # replica looks idle: with two replicas it is drawn 3 times in 4, so the
+        # predicate needs several draws to find the other one.
+        "host_selection_retry_max_attempts": 10,
     }
     if safe:
         policy["per_try_timeout"] = _seconds(min(site.per_try_timeout_seconds, timeout))
