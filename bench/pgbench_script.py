@@ -22,6 +22,7 @@ PARAMETERS = {
     " || lpad(to_hex((:uuid_lo)::bigint), 16, '0'))::uuid)",
     "$5": f"'{PRODUCT_SOLD}'",  # routing key
     "$7": "'pgbench'",  # sold_by: the caller's verified subject
+    "$8": "'{}'",  # outbox headers: an untraced caller's (no trace context to carry)
 }
 
 
@@ -47,7 +48,7 @@ PARAMETERS["$6"] = _event_body()
 
 def decrease_stock_script(first_product: int, products: int) -> str:
     statement = RECORD_SALE
-    for placeholder in sorted(PARAMETERS, reverse=True):  # $7 before $1…
+    for placeholder in sorted(PARAMETERS, reverse=True):  # $8 before $1…
         statement = statement.replace(placeholder, PARAMETERS[placeholder])
     last = first_product + products - 1
     return "\n".join(

@@ -529,22 +529,37 @@ def _tracing(tracing: EdgeTracing) -> Config:
 
 
 def _otlp_cluster(tracing: EdgeTracing) -> Config:
-    url = urlsplit(tracing.endpoint)
+    cluster = _external_cluster(OTLP_CLUSTER, tracing.endpoint, 4317, tracing.trusted_ca_file, "1s")
+    # OTLP/gRPC is HTTP/2, in the clear or over TLS (ALPN h2).
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "upstreams.http.v3.HttpProtocolOptions",
+            explicit_http_config={"http2_protocol_options": {}},
+        )
+    }
+    tls = cluster.get("transport_socket")
+    if tls:
+        tls["typed_config"]["common_tls_context"]["alpn_protocols"] = ["h2"]
+    return cluster
+
+
+def _external_cluster(
+    name: str, endpoint: str, plain_port: int, trusted_ca_file: str, connect_timeout: str
+) -> Config:
+    """A cluster for a service outside the mesh (an OTLP collector, a JWKS server)
+    at a URL: an https URL gets TLS with the server's name checked against the CA."""
+    url = urlsplit(endpoint)
     host, tls = url.hostname or "", url.scheme == "https"
     cluster: Config = {
-        "name": OTLP_CLUSTER,
+        "name": name,
         "type": "STRICT_DNS",
-        "connect_timeout": "1s",
+        "connect_timeout": connect_timeout,
         "dns_lookup_family": "V4_PREFERRED",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
-                "upstreams.http.v3.HttpProtocolOptions",
-                explicit_http_config={"http2_protocol_options": {}},
-            )
-        },
         "load_assignment": {
-            "cluster_name": OTLP_CLUSTER,
-            "endpoints": [{"lb_endpoints": [_endpoint(host, url.port or (443 if tls else 4317))]}],
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [_endpoint(host, url.port or (443 if tls else plain_port))]}
+            ],
         },
     }
     if tls:
@@ -554,13 +569,12 @@ def _otlp_cluster(tracing: EdgeTracing) -> Config:
                 "transport_sockets.tls.v3.UpstreamTlsContext",
                 sni=host,
                 common_tls_context={
-                    "alpn_protocols": ["h2"],
                     "validation_context": {
-                        "trusted_ca": {"filename": tracing.trusted_ca_file},
+                        "trusted_ca": {"filename": trusted_ca_file},
                         "match_typed_subject_alt_names": [
                             {"san_type": "DNS", "matcher": {"exact": host}}
                         ],
-                    },
+                    }
                 },
             ),
         }
@@ -1358,35 +1372,7 @@ def _jwt_provider(auth: EdgeAuth) -> Config:
 
 
 def _jwks_cluster(auth: EdgeAuth) -> Config:
-    url = urlsplit(auth.jwks_uri)
-    host, tls = url.hostname or "", url.scheme == "https"
-    cluster: Config = {
-        "name": JWKS_CLUSTER,
-        "type": "STRICT_DNS",
-        "connect_timeout": "5s",
-        "dns_lookup_family": "V4_PREFERRED",
-        "load_assignment": {
-            "cluster_name": JWKS_CLUSTER,
-            "endpoints": [{"lb_endpoints": [_endpoint(host, url.port or (443 if tls else 80))]}],
-        },
-    }
-    if tls:
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": _typed(
-                "transport_sockets.tls.v3.UpstreamTlsContext",
-                sni=host,
-                common_tls_context={
-                    "validation_context": {
-                        "trusted_ca": {"filename": auth.trusted_ca_file},
-                        "match_typed_subject_alt_names": [
-                            {"san_type": "DNS", "matcher": {"exact": host}}
-                        ],
-                    }
-                },
-            ),
-        }
-    return cluster
+    return _external_cluster(JWKS_CLUSTER, auth.jwks_uri, 80, auth.trusted_ca_file, "5s")
 
 
 def _auth_filters(auth: EdgeAuth, descriptor_set: Path) -> list[Config]:
