@@ -624,6 +624,10 @@ def main() -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)
     print(f"\nwrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+    # The smoke run proves the harness works: a row that could not be measured
+    # (its note says "failed: …") fails it, as a broken pgbench script once did not.
+    if args.smoke and "| failed: " in report:
+        sys.exit("bench smoke: a row failed to run (its note in the report says why)")
 
 
 async def run(args: argparse.Namespace) -> str:
