@@ -7,16 +7,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from devtools.sandbox import create_database, drop_database
 from meshkit.errors import Unavailable
-from meshkit.postgres import migrate
 from meshkit.resilience import retry_while_unavailable
 from notify_svc import use_cases
 from notify_svc.domain import OrderConfirmation, Sale
 from notify_svc.mailer import Mailer
 from notify_svc.store import MIGRATIONS, PostgresNotifications
 from tests.support.net import TcpProxy
-from tests.support.servers import PG_SERVER_URL
+from tests.support.servers import migrated_database
 from tests.support.waiting import eventually
 
 LEASE_SECONDS = 30.0
@@ -24,10 +22,8 @@ LEASE_SECONDS = 30.0
 
 @pytest.fixture(scope="module")
 async def notify_db_url():
-    url = await create_database(PG_SERVER_URL, "polyglot_test_notify_uc")
-    await migrate(url, MIGRATIONS)
-    yield url
-    await drop_database(url)
+    async with migrated_database("polyglot_test_notify_uc", MIGRATIONS) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,19 @@ import asyncpg
 import pytest
 
 import polyglot.events.v1 as events_pb
-from devtools.sandbox import create_database, drop_database
 from inventory_svc import use_cases
 from inventory_svc.domain import InsufficientStock, SaleRequest
 from inventory_svc.store import MIGRATIONS, OutboxEntry, PostgresInventory, PostgresOutbox
 from meshkit.events import PRODUCT_SOLD
-from meshkit.postgres import migrate
 from tests.support.inventory import order
-from tests.support.servers import PG_SERVER_URL
+from tests.support.servers import migrated_database
 from tests.support.waiting import eventually
 
 
 @pytest.fixture(scope="module")
 async def outbox_db_url():
-    url = await create_database(PG_SERVER_URL, "polyglot_test_outbox")
-    await migrate(url, MIGRATIONS)
-    yield url
-    await drop_database(url)
+    async with migrated_database("polyglot_test_outbox", MIGRATIONS) as url:
+        yield url
 
 
 @pytest.fixture

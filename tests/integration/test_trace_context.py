@@ -10,12 +10,10 @@ from opentelemetry.trace import SpanKind
 
 from analytics_svc.domain import Sale as AnalyticsSale
 from analytics_svc.store import MongoSales
-from devtools.sandbox import create_database, drop_database
 from inventory_svc.domain import SaleRequest
 from inventory_svc.store import MIGRATIONS, PostgresInventory
-from meshkit.postgres import migrate
 from tests.support.inventory import order
-from tests.support.servers import PG_SERVER_URL
+from tests.support.servers import migrated_database
 from tests.support.tracing import in_memory_tracing
 
 SECRET = "ORD-s3cr3tvalue"  # a value that must appear in no span
@@ -27,10 +25,8 @@ def traceparent(n: int) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 async def db_url():
-    url = await create_database(PG_SERVER_URL, "polyglot_test_tracing")
-    await migrate(url, MIGRATIONS)
-    yield url
-    await drop_database(url)
+    async with migrated_database("polyglot_test_tracing", MIGRATIONS) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,10 +1,28 @@
 """The servers the suite runs against, and how it starts a mesh of its own."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from devtools.sandbox import PG_SERVER_URL, RABBIT_SERVER_URL, Mesh, start_mesh
+from devtools.sandbox import (
+    PG_SERVER_URL,
+    RABBIT_SERVER_URL,
+    Mesh,
+    create_database,
+    drop_database,
+    start_mesh,
+)
+from meshkit.postgres import migrate
 
-__all__ = ["FAST", "PG_SERVER_URL", "RABBIT_SERVER_URL", "TEST_EDGE", "start_test_mesh"]
+__all__ = [
+    "FAST",
+    "PG_SERVER_URL",
+    "RABBIT_SERVER_URL",
+    "TEST_EDGE",
+    "migrated_database",
+    "start_test_mesh",
+]
 
 # Tests wait on conditions, so fast probes make them fast, not flaky. No drain
 # delay: tests stop processes often (test_replicas.py sets its own).
@@ -22,3 +40,14 @@ TEST_EDGE = {"mutation_rate_per_second": 10_000, "mutation_burst": 10_000}
 
 def start_test_mesh(run_dir: Path, env: dict[str, str], only: list[str] | None = None) -> Mesh:
     return start_mesh(run_dir, {**FAST, **env}, only, edge=TEST_EDGE)
+
+
+@asynccontextmanager
+async def migrated_database(name: str, migrations: Traversable) -> AsyncIterator[str]:
+    """A throwaway database of a module's own, at the schema of ``migrations``."""
+    url = await create_database(PG_SERVER_URL, name)
+    try:
+        await migrate(url, migrations)
+        yield url
+    finally:
+        await drop_database(url)
