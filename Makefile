@@ -157,16 +157,17 @@ prometheus-check:
 	$(PROMTOOL) test rules prometheus/alerts.test.yml
 
 # compose.yaml, the Dockerfile and Envoy's compose config, checked without a Docker
-# engine (schema, references, envoy --mode validate, hadolint); see devtools/compose_check.py.
+# engine (schema, references, envoy --mode validate, hadolint): tests in
+# tests/deploy/test_compose.py (checks in tests/support/compose_check.py), also part of make test.
 compose-check: venv
-	$(BIN)/python -m devtools.compose_check
+	$(BIN)/pytest -q tests/deploy/test_compose.py
 
 # deploy/k8s, checked without a cluster: both overlays rendered by kubectl's
 # kustomize, Kubernetes and CRD schemas, cross-references, NetworkPolicy paths,
-# Envoy's config; see devtools/k8s_check.py and tests/unit/test_k8s.py.
+# Envoy's config: tests in tests/deploy/test_k8s.py (checks in tests/support/k8s_check.py),
+# also part of make test.
 k8s-check: venv
-	$(BIN)/python -m devtools.k8s_check
-	$(BIN)/pytest -q tests/unit/test_k8s.py
+	$(BIN)/pytest -q tests/deploy/test_k8s.py
 
 # Both locks still meet every pin of pyproject.toml (offline; `make lock` fixes it).
 lock-check: venv

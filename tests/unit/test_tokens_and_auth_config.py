@@ -6,8 +6,8 @@ import jwt
 import pytest
 
 from devtools import tokens
-from devtools.compose_check import validate_envoy
 from mesh.envoy_config import JWKS_CLUSTER, EdgeAuth, EnvoySite, envoy_config, render
+from tests.support.compose_check import validate_envoy
 
 
 def test_keys_are_made_once_and_tokens_verify_against_the_jwks(tmp_path):

@@ -1,6 +1,5 @@
-"""Checks the Kubernetes deployment (deploy/k8s/) without a cluster.
-
-``python -m devtools.k8s_check`` (``make k8s-check``, part of ``make check``):
+"""Checks of the Kubernetes deployment (deploy/k8s/) without a cluster, for
+tests/deploy/test_k8s.py (``make k8s-check``, part of ``make check`` and ``make test``):
 
 1. ``kubectl kustomize`` renders each overlay (kubectl's built-in kustomize,
    offline);
@@ -28,7 +27,6 @@ import functools
 import json
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +37,9 @@ import kubernetes_validate
 import yaml
 
 from devtools import tokens
-from devtools.compose_check import ENVOY_FILE, envoy_endpoints, validate_envoy
 from devtools.processes import run
 from mesh.topology import DOCS_SITE, GRPC_PORTS, ROOT
+from tests.support.compose_check import ENVOY_FILE, envoy_endpoints, validate_envoy
 
 K8S_DIR = ROOT / "deploy" / "k8s"
 CRD_DIR = K8S_DIR / "crds"
@@ -646,30 +644,3 @@ def envoy_validate_problems(objects: list[Obj]) -> list[str]:
     paths = set(re.findall(ENVOY_FILE, text))
     files = {path: found for path in paths if (found := envoy_local_file(model, path))}
     return validate_envoy(text, files)
-
-
-def overlay_problems(overlay: str) -> list[str]:
-    objects = render(overlay)
-    return [
-        f"{overlay}: {p}"
-        for p in schema_problems(objects)
-        + reference_problems(objects)
-        + envoy_validate_problems(objects)
-    ]
-
-
-def main() -> int:
-    try:
-        problems = [p for overlay in OVERLAYS for p in overlay_problems(overlay)]
-    except CheckError as error:
-        print(error, file=sys.stderr)
-        return 1
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if not problems:
-        print(f"k8s-check: {', '.join(OVERLAYS)} render and pass every check", file=sys.stderr)
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

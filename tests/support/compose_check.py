@@ -1,4 +1,5 @@
-"""Static checks of the Docker Compose deployment: ``python -m devtools.compose_check``.
+"""Static checks of the Docker Compose deployment, for tests/deploy/test_compose.py
+(``make compose-check``, part of ``make check`` and ``make test``).
 
 There is no Docker engine on our machines or in CI, so nothing here builds or
 starts a container. Maintained tools do what they know:
@@ -20,7 +21,7 @@ data; Envoy's backends are the compose services at their GRPC_PORT, its span
 exporter (cluster otlp) a service exposing that port, and the real Envoy, given
 the files its volumes mount, accepts its config; Prometheus mounts the
 generated config and its rules, and scrapes every service at its METRICS_PORT.
-Exits 1, one line per problem.
+Each check returns its problems, one line each.
 """
 
 import json
@@ -420,21 +421,3 @@ def run_checks(root: Path = ROOT) -> list[str]:
     problems += check_envoy(compose, root) + check_prometheus(compose, root)
     dockerfiles = sorted({dockerfile for _, dockerfile in builds(compose).values()})
     return problems + [p for d in dockerfiles if d.is_file() for p in lint_dockerfile(d, root)]
-
-
-def main() -> int:
-    problems = run_checks()
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if problems:
-        print(f"compose-check: {len(problems)} problem(s)", file=sys.stderr)
-        return 1
-    print(
-        "compose-check: compose.yaml, Dockerfile and the Envoy and Prometheus compose"
-        " configs are OK"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from devtools import compose_check as cc
 from devtools.preflight import PROMETHEUS_INSTALL, prometheus_tool
 from devtools.sandbox import free_port
 from mesh.topology import ROOT
+from tests.support import compose_check as cc
 from tests.support.waiting import eventually
 
 OUR_SERVICES = {"inventory-svc": "inventory_svc", "analytics-svc": "analytics_svc"}

@@ -10,12 +10,12 @@ import re
 
 import pytest
 
-from devtools import k8s_check as k8s
 from mesh import envoy_config
 from mesh.contracts import DESCRIPTOR_SET
 from mesh.envoy_config import K8S_DIR, K8S_SITE, render
 from mesh.topology import GRPC_PORTS, ROOT
 from meshkit.grpc_server import LIVENESS
+from tests.support import k8s_check as k8s
 
 SERVICES = {name.replace("_", "-"): port for name, port in GRPC_PORTS.items()}
 MESH = {"envoy", *SERVICES}
