@@ -6,7 +6,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import start_test_mesh
+from tests.support.servers import start_test_mesh
 from tests.support.waiting import eventually
 
 
