@@ -22,6 +22,8 @@ from devtools import sandbox
 ROLE_FIX = (
     "  Stock PostgreSQL asks for a password on 127.0.0.1: create a role once,\n"
     "    sudo -u postgres psql -c \"CREATE ROLE polyglot LOGIN CREATEDB PASSWORD 'polyglot'\"\n"
+    "  (if it exists, check the user and password in {var}, or set the password:\n"
+    "    sudo -u postgres psql -c \"ALTER ROLE polyglot PASSWORD 'polyglot'\")\n"
     "  and use it: {var}=postgresql://polyglot:polyglot@127.0.0.1:5432/{db}"
 )
 RABBIT_USER_FIX = (
