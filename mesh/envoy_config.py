@@ -23,6 +23,7 @@ from mesh.access import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE, method_access
 from mesh.contracts import DESCRIPTOR_SET, load_contracts
 from mesh.topology import DOCS_SITE, GRPC_PORTS, ROOT
 from meshkit.identity import SUBJECT_HEADER
+from meshkit.telemetry import ENDPOINT_VARIABLES, traces_endpoint
 
 Config = dict[str, Any]
 
@@ -101,9 +102,6 @@ class EdgeAuth:
 AUTH_ENV = ("AUTH_ISSUER", "AUTH_AUDIENCES", "AUTH_JWKS_URI", "AUTH_JWKS_FILE")
 
 
-# The standard OpenTelemetry variables Envoy's tracer is rendered from. The traces
-# endpoint wins over the general one, as in the OpenTelemetry SDKs.
-TRACES_ENDPOINT_ENV = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 # OTEL_TRACES_SAMPLER values Envoy's sampler extensions can express (the default is
 # the SDKs' default).
 SAMPLERS = (
@@ -152,11 +150,10 @@ class EdgeTracing:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "EdgeTracing | None":
-        """None (no tracer at all) without an endpoint, or when the SDK or the trace
-        exporter is switched off (OTEL_SDK_DISABLED=true, OTEL_TRACES_EXPORTER=none)."""
-        endpoint = next((env[name] for name in TRACES_ENDPOINT_ENV if env.get(name)), "")
-        disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
-        if not endpoint or disabled or env.get("OTEL_TRACES_EXPORTER", "").strip() == "none":
+        """None (no tracer at all) when the services would not trace either
+        (meshkit.telemetry.traces_endpoint: no endpoint, or tracing switched off)."""
+        endpoint = traces_endpoint(env)
+        if endpoint is None:
             return None
         sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or DEFAULT_SAMPLER
         argument = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
@@ -167,7 +164,7 @@ class EdgeTracing:
                 f"OTEL_TRACES_SAMPLER_ARG must be a number, got {argument!r}"
             ) from None
         return cls(
-            endpoint.strip(),
+            endpoint,
             sampler,
             ratio,
             _resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")),
@@ -265,7 +262,7 @@ class EnvoySite:
 
 # Settings the launcher takes from the environment (README "Limits", envoy/README.md
 # "Tracing"): any of them set, and `make up` renders Envoy's config with them.
-EDGE_ENV = ("CORS_ALLOWED_ORIGINS", *TRACES_ENDPOINT_ENV)
+EDGE_ENV = ("CORS_ALLOWED_ORIGINS", *ENDPOINT_VARIABLES)
 
 
 def with_environment(site: EnvoySite, env: Mapping[str, str] | None = None) -> EnvoySite:

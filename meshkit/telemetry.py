@@ -1,6 +1,7 @@
 """Tracing (OpenTelemetry), configured by the standard OTEL_* variables only.
 
 With ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) set,
+and neither ``OTEL_SDK_DISABLED=true`` nor ``OTEL_TRACES_EXPORTER=none``,
 ``start_tracing`` installs the SDK's tracer provider with an OTLP/gRPC exporter
 behind a batch span processor, and the instrumentations: gRPC server spans
 (``grpc_server_interceptors``), asyncpg and pymongo client spans, FastStream
@@ -38,11 +39,21 @@ UNTRACED_GRPC_SERVICES = ("grpc.health.v1.", "grpc.reflection.")
 _W3C = TraceContextTextMapPropagator()
 
 
-def tracing_configured(environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether the environment asks for traces (an OTLP endpoint, SDK not disabled)."""
+def traces_endpoint(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Where the environment asks spans to go: the traces endpoint, else the general
+    one; None when neither is set, or the SDK or the trace exporter is switched off
+    (OTEL_SDK_DISABLED=true, OTEL_TRACES_EXPORTER=none). Envoy's config reads it too
+    (mesh/envoy_config.py), so the edge and the services trace alike."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    return any(environ.get(name, "").strip() for name in ENDPOINT_VARIABLES)
+        return None
+    if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return None
+    return next((v for n in ENDPOINT_VARIABLES if (v := environ.get(n, "").strip())), None)
+
+
+def tracing_configured(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the environment asks for traces (``traces_endpoint`` gives one)."""
+    return traces_endpoint(environ) is not None
 
 
 @dataclass
@@ -89,7 +100,7 @@ def start_tracing(default_service_name: str) -> Tracing:
     log.info(
         "tracing on: service.name %s, exporting to %s",
         resource.attributes[SERVICE_NAME],
-        next(os.environ[n] for n in ENDPOINT_VARIABLES if os.environ.get(n, "").strip()),
+        traces_endpoint(),
     )
     return install(provider)
 
