@@ -347,6 +347,16 @@ def _endpoint(host: str, port: int) -> Config:
     return {"endpoint": {"address": _address(host, port)}}
 
 
+def _http2_upstream(**http2_options: Any) -> Config:
+    """A cluster's protocol options: HTTP/2 to the upstream (gRPC needs it)."""
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "upstreams.http.v3.HttpProtocolOptions",
+            explicit_http_config={"http2_protocol_options": http2_options},
+        )
+    }
+
+
 def _header(name: str, regex: str, *, invert: bool = False) -> Config:
     """A route/filter header matcher on a regular expression (RE2)."""
     return {
@@ -373,18 +383,11 @@ def _cluster(
         "lb_policy": "LEAST_REQUEST",
         "connect_timeout": "1s",
         "dns_lookup_family": "V4_ONLY",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
-                "upstreams.http.v3.HttpProtocolOptions",
-                explicit_http_config={
-                    "http2_protocol_options": {
-                        # A backend that died without closing its connection is
-                        # noticed within seconds, not at the next call's timeout.
-                        "connection_keepalive": {"interval": "10s", "timeout": "2s"}
-                    }
-                },
-            )
-        },
+        # A backend that died without closing its connection is noticed within
+        # seconds, not at the next call's timeout.
+        "typed_extension_protocol_options": _http2_upstream(
+            connection_keepalive={"interval": "10s", "timeout": "2s"}
+        ),
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [_endpoint(*address) for address in addresses]}],
@@ -528,12 +531,7 @@ def _tracing(tracing: EdgeTracing) -> Config:
 def _otlp_cluster(tracing: EdgeTracing) -> Config:
     cluster = _external_cluster(OTLP_CLUSTER, tracing.endpoint, 4317, tracing.trusted_ca_file, "1s")
     # OTLP/gRPC is HTTP/2, in the clear or over TLS (ALPN h2).
-    cluster["typed_extension_protocol_options"] = {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
-            "upstreams.http.v3.HttpProtocolOptions",
-            explicit_http_config={"http2_protocol_options": {}},
-        )
-    }
+    cluster["typed_extension_protocol_options"] = _http2_upstream()
     tls = cluster.get("transport_socket")
     if tls:
         tls["typed_config"]["common_tls_context"]["alpn_protocols"] = ["h2"]
