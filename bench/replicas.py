@@ -50,7 +50,7 @@ class ReplicaRow:
     postgres_cpu_ms: float  # per order: every postgres process on the machine
 
 
-def _stat(pid: str) -> list[str] | None:
+def proc_stat(pid: str) -> list[str] | None:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -66,7 +66,7 @@ def cpu_seconds(groups: set[int] | None = None, command: str | None = None) -> f
     children."""
     total = 0
     for pid in os.listdir("/proc"):
-        if not pid.isdigit() or (fields := _stat(pid)) is None:
+        if not pid.isdigit() or (fields := proc_stat(pid)) is None:
             continue
         # After the name: state, ppid, pgrp, … utime is field 14, stime 15, then
         # cutime and cstime (1-based): the time of children that exited and were

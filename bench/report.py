@@ -15,6 +15,11 @@ HOT_SECTION = "## Hot product: sale batching"
 HOT_GOALS = {32: 1.3, 96: 1.5}
 
 
+def load_average() -> str:
+    """The machine's load average (1 / 5 / 15 min), as the reports print it."""
+    return " / ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def _row(rows: list, scenario: str, rpc: str, products: str, clients: int):  # noqa: ANN202
     return next(
         (
@@ -57,7 +62,7 @@ def render_hot(rows: list, args: argparse.Namespace) -> list[str]:
     """The hot-product section: rows with what each commit carried and CPU per sale."""
     hot = [r for r in rows if r.rpc == "decrease" and r.products == "hot"]
     fastapi = {r.clients: r.tps for r in hot if r.scenario.startswith("FastAPI")}
-    load_now = " / ".join(f"{value:.1f}" for value in os.getloadavg())
+    load_now = load_average()
     return [
         HOT_SECTION,
         "",

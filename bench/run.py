@@ -46,7 +46,8 @@ from bench.edge import measure_edge, render_edge, splice
 from bench.fastapi_baseline import POOL_SIZE
 from bench.pgbench_script import decrease_stock_script, get_stock_script
 from bench.pipeline import run_pipeline
-from bench.replicas import measure_replicas, render_replicas
+from bench.replicas import TICKS, measure_replicas, proc_stat, render_replicas
+from bench.report import load_average
 from bench.tracing import measure_tracing, render_tracing
 from devtools import sandbox
 from devtools.processes import ManagedProcess
@@ -412,12 +413,11 @@ def machine_cpu() -> tuple[int, int]:
 
 
 def process_cpu_seconds(pid: int | None) -> float:
-    """User + system CPU a running process has used so far (/proc/<pid>/stat)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, TypeError):  # not running
+    """User + system CPU a running process has used so far (utime and stime)."""
+    fields = proc_stat(str(pid)) if pid is not None else None
+    if fields is None:  # not running
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[12]) + int(fields[13])) / TICKS
 
 
 async def hot_sales_between(
@@ -616,7 +616,7 @@ def main() -> None:
     # What the report says about the run itself (the hot section prints them).
     args.command = "python -m bench.run " + " ".join(sys.argv[1:])
     args.started = datetime.now(UTC)
-    args.load_at_start = " / ".join(f"{value:.1f}" for value in os.getloadavg())
+    args.load_at_start = load_average()
     try:
         report = asyncio.run(run(args))
     except asyncio.CancelledError:  # SIGTERM, after the clean-up in run()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.replicas import cpu_seconds, mesh_groups
+from bench.report import load_average
 from devtools import sandbox
 from tests.support.otlp import OtlpReceiver
 
@@ -88,10 +89,6 @@ def _calls_served(mesh: sandbox.Mesh) -> int:
         return int(reply.read().decode().split(":")[1])
 
 
-def _load(loadavg: Path = Path("/proc/loadavg")) -> str:
-    return " ".join(loadavg.read_text().split()[:3])
-
-
 async def measure_tracing(
     make_generator: Callable[[sandbox.Mesh], Callable[..., Any]],
     seed: Callable[[str], Awaitable[None]],
@@ -114,7 +111,7 @@ async def measure_tracing(
     databases: list[str] = []
     meshes: dict[str, sandbox.Mesh] = {}
     rows = {mode: TracingRow(mode) for mode in MODES}
-    machine = {"load before": _load()}
+    machine = {"load before": load_average()}
     try:
         for mode, otel in MODES.items():
             databases.append(await sandbox.create_database(pg_server_url, "polyglot_bench_tracing"))
@@ -139,7 +136,7 @@ async def measure_tracing(
                 rows[mode].add(run, seconds, mesh_cpu, envoy_cpu, runs["off"].tps)
                 print(f"tracing round {turn + 1} {rows[mode].last()}", flush=True)
             await purge()
-        machine["load after"] = _load()
+        machine["load after"] = load_average()
         for mode, mesh in meshes.items():
             rows[mode].calls = _calls_served(mesh)
     finally:
@@ -183,7 +180,7 @@ def render_tracing(
         f" receiver, loaded **at the same time**: {rounds} round(s) of a {seconds:g} s run"
         " after a warm-up. Ratio to off: each round's throughput ÷ off's in the same"
         " seconds (median, range); other columns: medians. Mesh CPU: the mode's"
-        " processes per order; Envoy CPU: its Envoy alone. Load average (1, 5, 15 min)"
+        " processes per order; Envoy CPU: its Envoy alone. Load average (1 / 5 / 15 min)"
         f" before: {machine['load before']}, after: {machine.get('load after', '?')}."
         f" **{os.cpu_count()} cores shared with other engineers' test runs: absolute"
         " figures are noisy (and three meshes share them here); read the ratios.**",
