@@ -36,9 +36,8 @@ def prometheus(mesh: Mesh) -> Iterator[str]:
         )
     mesh.plan.write_prometheus_config(scrape_seconds=SCRAPE_SECONDS)
     server = mesh.plan.prometheus(binary)
-    server.start()
+    server.start_until(mesh.plan.prometheus_ready, "Prometheus ready")
     try:
-        server.wait_until(mesh.plan.prometheus_ready, "Prometheus ready")
         yield f"http://127.0.0.1:{mesh.plan.prometheus_port}"
     finally:
         server.stop()
