@@ -114,13 +114,7 @@ class MeshPlan:
         )
 
     def prometheus_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.prometheus_port}/-/ready", timeout=1
-            ):
-                return True
-        except OSError:
-            return False
+        return _get(f"http://127.0.0.1:{self.prometheus_port}/-/ready") is not None
 
     def embedded_mongo(self, port: int) -> ManagedProcess:
         """SecantusDB: a MongoDB wire-protocol server, data under run_dir/mongo."""
@@ -158,14 +152,8 @@ class MeshPlan:
         return grpc_serving(f"127.0.0.1:{self.grpc_ports[name]}")
 
     def _admin(self, path: str) -> str | None:
-        """Envoy admin's answer to ``path`` (/ready; /clusters: each endpoint's health
-        flags); None while it does not answer, or answers with an error status."""
-        url = f"http://127.0.0.1:{self.admin_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as reply:
-                return reply.read().decode()
-        except OSError:
-            return None
+        """Envoy admin's answer to ``path`` (/ready; /clusters: each endpoint's health flags)."""
+        return _get(f"http://127.0.0.1:{self.admin_port}{path}")
 
     def envoy_live(self) -> bool:
         """Envoy's admin answers (whatever the backends' health)."""
@@ -191,6 +179,16 @@ class MeshPlan:
         line = f"{base_name(process)}::127.0.0.1:{self.grpc_ports[process]}::health_flags::"
         flags = next((row for row in clusters.splitlines() if row.startswith(line)), None)
         return flags is not None and (flags == f"{line}healthy") == healthy
+
+
+def _get(url: str) -> str | None:
+    """The body of a local HTTP GET; None while nothing answers, or answers with an
+    error status (urllib raises HTTPError, an OSError, for those)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as reply:
+            return reply.read().decode()
+    except OSError:
+        return None
 
 
 def mongo_answers(url: str) -> bool:
