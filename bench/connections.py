@@ -95,9 +95,9 @@ class ConnectionWatch:
         """Wait (polling the server: nothing to await) until ``clients`` more
         connections fit, e.g. while idle pools close theirs; the free slots."""
         deadline = time.monotonic() + within
+        limit = self.max_connections()  # fixed while the server runs: read it once
         while True:
-            now = self.counts()
-            free = self.max_connections() - now.everyone
+            free = limit - self.counts().everyone
             if free >= clients or time.monotonic() > deadline:
                 return free
             time.sleep(0.2)
