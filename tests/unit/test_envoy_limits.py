@@ -1,12 +1,9 @@
 """The edge's limits as rendered into Envoy's config (the behaviour itself is tested
 through a real Envoy in tests/e2e/test_edge_limits.py)."""
 
-from mesh.envoy_config import (
-    LOCAL_REPLIES,
-    EnvoySite,
-    envoy_config,
-    with_environment,
-)
+from mesh.edge.render import envoy_config
+from mesh.edge.replies import LOCAL_REPLIES
+from mesh.edge.settings import EnvoySite, with_environment
 
 
 def _manager(config: dict) -> dict:

@@ -7,14 +7,9 @@ import yaml
 
 from devtools.launcher import edge_auth
 from devtools.plan import native_plan
-from mesh.envoy_config import (
-    AUTH_ENV,
-    EDGE_ENV,
-    SAFE_RETRY_ON,
-    UNSAFE_RETRY_ON,
-    EnvoySite,
-    envoy_config,
-)
+from mesh.edge.render import envoy_config
+from mesh.edge.routes import SAFE_RETRY_ON, UNSAFE_RETRY_ON
+from mesh.edge.settings import AUTH_ENV, EDGE_ENV, EnvoySite
 from mesh.topology import (
     api_replicas,
     backends,
