@@ -44,11 +44,11 @@ def mutation_rate_limit(site: EnvoySite) -> Config:
             "fill_interval": "1s",
         },
         filter_enabled={
-            "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+            "default_value": {"numerator": 100},
             "runtime_key": "mesh.mutation_rate_limit.enabled",
         },
         filter_enforced={
-            "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+            "default_value": {"numerator": 100},
             "runtime_key": "mesh.mutation_rate_limit.enforced",
         },
         rate_limits=[{"actions": [{"remote_address": {}}]}],
@@ -77,7 +77,6 @@ def circuit_breakers(site: EnvoySite) -> Config:
     return {
         "thresholds": [
             {
-                "priority": "DEFAULT",
                 "max_requests": site.max_requests_per_backend,
                 "max_pending_requests": site.max_pending_per_backend,
                 "max_connections": 64,
@@ -105,7 +104,6 @@ def outlier_detection(site: EnvoySite) -> Config:
         "enforcing_consecutive_gateway_failure": 100,
         "split_external_local_origin_errors": True,
         "consecutive_local_origin_failure": site.outlier_consecutive_errors,
-        "enforcing_consecutive_local_origin_failure": 100,
         "interval": seconds(min(site.health_check_seconds, 1.0)),
         "base_ejection_time": seconds(site.outlier_ejection_seconds),
         "max_ejection_percent": 50,

@@ -56,8 +56,7 @@ def audience_reply_mappers() -> list[Config]:
             "filter": _cel(f"{WRONG_AUDIENCE} && {REST_CALLER}"),
             "status_code": 401,
             "body_format_override": {
-                "json_format": {"code": 16, "message": "%LOCAL_REPLY_BODY%", "details": []},
-                "content_type": "application/json",
+                "json_format": {"code": 16, "message": "%LOCAL_REPLY_BODY%", "details": []}
             },
         },
         {"filter": _cel(WRONG_AUDIENCE), "status_code": 401},

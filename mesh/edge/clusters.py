@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mesh.edge.admission import circuit_breakers, outlier_detection
-from mesh.edge.blocks import Config, endpoint, seconds, typed
+from mesh.edge.blocks import Config, Named, endpoint, seconds, typed
 from mesh.edge.settings import EnvoySite
 
 ANY_BACKEND = "mesh_any"
@@ -29,16 +29,31 @@ def http2_upstream(**http2_options: Any) -> Config:
 
 def backend_clusters(site: EnvoySite, health_services: dict[str, str]) -> list[Config]:
     """One cluster per backend (health-checked by the gRPC service name it is
-    given), in the given order, then ``mesh_any``."""
-    clusters = [
-        backend_cluster(b, site.backends[b], health_services[b], site) for b in health_services
-    ]
+    given), in the given order, then ``mesh_any``. Their limits are the same
+    blocks, written once in the YAML."""
+    shared = {
+        # A backend that died without closing its connection is noticed within
+        # seconds, not at the next call's timeout.
+        "typed_extension_protocol_options": Named(
+            "backend_http2",
+            http2_upstream(connection_keepalive={"interval": "10s", "timeout": "2s"}),
+        ),
+        "circuit_breakers": Named("backend_circuit_breakers", circuit_breakers(site)),
+        "outlier_detection": Named("backend_outlier_detection", outlier_detection(site)),
+    }
     every_replica = [a for b in health_services for a in site.backends[b]]
-    return [*clusters, backend_cluster(ANY_BACKEND, every_replica, "", site)]
+    return [
+        *(_backend(b, site.backends[b], health_services[b], site, shared) for b in health_services),
+        _backend(ANY_BACKEND, every_replica, "", site, shared),
+    ]
 
 
-def backend_cluster(
-    name: str, addresses: list[tuple[str, int]], health_service: str, site: EnvoySite
+def _backend(
+    name: str,
+    addresses: list[tuple[str, int]],
+    health_service: str,
+    site: EnvoySite,
+    shared: Config,
 ) -> Config:
     """A backend's replicas: least-request balancing, an active gRPC health check of
     each endpoint, and outlier detection that ejects one that keeps failing."""
@@ -50,17 +65,11 @@ def backend_cluster(
         "lb_policy": "LEAST_REQUEST",
         "connect_timeout": "1s",
         "dns_lookup_family": "V4_ONLY",
-        # A backend that died without closing its connection is noticed within
-        # seconds, not at the next call's timeout.
-        "typed_extension_protocol_options": http2_upstream(
-            connection_keepalive={"interval": "10s", "timeout": "2s"}
-        ),
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [endpoint(*address) for address in addresses]}],
         },
-        "circuit_breakers": circuit_breakers(site),
-        "outlier_detection": outlier_detection(site),
+        **shared,
         "health_checks": [
             {
                 "timeout": "1s",
@@ -72,7 +81,7 @@ def backend_cluster(
                 "unhealthy_interval": seconds(min(site.health_check_seconds, 0.5)),
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
-                "grpc_health_check": {"service_name": health_service},
+                "grpc_health_check": {"service_name": health_service} if health_service else {},
             }
         ],
     }

@@ -16,7 +16,7 @@ from mesh.edge.blocks import Config, address, typed
 from mesh.edge.docs import docs_routes
 from mesh.edge.refusals import grpc_content_type_routes, method_routes, not_json_route
 from mesh.edge.replies import arrival_filter, local_reply_mappers
-from mesh.edge.routes import RoutedRpc, grpc_service_routes, rpc_route
+from mesh.edge.routes import RoutedRpc, default_retry_policy, grpc_service_routes, rpc_routes
 from mesh.edge.settings import KIB, EnvoySite
 from mesh.edge.tracing import TRACE_ID_HEADER, trace_id_filter, tracer
 from mesh.edge.transcoder import transcoder_filter
@@ -77,7 +77,7 @@ def route_table(
     """The first route that matches wins."""
     return [
         not_json_route(),
-        *[rpc_route(rpc, site) for rpc in rpcs],
+        *rpc_routes(rpcs, site),
         *grpc_service_routes(site, front_door),
         *grpc_content_type_routes(),
         *docs_routes(site, docs_site),
@@ -88,60 +88,64 @@ def route_table(
 def _http_connection_manager(
     site: EnvoySite, services: list[Service], routes: list[Config], descriptor_set: Path
 ) -> Config:
-    virtual_host: Config = {"name": "mesh", "domains": ["*"], "routes": routes}
+    virtual_host: Config = {
+        "name": "mesh",
+        "domains": ["*"],
+        # Routes without a retry policy of their own follow this one.
+        "retry_policy": default_retry_policy(site),
+        "routes": routes,
+    }
     if site.cors_allowed_origins:
         virtual_host["typed_per_filter_config"] = {CORS: _cors_policy(site)}
-    manager = {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            **typed("filters.network.http_connection_manager.v3.HttpConnectionManager"),
-            "stat_prefix": "ingress",
-            "codec_type": "AUTO",  # HTTP/1.1 for REST, HTTP/2 (h2c) for native gRPC
-            # Envoy is the edge: the client is the connection's peer, never what an
-            # x-forwarded-for header claims (the per-client rate limit keys on it).
-            "use_remote_address": True,
-            "max_request_headers_kb": site.max_request_headers_kb,
-            "common_http_protocol_options": {
-                "max_headers_count": site.max_request_headers_count,
-                "headers_with_underscores_action": "REJECT_REQUEST",
-            },
-            # HTTP/1.0 clients (plain `curl --http1.0`, old tools) are served, not
-            # told to upgrade.
-            "http_protocol_options": {"accept_http_10": True, "default_host_for_http_10": "mesh"},
-            # A client that sends its headers slowly is cut off (slowloris).
-            "request_headers_timeout": "10s",
-            "access_log": [
-                {
-                    "name": "envoy.access_loggers.stdout",
-                    "typed_config": typed(
-                        "access_loggers.stream.v3.StdoutAccessLog",
-                        log_format={"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
-                    ),
-                }
-            ],
-            "local_reply_config": {
-                "mappers": [*audience_reply_mappers(), *local_reply_mappers(site)]
-            },
-            "route_config": {
-                "name": "mesh",
-                # The docs' vendored JavaScript is served as direct responses.
-                "max_direct_response_body_size_bytes": 16 * 1024 * 1024,
-                "virtual_hosts": [virtual_host],
-                # Whatever a backend sends in x-envoy-* stays inside the mesh.
-                "response_headers_to_remove": [
-                    "x-envoy-upstream-service-time",
-                    "x-envoy-upstream-healthchecked-cluster",
-                    "x-envoy-overloaded",
-                    "x-envoy-ratelimited",
-                    "x-envoy-degraded",
-                ],
-            },
-            "http_filters": http_filters(site, services, descriptor_set),
+    manager: Config = {
+        **typed("filters.network.http_connection_manager.v3.HttpConnectionManager"),
+        "stat_prefix": "ingress",
+        # Envoy is the edge: the client is the connection's peer, never what an
+        # x-forwarded-for header claims (the per-client rate limit keys on it).
+        "use_remote_address": True,
+        # HTTP/1.1 for REST, HTTP/2 (h2c) for native gRPC: Envoy's codec_type AUTO.
+        "max_request_headers_kb": site.max_request_headers_kb,
+        "common_http_protocol_options": {
+            "max_headers_count": site.max_request_headers_count,
+            "headers_with_underscores_action": "REJECT_REQUEST",
         },
+        # HTTP/1.0 clients (plain `curl --http1.0`, old tools) are served, not
+        # told to upgrade.
+        "http_protocol_options": {"accept_http_10": True, "default_host_for_http_10": "mesh"},
+        # A client that sends its headers slowly is cut off (slowloris).
+        "request_headers_timeout": "10s",
+        "http_filters": http_filters(site, services, descriptor_set),
+        "route_config": {
+            "name": "mesh",
+            # The docs' vendored JavaScript is served as direct responses.
+            "max_direct_response_body_size_bytes": 16 * 1024 * 1024,
+            "virtual_hosts": [virtual_host],
+            # The transcoder's copy of the REST path (query string included) is not
+            # forwarded: it would count twice against the backends' metadata limit.
+            "request_headers_to_remove": ["x-envoy-original-path", "x-envoy-original-method"],
+            # Whatever a backend sends in x-envoy-* stays inside the mesh.
+            "response_headers_to_remove": [
+                "x-envoy-upstream-service-time",
+                "x-envoy-upstream-healthchecked-cluster",
+                "x-envoy-overloaded",
+                "x-envoy-ratelimited",
+                "x-envoy-degraded",
+            ],
+        },
+        "local_reply_config": {"mappers": [*audience_reply_mappers(), *local_reply_mappers(site)]},
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": typed(
+                    "access_loggers.stream.v3.StdoutAccessLog",
+                    log_format={"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
+                ),
+            }
+        ],
     }
     if site.tracing:
-        manager["typed_config"]["tracing"] = tracer(site.tracing)
-    return manager
+        manager["tracing"] = tracer(site.tracing)
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}
 
 
 def ingress_listener(

@@ -12,9 +12,9 @@ arrived as gRPC in gRPC, which a REST caller would read as an empty success.
 import json
 import re
 
-from mesh.edge.blocks import Config, header_regex, typed
+from mesh.edge.blocks import Config, header_regex, set_header, typed
 from mesh.edge.replies import GRPC_CONTENT_TYPE, LOCAL_REPLIES
-from mesh.edge.routes import RoutedRpc, upstream_route
+from mesh.edge.routes import RoutedRpc
 from mesh.edge.settings import EnvoySite
 from mesh.edge.transcoder import NOT_AN_API
 
@@ -24,12 +24,12 @@ GRPC_PATH = r"^/[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*/[A-Za-z_][A-Za-z
 REFUSALS = "edge_refusals"  # Envoy's internal listener and the cluster that reaches it
 
 
-def _direct_reply(match: Config, status: int, extra: Config | None = None) -> Config:
+def _direct_reply(match: Config, status: int) -> Config:
     """Envoy answers by itself; the local reply mappers give it the error shape."""
     return {
         "match": match,
         "direct_response": {"status": status},
-        "typed_per_filter_config": {**NOT_AN_API, **(extra or {})},
+        "typed_per_filter_config": NOT_AN_API,
     }
 
 
@@ -65,12 +65,7 @@ def grpc_content_type_routes() -> list[Config]:
     not_grpc = {
         "match": {"prefix": "/", "headers": [grpc]},
         "route": {"cluster": REFUSALS, "timeout": "1s"},
-        "request_headers_to_add": [
-            {
-                "header": {"key": "content-type", "value": "application/octet-stream"},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
-        ],
+        "request_headers_to_add": [set_header("content-type", "application/octet-stream")],
         "typed_per_filter_config": NOT_AN_API,
     }
     return [unknown_method, not_grpc]
@@ -83,13 +78,15 @@ def _path_regex(template: str) -> str:
 
 
 def method_routes(rpcs: list[RoutedRpc], site: EnvoySite) -> list[Config]:
-    """405 for a known REST path called with a method it does not have.
+    """Per REST path: its methods go through, any other gets 405 with ``allow``.
 
-    Literal paths come first and claim every method they have (/inventory/decrease
-    is POST, and GET as a value of /inventory/{product_id}); a claimed request is
-    left to the transcoder, which rewrites it to its gRPC route. With CORS origins
-    configured, OPTIONS is claimed too: the CORS filter answers preflights only on
-    routes that lead somewhere.
+    A request that goes through is left to the transcoder, which rewrites it to its
+    RPC's gRPC path, where it is routed again: this route never forwards anything
+    itself. Literal paths come first and claim every method they have
+    (/inventory/decrease is POST, and GET as a value of /inventory/{product_id}).
+    With CORS origins configured, OPTIONS goes through too: the CORS filter answers
+    preflights only on routes that lead somewhere. (Requests that say
+    application/grpc never get here: grpc_content_type_routes come first.)
     """
     preflight = {"OPTIONS"} if site.cors_allowed_origins else set()
     templates: dict[str, set[str]] = {}
@@ -106,25 +103,12 @@ def method_routes(rpcs: list[RoutedRpc], site: EnvoySite) -> list[Config]:
             if re.fullmatch(other, regex.strip("^$").replace("\\", "")) or other == regex
             for method in methods
         }
-        methods = ", ".join(sorted(allowed))
-        wrong_method = {
-            "safe_regex": {"regex": regex},
-            "headers": [
-                header_regex(":method", "|".join(sorted(allowed | preflight)), invert=True),
-                # gRPC callers on a REST path get the 415 below, not a 405.
-                header_regex("content-type", GRPC_CONTENT_TYPE, invert=True),
-            ],
-        }
-        route = _direct_reply(wrong_method, 405)
-        route["response_headers_to_add"] = [
-            {
-                "header": {"key": "allow", "value": methods},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
-        ]
-        routes.append(route)
         backend = next(r.backend for r in rpcs if r.http_path and _path_regex(r.http_path) == regex)
-        routes.append(upstream_route({"safe_regex": {"regex": regex}}, backend, 1))
+        path = {"safe_regex": {"regex": regex}}
+        through = {"headers": [header_regex(":method", "|".join(sorted(allowed | preflight)))]}
+        wrong_method = _direct_reply(path, 405)
+        wrong_method["response_headers_to_add"] = [set_header("allow", ", ".join(sorted(allowed)))]
+        routes += [{"match": path | through, "route": {"cluster": backend}}, wrong_method]
     return routes
 
 
@@ -135,12 +119,7 @@ def refusals_listener() -> Config:
     refuse = {
         "match": {"prefix": "/"},
         "direct_response": {"status": 415, "body": {"inline_string": body}},
-        "response_headers_to_add": [
-            {
-                "header": {"key": "content-type", "value": "application/json"},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
-        ],
+        "response_headers_to_add": [set_header("content-type", "application/json")],
     }
     manager = {
         **typed("filters.network.http_connection_manager.v3.HttpConnectionManager"),

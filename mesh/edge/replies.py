@@ -8,7 +8,7 @@ request arrived with, kept in metadata (``arrival_filter``) before the transcode
 rewrites it.
 """
 
-from mesh.edge.blocks import Config, typed
+from mesh.edge.blocks import Config, Named, set_header, typed
 from mesh.edge.settings import KIB, EnvoySite
 
 # Envoy's own answers (local replies): HTTP status → (gRPC code, fixed message).
@@ -61,7 +61,6 @@ def arrival_filter() -> Config:
                         "key": key,
                         "type": "STRING",
                     },
-                    "remove": False,
                 }
                 for header, key in (
                     ("content-type", "content_type"),
@@ -81,75 +80,73 @@ def _arrived_as_grpc() -> Config:
     """The request arrived as native gRPC (by the content-type it came with,
     recorded before the transcoder rewrites it). Requests that never got that far
     (codec errors: 431, 501, …) have no record and count as REST."""
-    return {
-        "metadata_filter": {
-            "matcher": {
-                "filter": EDGE_METADATA,
-                "path": [{"key": "content_type"}],
-                "value": {"string_match": {"safe_regex": {"regex": GRPC_CONTENT_TYPE}}},
-            },
-            "match_if_key_not_found": False,
-        }
-    }
+    return Named(
+        "grpc_caller",
+        {
+            "metadata_filter": {
+                "matcher": {
+                    "filter": EDGE_METADATA,
+                    "path": [{"key": "content_type"}],
+                    "value": {"string_match": {"safe_regex": {"regex": GRPC_CONTENT_TYPE}}},
+                },
+                "match_if_key_not_found": False,
+            }
+        },
+    )
+
+
+def _status(status: int) -> Config:
+    """A mapper filter on Envoy's status (the runtime key is Envoy's required handle)."""
+    return Named(
+        f"status_{status}",
+        {
+            "status_code_filter": {
+                "comparison": {
+                    "value": {"default_value": status, "runtime_key": f"mesh.local_reply.{status}"}
+                }
+            }
+        },
+    )
 
 
 def local_reply_mappers(site: EnvoySite) -> list[Config]:
+    """Two mappers per status, the first that matches wins: one for callers that
+    arrived as native gRPC (an HTTP 200 trailers-only answer whose grpc-status and
+    grpc-message say what the JSON body would), one with the JSON body for
+    everybody else."""
+    values = {
+        "rest_limit": _size(site.rest_body_limit_bytes),
+        "grpc_limit": _size(site.grpc_message_limit_bytes),
+        "header_limit": f"{site.max_request_headers_kb} KiB",
+        "retry_after": site.retry_after_seconds,
+    }
+    grpc_caller = _arrived_as_grpc()
+    retry_after = Named("retry_after", set_header("retry-after", str(site.retry_after_seconds)))
     mappers = []
     for status, (code, template) in LOCAL_REPLIES.items():
-        values = {
-            "rest_limit": _size(site.rest_body_limit_bytes),
-            "grpc_limit": _size(site.grpc_message_limit_bytes),
-            "header_limit": f"{site.max_request_headers_kb} KiB",
-            "retry_after": site.retry_after_seconds,
-        }
         message = template.format(**values) if template else None
         grpc_message = GRPC_MESSAGES.get(status, template)
         grpc_message = grpc_message.format(**values) if grpc_message else None
-        headers = (
-            [
-                {
-                    "header": {"key": "retry-after", "value": str(site.retry_after_seconds)},
-                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                }
-            ]
-            if status in RETRY_AFTER
-            else []
-        )
-        status_filter = {
-            "status_code_filter": {
-                "comparison": {
-                    "op": "EQ",
-                    "value": {
-                        "default_value": status,
-                        "runtime_key": f"mesh.local_reply.{status}",
-                    },
-                }
-            }
-        }
-        # Native gRPC callers: an HTTP 200 trailers-only answer whose grpc-status
-        # and grpc-message say the same as the JSON body would.
+        headers = [retry_after] if status in RETRY_AFTER else []
+        status_filter = _status(status)
         grpc_mapper: Config = {
-            "filter": {"and_filter": {"filters": [status_filter, _arrived_as_grpc()]}},
+            "filter": {"and_filter": {"filters": [status_filter, grpc_caller]}},
             "headers_to_add": [
                 *headers,
-                {
-                    "header": {"key": "grpc-status", "value": str(GRPC_CODES.get(status, code))},
-                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                },
+                set_header("grpc-status", str(GRPC_CODES.get(status, code))),
             ],
         }
         if grpc_message:
             grpc_mapper["body"] = {"inline_string": grpc_message}
-        # Everybody else (the first mapper that matches wins): the JSON error body.
         rest_mapper: Config = {
             "filter": status_filter,
+            # json_format: content-type application/json
             "body_format_override": {
                 "json_format": {
                     "code": code,
                     "message": message or "%LOCAL_REPLY_BODY%",
                     "details": [],
                 },
-                "content_type": "application/json",
             },
         }
         if headers:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mesh.contracts import load_contracts
 from mesh.edge.admission import BUFFER, BUFFER_DISABLED, RATE_LIMIT, mutation_rate_limit
-from mesh.edge.blocks import Config, seconds, typed
+from mesh.edge.blocks import Config, Named, seconds, typed
 from mesh.edge.clusters import ANY_BACKEND
 from mesh.edge.settings import RPC_KINDS, EnvoySite
 from mesh.edge.tracing import span_name
@@ -63,12 +63,11 @@ def rpcs(descriptor_set: Path) -> list[RoutedRpc]:
 
 def retry_policy(safe: bool, site: EnvoySite, timeout: float) -> Config:
     """Safe to repeat: retried on another replica after a reset or UNAVAILABLE too.
-    Otherwise only when the request never reached a backend. Short back-off: a
-    restarted or other replica is tried at once."""
+    Otherwise only when the request never reached a backend. Envoy's default
+    back-off (25 ms, growing to 250 ms): a restarted or other replica is tried at once."""
     policy: Config = {
         "retry_on": SAFE_RETRY_ON if safe else UNSAFE_RETRY_ON,
         "num_retries": site.retries,
-        "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
         # Not the replica that just failed, when there is another one.
         "retry_host_predicate": [
             {
@@ -86,45 +85,49 @@ def retry_policy(safe: bool, site: EnvoySite, timeout: float) -> Config:
     return policy
 
 
+def default_retry_policy(site: EnvoySite) -> Config:
+    """The virtual host's policy, which every route without its own follows: that of
+    the RPCs that are safe to repeat (most of them)."""
+    return retry_policy(True, site, site.per_try_timeout_seconds)
+
+
 def upstream_route(
-    match: Config, cluster: str, timeout: float, retry: Config | None = None
+    match: Config, cluster: str, timeout: float, site: EnvoySite, retry: Config | None = None
 ) -> Config:
-    return {
-        "match": match,
-        "route": {
-            "cluster": cluster,
-            "timeout": seconds(timeout),
-            # Honour the caller's grpc-timeout, capped at the route's timeout (with
-            # max_stream_duration set, Envoy ignores `timeout` for gRPC upstreams,
-            # which a transcoded REST call is, so the cap is both).
-            "max_stream_duration": {
-                "max_stream_duration": seconds(timeout),
-                "grpc_timeout_header_max": seconds(timeout),
-            },
-            # Without a policy of its own: only retries that are safe for anything.
-            "retry_policy": retry
-            or {
-                "retry_on": UNSAFE_RETRY_ON,
-                "num_retries": 2,
-                "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
-            },
+    """A route to ``cluster`` within ``timeout``, with the virtual host's retry
+    policy unless ``retry`` is another one."""
+    action: Config = {
+        "cluster": cluster,
+        # The route's time limit, which also caps a caller's grpc-timeout (a shorter
+        # one is honoured). With it, Envoy ignores the route's `timeout` field.
+        "max_stream_duration": {
+            "max_stream_duration": seconds(timeout),
+            "grpc_timeout_header_max": seconds(timeout),
         },
-        # The transcoder's copy of the REST path (query string included) is not
-        # forwarded: it would count twice against the backends' metadata limit.
-        "request_headers_to_remove": ["x-envoy-original-path", "x-envoy-original-method"],
     }
+    if retry is not None and retry != default_retry_policy(site):
+        action["retry_policy"] = retry
+    return {"match": match, "route": action}
 
 
-def rpc_route(rpc: RoutedRpc, site: EnvoySite) -> Config:
+def rpc_routes(rpcs: list[RoutedRpc], site: EnvoySite) -> list[Config]:
+    """A route per RPC; the mutations share one rate limit block (a bucket per client
+    address and route)."""
+    limit = Named("mutation_rate_limit", mutation_rate_limit(site))
+    return [_rpc_route(rpc, site, limit) for rpc in rpcs]
+
+
+def _rpc_route(rpc: RoutedRpc, site: EnvoySite, limit: Config) -> Config:
     timeout = site.timeouts[rpc.kind]
     route = upstream_route(
         {"path": f"/{rpc.service}/{rpc.name}"},
         rpc.backend,
         timeout,
+        site,
         retry_policy(rpc.retry_safe, site, timeout),
     )
     if rpc.http_method not in (None, "GET") and site.mutation_rate_per_second > 0:
-        route["typed_per_filter_config"] = {RATE_LIMIT: mutation_rate_limit(site)}
+        route["typed_per_filter_config"] = {RATE_LIMIT: limit}
     if site.tracing:
         route["decorator"] = span_name(rpc.service, rpc.name)
     return route
@@ -136,10 +139,17 @@ def grpc_service_routes(site: EnvoySite, front_door: str) -> list[Config]:
     a path cannot say which one is asked about, so the front door's
     (inventory_svc) answers; Envoy's admin /clusters shows every backend."""
     meta = site.timeouts["meta"]
-    reflection = upstream_route({"prefix": "/grpc.reflection."}, ANY_BACKEND, meta)
-    # Reflection is a stream in both directions: it cannot wait for a whole body.
+    # A stream in both directions: retried only when it never reached a backend,
+    # and it cannot wait for a whole body (no buffer).
+    reflection = upstream_route(
+        {"prefix": "/grpc.reflection."},
+        ANY_BACKEND,
+        meta,
+        site,
+        {"retry_on": UNSAFE_RETRY_ON, "num_retries": 2},
+    )
     reflection["typed_per_filter_config"] = {BUFFER: BUFFER_DISABLED}
     health = upstream_route(
-        {"prefix": "/grpc.health.v1."}, front_door, meta, retry_policy(True, site, meta)
+        {"prefix": "/grpc.health.v1."}, front_door, meta, site, retry_policy(True, site, meta)
     )
     return [reflection, health]

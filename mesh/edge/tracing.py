@@ -6,7 +6,7 @@ traceparent, exports its span to the endpoint and returns the trace id in
 x-trace-id (and writes it into the access log). Without one: no tracer, no header.
 """
 
-from mesh.edge.blocks import Config, typed
+from mesh.edge.blocks import Config, set_header, typed
 from mesh.edge.clusters import external_cluster, http2_upstream
 from mesh.edge.settings import EdgeTracing
 
@@ -89,11 +89,7 @@ def otlp_cluster(tracing: EdgeTracing) -> Config:
 def _trace_id_header() -> Config:
     """x-trace-id: the call's trace id, so a caller can quote it. Calls the sampler
     left out have one too (passed on in traceparent, not exported)."""
-    return {
-        "header": {"key": TRACE_ID_HEADER, "value": "%TRACE_ID%"},
-        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-        "keep_empty_value": False,
-    }
+    return set_header(TRACE_ID_HEADER, "%TRACE_ID%")
 
 
 def trace_id_filter() -> Config:

@@ -6,18 +6,21 @@ answer goes back as JSON. Routes that are no API call switch it off (NOT_AN_API)
 """
 
 from mesh.contracts import Service
-from mesh.edge.blocks import Config, typed
+from mesh.edge.blocks import Config, Named, typed
 from mesh.edge.settings import EnvoySite
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 # Per-route: not an API call, so the transcoder (which would answer "no such
 # method") stays out of the way.
-NOT_AN_API = {
-    TRANSCODER: {
-        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-        "disabled": True,
-    }
-}
+NOT_AN_API = Named(
+    "not_an_api",
+    {
+        TRANSCODER: {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+            "disabled": True,
+        }
+    },
+)
 
 
 def transcoder_filter(site: EnvoySite, services: list[Service]) -> Config:
@@ -29,7 +32,6 @@ def transcoder_filter(site: EnvoySite, services: list[Service]) -> Config:
             services=[s.full_name for s in services],
             # snake_case JSON (as in the seed), zeros and empty lists printed.
             print_options={
-                "add_whitespace": False,
                 "always_print_primitive_fields": True,
                 "preserve_proto_field_names": True,
             },
