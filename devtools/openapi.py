@@ -6,8 +6,8 @@ int64 as strings, Timestamps as RFC 3339 strings, enums by name). Error response
 carry the JSON status body Envoy produces. Request fields carry the value limits
 the services enforce (minimum, maximum, maxLength, pattern, required), read from
 each service's ``domain.REQUEST_LIMITS`` (meshkit.limits), so a client generated
-from this document refuses what the services refuse. Built by
-``python -m devtools.docs_site``.
+from this document refuses what the services refuse, and carry example values
+that the services accept (EXAMPLES). Built by ``python -m devtools.docs_site``.
 """
 
 import importlib
@@ -164,11 +164,12 @@ ALWAYS = (400, 429, 431, 503, 504)
 WITH_BODY = (413, 415)
 BEARER = "bearer"  # the security scheme: Swagger UI's "Authorize" button
 NAMED_IN_COMMENT = {404: "NOT_FOUND", 409: "ALREADY_EXISTS"}
-# Example values of request fields, by field name, in every message that has the
-# field: Swagger UI's "Try it out" and the Postman collection (devtools.postman)
-# send them. The seed's first product and the sale of the README's tour, so sending
-# the example after the tour replays that order (idempotent) instead of conflicting
-# with it. Each must pass the field's limit (checked when the document is built).
+# Example values of fields, by field name, in every message that has the field
+# (requests and responses alike): Swagger UI's "Try it out" and the Postman
+# collection (devtools.postman) send the requests' ones. The seed's first product
+# and the sale of the README's tour, so sending the example after the tour replays
+# that order (idempotent) instead of conflicting with it. Each must pass the
+# field's limit (checked when the document is built).
 EXAMPLES: dict[str, int | str] = {"product_id": 1, "quantity": 2, "order_id": "ORD-2024-001"}
 # Where a client finds the API: the Envoy of `make up` (and of compose) on this
 # machine first, for clients and generators; then the Envoy that serves the

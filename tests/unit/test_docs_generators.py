@@ -13,7 +13,7 @@ from devtools import openapi as openapi_module
 from devtools.docs_site import doc_html, render_pages
 from devtools.openapi import openapi
 from inventory_svc import domain as inventory_domain
-from mesh.contracts import Contracts, load_contracts
+from mesh.contracts import Contracts
 from mesh.topology import DOCS_SITE, GRPC_PORTS
 from meshkit.limits import Limit
 
@@ -30,16 +30,6 @@ ROUTES = {
     "AnalyticsService-ListSaleEvents": ("get", "/analytics/sales"),
     "NotificationService-ListNotifications": ("get", "/notifications"),
 }
-
-
-@pytest.fixture(scope="module")
-def contracts() -> Contracts:
-    return load_contracts()
-
-
-@pytest.fixture(scope="module")
-def spec(contracts: Contracts) -> dict:
-    return openapi(contracts)
 
 
 @pytest.fixture(scope="module")

