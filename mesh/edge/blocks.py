@@ -40,6 +40,18 @@ def header_regex(name: str, regex: str, *, invert: bool = False) -> Config:
     return matcher
 
 
+def cel_filter(expression: str) -> Config:
+    """An access-log filter (which local reply mappers use too) on a CEL expression."""
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": typed(
+                "access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
+            ),
+        }
+    }
+
+
 def set_header(name: str, value: str) -> Config:
     """A header to add, replacing one of the same name (Envoy's default appends)."""
     return {"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}

@@ -347,11 +347,13 @@ EDGE_ENV = (*KNOB_ENV, *AUTH_ENV, *ENDPOINT_VARIABLES)
 def with_environment(site: EnvoySite, env: Mapping[str, str] | None = None) -> EnvoySite:
     """``site`` with everything the environment says about the edge: the knobs
     (EDGE_*), whose tokens it accepts (AUTH_*, EdgeAuth.from_env) and where it sends
-    its spans (OTEL_*, EdgeTracing.from_env)."""
+    its spans (OTEL_*, EdgeTracing.from_env; without them, the site's own tracer:
+    compose's Jaeger). A wrong value raises ValueError naming its variable."""
     env = os.environ if env is None else env
-    site = EdgeKnobs.from_env(env).apply(site)
     return dataclasses.replace(
-        site, auth=EdgeAuth.from_env(env, base=site.auth), tracing=EdgeTracing.from_env(env)
+        EdgeKnobs.from_env(env).apply(site),
+        auth=EdgeAuth.from_env(env, base=site.auth),
+        tracing=EdgeTracing.from_env(env) or site.tracing,
     )
 
 
