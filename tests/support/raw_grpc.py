@@ -1,6 +1,15 @@
 """Raw gRPC calls: bytes in, bytes out, so tests can send what no client would."""
 
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote
+
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 
 
 def _identity(data: bytes) -> bytes:
@@ -25,3 +34,85 @@ async def call_raw(
     except grpc.aio.AioRpcError as error:
         return error.code(), error.details() or ""
     return grpc.StatusCode.OK, ""
+
+
+def frame(message: bytes, compressed: bool = False) -> bytes:
+    """One gRPC length-prefixed message (compressed: the flag only; the bytes as given)."""
+    return bytes([int(compressed)]) + struct.pack(">I", len(message)) + message
+
+
+@dataclass
+class H2Answer:
+    """What came back on one HTTP/2 stream: headers and trailers merged."""
+
+    headers: dict[str, str]
+    body: bytes
+    reset: int | None  # the RST_STREAM error code, if the stream was reset
+    seconds: float
+
+    @property
+    def grpc_status(self) -> int | None:
+        status = self.headers.get("grpc-status")
+        return None if status is None else int(status)
+
+    @property
+    def grpc_message(self) -> str:
+        return unquote(self.headers.get("grpc-message", ""))
+
+
+def h2_call(
+    port: int,
+    path: str,
+    body: bytes,
+    headers: tuple[tuple[str, str], ...] = (),
+    *,
+    method: str = "POST",
+    content_type: str = "application/grpc",
+    timeout: float = 30,
+) -> H2Answer:
+    """One request on its own HTTP/2 connection (h2c, prior knowledge), sent as given:
+    what grpcio would refuse to send (a compression flag without an encoding, bad
+    -bin metadata, GET, another content-type) or send differently."""
+    connection = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    )
+    request = [
+        (":method", method),
+        (":scheme", "http"),
+        (":authority", "mesh"),
+        (":path", path),
+        ("content-type", content_type),
+        ("te", "trailers"),
+        *headers,
+    ]
+    answer = H2Answer({}, b"", None, 0.0)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        connection.initiate_connection()
+        connection.send_headers(1, request, end_stream=not body)
+        if body:
+            connection.send_data(1, body, end_stream=True)
+        sock.sendall(connection.data_to_send())
+        while not _ended(connection, sock.recv(65536), answer):
+            sock.sendall(connection.data_to_send())
+    answer.seconds = time.monotonic() - started
+    return answer
+
+
+def _ended(connection: h2.connection.H2Connection, data: bytes, answer: H2Answer) -> bool:
+    if not data:
+        raise ConnectionError("the connection was closed before the stream ended")
+    for event in connection.receive_data(data):
+        if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+            answer.headers.update(dict(event.headers))
+        elif isinstance(event, h2.events.DataReceived):
+            answer.body += event.data
+            connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            answer.reset = event.error_code
+            return True
+        elif isinstance(event, h2.events.StreamEnded):
+            return True
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            raise ConnectionError(f"GOAWAY {event.error_code}")
+    return False
