@@ -37,7 +37,9 @@ def edge(mesh, tmp_path_factory) -> Iterator[MeshPlan]:
     """An Envoy with the documented connection limits, in front of the session's
     backends, allowed the open files 10 000 connections need (it inherits ours)."""
     raise_open_files(FLOOD + 2_000)
-    plan = start_envoy(tmp_path_factory.mktemp("connections"), mesh.plan.grpc_ports, mesh_auth(mesh))
+    plan = start_envoy(
+        tmp_path_factory.mktemp("connections"), mesh.plan.grpc_ports, mesh_auth(mesh)
+    )
     yield plan
     plan.envoy().stop()
 
@@ -152,7 +154,9 @@ def pressured_edge(mesh, tmp_path) -> Iterator[tuple[MeshPlan, Path]]:
     overload actions included, is the generator's."""
     pressure = tmp_path / "pressure"
     pressure.write_text("0")
-    plan = MeshPlan(tmp_path, tmp_path / "envoy.yaml", free_port(), free_port(), mesh.plan.grpc_ports)
+    plan = MeshPlan(
+        tmp_path, tmp_path / "envoy.yaml", free_port(), free_port(), mesh.plan.grpc_ports
+    )
     site = plan.envoy_site(mesh_auth(mesh), health_check_seconds=0.5, idle_timeout_seconds=10.0)
     config = envoy_config(site)
     manager = config["overload_manager"]

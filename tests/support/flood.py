@@ -77,11 +77,8 @@ def hold_connections(port: int, count: int, send: bytes, stop: Any, counters: Co
     raise_open_files(count + 256)
 
     async def main() -> None:
-        tasks = [
-            asyncio.create_task(_hold_one(port, send, stop, counters)) for _ in range(count)
-        ]
-        while not stop.is_set():
-            await asyncio.sleep(0.1)
+        tasks = [asyncio.create_task(_hold_one(port, send, stop, counters)) for _ in range(count)]
+        await asyncio.to_thread(stop.wait)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
