@@ -13,7 +13,7 @@ Whose tokens are accepted is EdgeAuth (mesh.edge.settings).
 from pathlib import Path
 
 from mesh.access import method_access
-from mesh.edge.blocks import Config, typed
+from mesh.edge.blocks import Config, cel_filter, typed
 from mesh.edge.clusters import external_cluster
 from mesh.edge.settings import EdgeAuth
 from meshkit.identity import SUBJECT_HEADER
@@ -35,17 +35,6 @@ REST_CALLER = (
 )
 
 
-def _cel(expression: str) -> Config:
-    return {
-        "extension_filter": {
-            "name": "envoy.access_loggers.extension_filters.cel",
-            "typed_config": typed(
-                "access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
-            ),
-        }
-    }
-
-
 def audience_reply_mappers() -> list[Config]:
     """jwt_authn answers a token for another audience with 403; like every other
     invalid token it gets a 401 (RFC 6750 §3.1 invalid_token): UNAUTHENTICATED, not
@@ -53,13 +42,13 @@ def audience_reply_mappers() -> list[Config]:
     Mappers stop at the first match, so the REST one carries its JSON body."""
     return [
         {
-            "filter": _cel(f"{WRONG_AUDIENCE} && {REST_CALLER}"),
+            "filter": cel_filter(f"{WRONG_AUDIENCE} && {REST_CALLER}"),
             "status_code": 401,
             "body_format_override": {
                 "json_format": {"code": 16, "message": "%LOCAL_REPLY_BODY%", "details": []}
             },
         },
-        {"filter": _cel(WRONG_AUDIENCE), "status_code": 401},
+        {"filter": cel_filter(WRONG_AUDIENCE), "status_code": 401},
     ]
 
 

@@ -14,6 +14,10 @@ class Named(dict[str, Any]):
         self.anchor = anchor
 
 
+class Script(str):
+    """Source code inlined into the config: rendered as a YAML literal block."""
+
+
 def typed(type_name: str, **fields: Any) -> Config:
     """A typed_config block: ``type_name`` relative to envoy.extensions."""
     return {"@type": f"type.googleapis.com/envoy.extensions.{type_name}", **fields}
@@ -43,3 +47,15 @@ def header_regex(name: str, regex: str, *, invert: bool = False) -> Config:
 def set_header(name: str, value: str) -> Config:
     """A header to add, replacing one of the same name (Envoy's default appends)."""
     return {"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def cel_filter(expression: str) -> Config:
+    """An access-log/local-reply filter on a CEL expression (request, response, …)."""
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": typed(
+                "access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
+            ),
+        }
+    }

@@ -4,7 +4,7 @@
 --
 -- grpcio answers the cases below itself, before any Python runs, with INTERNAL and
 -- its own text ("Compression bit set but no encoding configured", "Error parsing
--- 'x-foo-bin' metadata", …), or waits for a message that never comes. Here each
+-- 'x-foo-bin' metadata", ...), or waits for a message that never comes. Here each
 -- gets INVALID_ARGUMENT (an unknown grpc-encoding UNIMPLEMENTED, with the ones
 -- accepted) and a plain message, at once. A corrupt gzip/deflate message can only
 -- be found by inflating it (LuaJIT has no zlib): the backend's "Decompression
@@ -60,11 +60,11 @@ end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
-  local content_type = headers:get("content-type") or ""
+  local content_type = (headers:get("content-type") or ""):lower()
   if content_type:sub(1, 16) ~= "application/grpc" then
     return -- a REST call on a gRPC path: the transcoder's
   end
-  -- application/grpc+proto and application/grpc;charset=… are gRPC too (grpcio takes
+  -- application/grpc+proto and application/grpc;charset=... are gRPC too (grpcio takes
   -- them); the transcoder passes only the bare form through untouched.
   if content_type ~= "application/grpc" then
     headers:replace("content-type", "application/grpc")

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from devtools.plan import MeshPlan
 from devtools.sandbox import free_port, start_envoy
-from mesh.edge.render import envoy_config
-from mesh.edge.settings import EnvoySite
+from mesh.edge.admission import REFUSE_REQUESTS_FROM, SHED_IDLE_FROM, SHED_IDLE_FULLY
+from mesh.edge.render import envoy_config, to_yaml
 from tests.e2e.test_edge_limits import mesh_auth, stats
 from tests.support.flood import HONEST, idle_flood, raise_open_files
 from tests.support.waiting import eventually
@@ -44,13 +43,24 @@ def edge(mesh, tmp_path_factory) -> Iterator[MeshPlan]:
     plan.envoy().stop()
 
 
-async def fresh_call(port: int, headers: dict[str, str]) -> httpx.Response:
-    """GetStock from another address, on a connection of its own: a new client."""
+async def fresh_call(port: int, headers: dict[str, str], within: float = 2.0) -> httpx.Response:
+    """GetStock from another address, each try on a connection of its own, as a new
+    client that retries a refused or reset connection: served within ``within`` s."""
     transport = httpx.AsyncHTTPTransport(local_address=HONEST)
+    deadline = time.monotonic() + within
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", transport=transport, timeout=2, headers=headers
+        base_url=f"http://127.0.0.1:{port}",
+        transport=transport,
+        timeout=within,
+        headers={**headers, "connection": "close"},
     ) as client:
-        return await client.get("/inventory/1")
+        while True:
+            try:
+                return await client.get("/inventory/1")
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
 
 async def test_idle_connections_from_one_address_never_keep_a_fresh_client_out(mesh, edge):
@@ -60,11 +70,12 @@ async def test_idle_connections_from_one_address_never_keep_a_fresh_client_out(m
         await eventually(
             lambda: attacker.opened.value >= FLOOD, within=60, what="10 050 connections opened"
         )
-        for _ in range(5):
-            # Within 2 s (the client's timeout), on the first try.
+        for _ in range(8):
+            started = time.monotonic()
             reply = await fresh_call(edge.http_port, mesh.auth_header())
             assert reply.status_code == 200 and reply.json()["name"] == "Laptop Gamer"
-            await asyncio.sleep(0.5)
+            assert time.monotonic() - started < 2
+            await asyncio.sleep(0.25)
         assert attacker.opened.value > FLOOD  # it did reopen what Envoy closed
     counters = stats(edge)
     listener = f"listener.127.0.0.1_{edge.http_port}"
@@ -104,23 +115,13 @@ def test_a_connection_that_sends_nothing_is_closed_counted_from_accept(short_edg
     assert SHORT["request_start_timeout_seconds"] * 0.8 <= seconds < 5
 
 
-def test_headers_sent_slowly_are_cut_off(short_edge):
-    """Slowloris: the request line at once, then a header now and then, never done."""
+def test_headers_that_never_end_are_cut_off(short_edge):
+    """Slowloris: the request line at once, then headers that never end (a write
+    after Envoy's answer would only reset the connection, so the client stops)."""
     with socket.create_connection(("127.0.0.1", short_edge.http_port)) as sock:
-        sock.sendall(b"GET /inventory/1 HTTP/1.1\r\nhost: mesh\r\n")
-        started = time.monotonic()
-        sock.settimeout(10)
-        data = b""
-        for i in range(100):
-            try:
-                sock.sendall(f"x-slow-{i}: a\r\n".encode())
-            except OSError:
-                break
-            if data := sock.recv(65536, socket.MSG_DONTWAIT) if _readable(sock) else b"":
-                break
-            time.sleep(0.2)
-        data += closed_after(sock)[1]
-    assert time.monotonic() - started < 5
+        sock.sendall(b"GET /inventory/1 HTTP/1.1\r\nhost: mesh\r\nx-slow: a\r\n")
+        seconds, data = closed_after(sock)
+    assert SHORT["request_headers_timeout_seconds"] * 0.8 <= seconds < 5
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), data
     assert json.loads(body) == {
@@ -128,12 +129,6 @@ def test_headers_sent_slowly_are_cut_off(short_edge):
         "message": "the request was not received in time",
         "details": [],
     }
-
-
-def _readable(sock: socket.socket) -> bool:
-    import select
-
-    return bool(select.select([sock], [], [], 0)[0])
 
 
 def test_an_idle_keep_alive_connection_is_closed(short_edge):
@@ -153,7 +148,7 @@ def pressured_edge(mesh, tmp_path) -> Iterator[tuple[MeshPlan, Path]]:
     file (Envoy's injected_resource, made for tests): the rest of the config, the
     overload actions included, is the generator's."""
     pressure = tmp_path / "pressure"
-    pressure.write_text("0")
+    set_pressure(pressure, 0)
     plan = MeshPlan(
         tmp_path, tmp_path / "envoy.yaml", free_port(), free_port(), mesh.plan.grpc_ports
     )
@@ -171,10 +166,17 @@ def pressured_edge(mesh, tmp_path) -> Iterator[tuple[MeshPlan, Path]]:
         for trigger in action["triggers"]:
             if trigger["name"].endswith("fixed_heap"):
                 trigger["name"] = heap["name"]
-    plan.envoy_config.write_text(yaml.safe_dump(config, sort_keys=False))
+    plan.envoy_config.write_text(to_yaml(config))
     plan.envoy().start_until(plan.envoy_ready, "healthy clusters")
     yield plan, pressure
     plan.envoy().stop()
+
+
+def set_pressure(path: Path, value: float) -> None:
+    """Envoy's injected_resource monitor reads the file when one is moved onto it."""
+    written = path.with_suffix(".new")
+    written.write_text(f"{value:.3f}")
+    written.replace(path)
 
 
 def keep_alive(port: int) -> socket.socket:
@@ -184,6 +186,17 @@ def keep_alive(port: int) -> socket.socket:
     sock.settimeout(10)
     assert sock.recv(65536).startswith(b"HTTP/1.1 200")
     return sock
+
+
+async def _refused(port: int) -> httpx.Response | None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        reply = await client.get("/inventory/1")
+    return reply if reply.status_code == 503 else None
+
+
+async def _served(port: int) -> bool:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        return (await client.get("/inventory/1")).status_code == 200
 
 
 def is_closed(sock: socket.socket) -> bool:
@@ -201,22 +214,24 @@ async def test_under_memory_pressure_the_longest_idle_connections_are_shed_first
 ):
     plan, pressure = pressured_edge
     older = [keep_alive(plan.http_port) for _ in range(5)]
-    await asyncio.sleep(3)
+    await asyncio.sleep(5)
     younger = [keep_alive(plan.http_port) for _ in range(5)]
     try:
         # Halfway between where shedding starts and where it is total: the idle
-        # timeout (10 s) shrinks to about half, so what idled 3 s longer goes first.
-        site = EnvoySite()
-        middle = (site.shed_idle_from + site.shed_idle_fully) / 2
-        pressure.write_text(f"{middle:.3f}")
+        # timeout (10 s) shrinks to half, so what idled 5 s longer goes first.
+        set_pressure(pressure, (SHED_IDLE_FROM + SHED_IDLE_FULLY) / 2)
         await eventually(lambda: all(map(is_closed, older)), within=15, what="older ones shed")
         assert not any(map(is_closed, younger))
-        # Full pressure: every idle connection goes.
-        pressure.write_text("1")
+        # Past SHED_IDLE_FULLY every idle connection goes; past REFUSE_REQUESTS_FROM
+        # new requests get a JSON 503 with retry-after.
+        set_pressure(pressure, REFUSE_REQUESTS_FROM + 0.01)
         await eventually(lambda: all(map(is_closed, younger)), within=15, what="all shed")
-        # And a new client is still served.
-        fresh = keep_alive(plan.http_port)
-        fresh.close()
+        refused = await eventually(lambda: _refused(plan.http_port), within=15, what="503")
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["code"] == 14
+        # Pressure gone: served again.
+        set_pressure(pressure, 0)
+        await eventually(lambda: _served(plan.http_port), within=15, what="served again")
     finally:
         for sock in older + younger:
             sock.close()
