@@ -95,17 +95,23 @@ def render(site: EnvoySite, descriptor_set: Path = DESCRIPTOR_SET) -> str:
     return header + to_yaml(envoy_config(site, descriptor_set))
 
 
-# The checked-in configs: what `make up` runs natively, and what compose mounts
-# (compose.yaml: backends by service name, contracts and docs under /etc/envoy).
-# Compose runs Jaeger next to the mesh, so its Envoy always traces, to Jaeger's
-# OTLP/gRPC port (a static file cannot read compose's environment).
-COMPOSE_OTLP_ENDPOINT = "http://jaeger:4317"
-COMPOSE_SITE = EnvoySite(
+# The checked-in configs: what `make up` runs natively, and the two container
+# deployments. In a container Envoy listens on every interface, finds a backend by
+# its service name (compose's service, a Kubernetes headless Service) and the docs
+# and token keys under /etc/envoy.
+_IN_A_CONTAINER = EnvoySite(
     listen_address="0.0.0.0",
-    descriptor_path="/etc/envoy/mesh.binpb",
     docs_dir="/etc/envoy/docs",
     auth=EdgeAuth(jwks_file="/etc/envoy/auth/jwks.json"),
     backends={name: [(name.replace("_", "-"), port)] for name, port in GRPC_PORTS.items()},
+)
+# Compose mounts the contracts under /etc/envoy (compose.yaml). It runs Jaeger next
+# to the mesh, so its Envoy always traces, to Jaeger's OTLP/gRPC port (a static
+# file cannot read compose's environment).
+COMPOSE_OTLP_ENDPOINT = "http://jaeger:4317"
+COMPOSE_SITE = replace(
+    _IN_A_CONTAINER,
+    descriptor_path="/etc/envoy/mesh.binpb",
     tracing=EdgeTracing(COMPOSE_OTLP_ENDPOINT),
 )
 # Kubernetes (deploy/k8s): backends are headless Services, so DNS answers with
@@ -115,13 +121,7 @@ COMPOSE_SITE = EnvoySite(
 # services' image, the token keys from the ConfigMap envoy-jwks the deployer
 # makes (deploy/k8s/base/envoy-gateway.yaml).
 K8S_DIR = ROOT / "deploy" / "k8s" / "base" / "envoy"
-K8S_SITE = EnvoySite(
-    listen_address="0.0.0.0",
-    descriptor_path="/etc/envoy/config/mesh.binpb",
-    docs_dir="/etc/envoy/docs",
-    auth=EdgeAuth(jwks_file="/etc/envoy/auth/jwks.json"),
-    backends={name: [(name.replace("_", "-"), port)] for name, port in GRPC_PORTS.items()},
-)
+K8S_SITE = replace(_IN_A_CONTAINER, descriptor_path="/etc/envoy/config/mesh.binpb")
 SITES = {"native": EnvoySite(), "compose": COMPOSE_SITE, "k8s": K8S_SITE}
 CHECKED_IN = {
     ROOT / "envoy" / "envoy.yaml": EnvoySite(),
