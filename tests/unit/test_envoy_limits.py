@@ -1,6 +1,8 @@
 """The edge's limits as rendered into Envoy's config (the behaviour itself is tested
 through a real Envoy in tests/e2e/test_edge_limits.py)."""
 
+from mesh.edge.admission import RATE_LIMIT
+from mesh.edge.grpc_input import LUA
 from mesh.edge.render import envoy_config
 from mesh.edge.replies import LOCAL_REPLIES
 from mesh.edge.settings import EnvoySite, with_environment
@@ -44,7 +46,9 @@ def test_the_transcoders_copy_of_the_rest_path_is_not_forwarded():
 
 def test_only_mutations_are_rate_limited_and_zero_turns_it_off():
     routes = _rpc_routes(envoy_config(EnvoySite(mutation_rate_per_second=7, mutation_burst=9)))
-    limited = {path for path, r in routes.items() if r.get("typed_per_filter_config")}
+    limited = {
+        path for path, r in routes.items() if RATE_LIMIT in r.get("typed_per_filter_config", {})
+    }
     assert limited == {
         "/polyglot.inventory.v1.InventoryService/DecreaseStock",
         "/polyglot.inventory.v1.InventoryService/RestockProduct",
@@ -55,7 +59,24 @@ def test_only_mutations_are_rate_limited_and_zero_turns_it_off():
     assert limit["descriptors"][0]["token_bucket"]["tokens_per_fill"] == 7
     assert limit["descriptors"][0]["token_bucket"]["max_tokens"] == 9
     routes = _rpc_routes(envoy_config(EnvoySite(mutation_rate_per_second=0)))
-    assert not any(r.get("typed_per_filter_config") for r in routes.values())
+    assert not any(RATE_LIMIT in r.get("typed_per_filter_config", {}) for r in routes.values())
+
+
+def test_every_grpc_method_and_health_runs_the_grpc_input_check_and_no_rest_path_does():
+    config = envoy_config(EnvoySite())
+    routes = _manager(config)["route_config"]["virtual_hosts"][0]["routes"]
+    checked = {
+        r["match"].get("path") or r["match"].get("prefix")
+        for r in routes
+        if LUA in r.get("typed_per_filter_config", {})
+    }
+    assert checked == set(_rpc_routes(config)) | {"/grpc.health.v1."}
+    lua = next(f for f in _manager(config)["http_filters"] if f["name"] == LUA)
+    assert "default_source_code" not in lua["typed_config"]  # nowhere else
+    assert not any(
+        LUA in r.get("typed_per_filter_config", {})
+        for r in _rpc_routes(envoy_config(EnvoySite(grpc_input_check=False))).values()
+    )
 
 
 def test_every_local_reply_status_gets_the_json_shape_and_a_grpc_status():
