@@ -9,7 +9,10 @@ in BENCHMARKS.md.
   on other connections: the ratio of the two latencies;
 - overload: many more closed-loop callers than an Envoy with small circuit
   breakers admits; latency of the refused (503) and of the served calls, and the
-  first call after the load stops.
+  first call after the load stops;
+- attacks (``ATTACKS``, one function each): an honest customer's orders, alone and
+  beside each attack, on an Envoy with the production profile's quotas: its p50,
+  p99 and error rate as ratios to alone, and how much of the attack was refused.
 """
 
 import asyncio
@@ -20,6 +23,7 @@ import select
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ import httpx
 
 from devtools import sandbox
 from devtools.tokens import JWKS
+from mesh.edge.knobs import EdgeKnobs
 from mesh.edge.settings import EdgeAuth
 from mesh.topology import ROOT
 
@@ -58,6 +63,7 @@ class EdgeResult:
     wrk_errors: int = 0
     first_after_ms: float = float("nan")
     first_after_status: int = 0
+    attacks: list["AttackRow"] = field(default_factory=list)
 
 
 def pct(values: list[float], fraction: float) -> float:
@@ -206,6 +212,172 @@ async def overload(
         result.first_after_status = reply.status_code
 
 
+# --- attacks beside an honest customer ---------------------------------------------------
+#
+# An attack is a function that runs in ATTACK_PROCESSES processes of its own until
+# ``stop`` is set, counting its calls and how many were refused with 429: it competes
+# with the honest customer for Envoy and the machine, not for this interpreter. To
+# add one, write it and list it in ATTACKS.
+
+ATTACK_PROCESSES = 2
+# The honest customer's pace: within one subject's production quota.
+HONEST_ORDERS_PER_SECOND = 20.0
+HONEST_SUBJECT, GREEDY_SUBJECT = "honest-shop", "greedy-shop"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an attack process gets (picklable): Envoy's port, a product, a token."""
+
+    port: int
+    product: int
+    token: str
+
+
+@dataclass(frozen=True)
+class Tally:
+    """One attack's counters, shared by its processes."""
+
+    calls: Any = field(default_factory=lambda: multiprocessing.Value("i", 0))
+    refused: Any = field(default_factory=lambda: multiprocessing.Value("i", 0))
+
+    def count(self, status: int) -> None:
+        with self.calls.get_lock():
+            self.calls.value += 1
+        if status == 429:
+            with self.refused.get_lock():
+                self.refused.value += 1
+
+
+def _decrease(product: int) -> dict:
+    return {"product_id": product, "quantity": 1, "order_id": f"ORD-{time.time_ns():x}"}
+
+
+def flood_subject(target: Target, stop: Any, tally: Tally) -> None:
+    """Orders in a closed loop with another customer's token, from the honest one's
+    address: that subject's quota throttles it, not the address."""
+    headers = {"authorization": f"Bearer {target.token}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{target.port}", headers=headers) as client:
+        while not stop.is_set():
+            tally.count(
+                client.post("/inventory/decrease", json=_decrease(target.product)).status_code
+            )
+
+
+def flood_anonymous(target: Target, stop: Any, tally: Tally) -> None:
+    """GetStock without a token in a closed loop, from the honest customer's address:
+    the address's quota for calls without a token throttles it, nobody with one."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{target.port}") as client:
+        while not stop.is_set():
+            tally.count(client.get(f"/inventory/{target.product}").status_code)
+
+
+Attack = Callable[[Target, Any, Tally], None]
+ATTACKS: dict[str, tuple[Attack, str]] = {
+    "a throttled subject": (
+        flood_subject,
+        f"orders in a closed loop with another customer's token (`{GREEDY_SUBJECT}`)",
+    ),
+    "an anonymous flooder": (flood_anonymous, "GetStock without a token in a closed loop"),
+}
+
+
+@dataclass
+class AttackRow:
+    name: str  # "alone", or a key of ATTACKS
+    honest_ms: list[float]
+    honest_errors: int
+    attack_calls: int = 0
+    attack_refused: int = 0
+
+
+async def honest_orders(base_url: str, token: str, product: int, count: int) -> AttackRow:
+    """An honest customer: ``count`` orders, one at a time, paced at
+    HONEST_ORDERS_PER_SECOND; every call timed, anything but a 200 an error."""
+    row = AttackRow("alone", [], 0)
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
+        start = time.perf_counter()
+        for i in range(count):
+            await asyncio.sleep(
+                max(0.0, start + i / HONEST_ORDERS_PER_SECOND - time.perf_counter())
+            )
+            began = time.perf_counter()
+            try:
+                reply = await client.post("/inventory/decrease", json=_decrease(product))
+                failed = reply.status_code != 200
+            except httpx.HTTPError:
+                failed = True
+            row.honest_ms.append((time.perf_counter() - began) * 1000)
+            row.honest_errors += failed
+    return row
+
+
+async def beside(name: str, target: Target, base_url: str, honest: str, count: int) -> AttackRow:
+    """The honest customer while the attack ``name`` runs."""
+    attack, _ = ATTACKS[name]
+    stop, tally = multiprocessing.Event(), Tally()
+    processes = [
+        multiprocessing.Process(target=attack, args=(target, stop, tally), daemon=True)
+        for _ in range(ATTACK_PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        await asyncio.sleep(0.5)  # the attack under way
+        row = await honest_orders(base_url, honest, target.product, count)
+    finally:
+        stop.set()
+        for process in processes:
+            process.join(30)
+    row.name, row.attack_calls, row.attack_refused = name, tally.calls.value, tally.refused.value
+    return row
+
+
+async def until_serving(base_url: str, product: int) -> None:
+    """Until a new Envoy has seen inventory_svc healthy (the others may be absent)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await normal_calls(base_url, product, 1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+# The Envoy of the attacks: the production profile's quotas.
+PRODUCTION = EdgeKnobs.from_env({"EDGE_PROFILE": "production"})
+
+
+async def measure_attacks(
+    mesh: sandbox.Mesh, work: Path, product: int, *, smoke: bool
+) -> list[AttackRow]:
+    plan = sandbox.start_envoy(
+        work / "quota-edge",
+        mesh.plan.grpc_ports,
+        EdgeAuth(jwks_file=str(mesh.plan.run_dir / "auth" / JWKS)),
+        wait_healthy=False,
+        **PRODUCTION.site_fields(),
+    )
+    try:
+        base_url = f"http://127.0.0.1:{plan.http_port}"
+        await until_serving(base_url, product)
+        honest = mesh.token(["orders:write"], subject=HONEST_SUBJECT)
+        target = Target(
+            plan.http_port, product, mesh.token(["orders:write"], subject=GREEDY_SUBJECT)
+        )
+        count = 10 if smoke else 100
+        await honest_orders(base_url, honest, product, 5)  # warm
+        rows = [await honest_orders(base_url, honest, product, count)]
+        for name in ATTACKS:
+            rows.append(await beside(name, target, base_url, honest, count))
+        return rows
+    finally:
+        plan.envoy().stop()
+
+
 async def measure_edge(mesh: sandbox.Mesh, work: Path, product: int, *, smoke: bool) -> EdgeResult:
     result = EdgeResult()
     port = mesh.plan.http_port
@@ -250,20 +422,13 @@ async def measure_edge(mesh: sandbox.Mesh, work: Path, product: int, *, smoke: b
     )
     try:
         base_url = f"http://127.0.0.1:{plan.http_port}"
-        deadline = time.monotonic() + 30
-        while True:  # until this Envoy has seen inventory_svc healthy
-            try:
-                await normal_calls(base_url, product, 1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+        await until_serving(base_url, product)
         result.callers = 16 if smoke else 64
         result.seconds = 2.0 if smoke else 10.0
         await overload(base_url, product, result.callers, result.seconds, result)
     finally:
         plan.envoy().stop()
+    result.attacks = await measure_attacks(mesh, work, product, smoke=smoke)
     return result
 
 
@@ -295,6 +460,11 @@ def render_edge(result: EdgeResult) -> list[str]:
             "right after the overload the next call is served",
             f"HTTP {result.first_after_status} in {result.first_after_ms:.1f} ms",
             result.first_after_status == 200,
+        ),
+        (
+            "an honest customer gets no error beside any attack",
+            ", ".join(f"{r.name}: {r.honest_errors}" for r in result.attacks),
+            not any(r.honest_errors for r in result.attacks),
         ),
     ]
     return [
@@ -328,12 +498,47 @@ def render_edge(result: EdgeResult) -> list[str]:
         f" {result.other_statuses or 'none'}; the first call after it: HTTP"
         f" {result.first_after_status} in {result.first_after_ms:.1f} ms",
         "",
+        *render_attacks(result.attacks),
         "| target | measured | |",
         "|---|---|---|",
         *[
             f"| {name} | {measured} | {'met' if ok else '**missed**'} |"
             for name, measured, ok in checks
         ],
+        "",
+    ]
+
+
+def render_attacks(rows: list[AttackRow]) -> list[str]:
+    """The honest customer alone and beside each attack, as ratios to alone."""
+    alone = rows[0]
+    p50, p99 = pct(alone.honest_ms, 0.5), pct(alone.honest_ms, 0.99)
+
+    def line(row: AttackRow) -> str:
+        attack = (
+            f"{row.attack_calls} ({row.attack_refused / row.attack_calls:.0%} refused with 429)"
+            if row.attack_calls
+            else "—"
+        )
+        return (
+            f"| {row.name} | {pct(row.honest_ms, 0.5):.1f} | {pct(row.honest_ms, 0.5) / p50:.2f}"
+            f" | {pct(row.honest_ms, 0.99):.1f} | {pct(row.honest_ms, 0.99) / p99:.2f}"
+            f" | {row.honest_errors / len(row.honest_ms):.1%} | {attack} |"
+        )
+
+    return [
+        f"An honest customer beside each attack: {len(alone.honest_ms)} REST orders (one at a"
+        f" time, {HONEST_ORDERS_PER_SECOND:g}/s) with its own token, alone and while an attack"
+        f" runs in {ATTACK_PROCESSES} processes from the same address, through an Envoy with"
+        f" the production profile's quotas ({PRODUCTION.mutations_per_second}/s per subject,"
+        f" {PRODUCTION.anonymous_per_second}/s per address without a token). Ratios to alone,"
+        " same run; the attackers share the machine's cores with Envoy, inventory_svc and the"
+        " customer, so the ratios include their CPU.",
+        "",
+        "| honest customer | p50 ms | x alone | p99 ms | x alone | errors | attack's calls |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        *[line(row) for row in rows],
+        *[f"- {name}: {what}" for name, (_, what) in ATTACKS.items()],
         "",
     ]
 

@@ -1,16 +1,21 @@
 """Admission control: what Envoy lets in, and what it sheds at once.
 
-A per-client token bucket for mutations (429), the circuit breakers per backend
-(503 instead of a queue), outlier detection (a failing replica is ejected), the
-whole-request buffer that refuses an oversized body (413), the cap on client
-connections and the memory budget that sheds idle ones (overload manager). Their
-numbers are fields of EnvoySite.
+Quotas by identity (429): mutations per token subject, calls without a token per
+client address; the circuit breakers per backend (503 instead of a queue), outlier
+detection (a failing replica is ejected), the whole-request buffer that refuses an
+oversized body (413), the cap on client connections and the memory budget that
+sheds idle ones (overload manager). Their numbers are fields of EnvoySite (the
+knobs: mesh.edge.knobs).
 """
 
 from mesh.edge.blocks import Config, seconds, typed
 from mesh.edge.settings import KIB, EnvoySite
+from meshkit.identity import SUBJECT_HEADER
 
 RATE_LIMIT = "envoy.filters.http.local_ratelimit"
+# Its own filter name: the mutation routes' per-route config of RATE_LIMIT does not
+# replace it.
+ANONYMOUS_RATE_LIMIT = "mesh.anonymous_ratelimit"
 BUFFER = "envoy.filters.http.buffer"
 # Per route, where the whole body cannot be waited for (mesh.edge.routes: reflection).
 BUFFER_DISABLED = typed("filters.http.buffer.v3.BufferPerRoute", disabled=True)
@@ -26,37 +31,113 @@ def rate_limit_filter() -> Config:
     }
 
 
-def mutation_rate_limit(site: EnvoySite) -> Config:
-    """A token bucket per client address for one mutation route (local_ratelimit
-    with a wildcard descriptor: every address gets its own bucket)."""
-    bucket = {
-        "max_tokens": site.mutation_burst,
-        "tokens_per_fill": site.mutation_rate_per_second,
-        "fill_interval": "1s",
+# A descriptor entry for a call without X: header_value_match with expect_match
+# false adds the entry when the request does NOT match the header.
+ANONYMOUS = {"key": "anonymous", "value": "yes"}
+
+
+def _without(header: Config) -> Config:
+    return {
+        "header_value_match": {
+            "descriptor_key": ANONYMOUS["key"],
+            "descriptor_value": ANONYMOUS["value"],
+            "expect_match": False,
+            "headers": [header],
+        }
     }
+
+
+def _bucket(per_second: int, burst: int) -> Config:
+    return {"max_tokens": burst, "tokens_per_fill": per_second, "fill_interval": "1s"}
+
+
+def _quota(
+    stat_prefix: str, runtime: str, rate_limits: list[Config], descriptors: list[Config]
+) -> Config:
+    """local_ratelimit with a bucket per descriptor value (the descriptors' wildcard
+    entries: every subject, every address its own; the least recently used of more
+    than 10 000 are forgotten). A call that matches no descriptor is not limited."""
     return typed(
         "filters.http.local_ratelimit.v3.LocalRateLimit",
-        stat_prefix="mutations",
-        # The route-wide bucket only guards the per-address ones' memory; it is
-        # sized so that it never limits on its own.
-        token_bucket={
-            "max_tokens": site.mutation_burst * 1000,
-            "tokens_per_fill": site.mutation_rate_per_second * 1000,
-            "fill_interval": "1s",
-        },
+        stat_prefix=stat_prefix,
         filter_enabled={
             "default_value": {"numerator": 100},
-            "runtime_key": "mesh.mutation_rate_limit.enabled",
+            "runtime_key": f"mesh.{runtime}.enabled",
         },
         filter_enforced={
             "default_value": {"numerator": 100},
-            "runtime_key": "mesh.mutation_rate_limit.enforced",
+            "runtime_key": f"mesh.{runtime}.enforced",
         },
-        rate_limits=[{"actions": [{"remote_address": {}}]}],
-        descriptors=[{"entries": [{"key": "remote_address"}], "token_bucket": bucket}],
+        rate_limits=rate_limits,
+        descriptors=descriptors,
+        # Per route Envoy wants a default bucket: only for calls no descriptor
+        # matches, and never limiting them.
+        token_bucket=_bucket(1_000_000_000, 1_000_000_000),
+        always_consume_default_token_bucket=False,
         max_dynamic_descriptors=10_000,
         rate_limited_as_resource_exhausted=True,
     )
+
+
+def anonymous_rate_limit_filter(site: EnvoySite) -> list[Config]:
+    """Calls without a bearer token, a bucket per client address (the connection's
+    peer: use_remote_address), for every route. It sits before jwt_authn, so an
+    anonymous flood is refused before any token check, route or backend. "Without a
+    bearer token": no authorization value containing "Bearer ", which is where
+    jwt_authn looks for one (a `Basic` header or a lowercase `bearer` is no token to
+    it either); a bearer token, valid or not, is jwt_authn's to judge."""
+    if not site.anonymous_rate_per_second:
+        return []
+    no_token = _without({"name": "authorization", "string_match": {"contains": "Bearer "}})
+    return [
+        {
+            "name": ANONYMOUS_RATE_LIMIT,
+            "typed_config": _quota(
+                "anonymous",
+                "anonymous_rate_limit",
+                [{"actions": [no_token, {"remote_address": {}}]}],
+                [
+                    {
+                        "entries": [ANONYMOUS, {"key": "remote_address"}],
+                        "token_bucket": _bucket(
+                            site.anonymous_rate_per_second, site.anonymous_burst
+                        ),
+                    }
+                ],
+            ),
+        }
+    ]
+
+
+def mutation_rate_limit(site: EnvoySite) -> Config:
+    """One mutation route's quota, after jwt_authn: a bucket per verified subject
+    (x-mesh-subject, which jwt_authn sets from the token's `sub` after the client's
+    copy was removed). A valid token without `sub` is counted per client address,
+    like a call without a token."""
+    by_subject = {
+        "request_headers": {
+            "header_name": SUBJECT_HEADER,
+            "descriptor_key": "subject",
+            "skip_if_absent": True,
+        }
+    }
+    rate_limits = [{"actions": [by_subject]}]
+    descriptors = [
+        {
+            "entries": [{"key": "subject"}],
+            "token_bucket": _bucket(site.mutation_rate_per_second, site.mutation_burst),
+        }
+    ]
+    if site.anonymous_rate_per_second:
+        no_subject = _without({"name": SUBJECT_HEADER, "present_match": True})
+        rate_limits.append({"actions": [no_subject, {"remote_address": {}}]})
+        descriptors.append(
+            {
+                "entries": [ANONYMOUS, {"key": "remote_address"}],
+                "token_bucket": _bucket(site.anonymous_rate_per_second, site.anonymous_burst),
+            }
+        )
+    return _quota("mutations", "mutation_rate_limit", rate_limits, descriptors)
 
 
 def message_size_filter(site: EnvoySite) -> Config:

@@ -44,13 +44,8 @@ def header_regex(name: str, regex: str, *, invert: bool = False) -> Config:
     return matcher
 
 
-def set_header(name: str, value: str) -> Config:
-    """A header to add, replacing one of the same name (Envoy's default appends)."""
-    return {"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-
-
 def cel_filter(expression: str) -> Config:
-    """An access-log/local-reply filter on a CEL expression (request, response, …)."""
+    """An access-log filter (which local reply mappers use too) on a CEL expression."""
     return {
         "extension_filter": {
             "name": "envoy.access_loggers.extension_filters.cel",
@@ -59,3 +54,8 @@ def cel_filter(expression: str) -> Config:
             ),
         }
     }
+
+
+def set_header(name: str, value: str) -> Config:
+    """A header to add, replacing one of the same name (Envoy's default appends)."""
+    return {"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}

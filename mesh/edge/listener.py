@@ -2,7 +2,7 @@
 
 A request meets, in this order: the connection manager (codecs, header limits),
 the HTTP filter chain (``http_filters``: CORS, arrival metadata, message size,
-the native gRPC check, transcoder, identity, rate limit, router) and the route table
+the native gRPC check, transcoder, identity and quotas, router) and the route table
 (``route_table``: strict-input refusals, the RPCs' routes, docs, REST paths).
 Whatever Envoy answers itself gets the error shape of mesh.edge.replies.
 """
@@ -10,8 +10,12 @@ Whatever Envoy answers itself gets the error shape of mesh.edge.replies.
 from pathlib import Path
 
 from mesh.contracts import Service
-from mesh.edge.admission import message_size_filter, rate_limit_filter
-from mesh.edge.auth import audience_reply_mappers, auth_filters
+from mesh.edge.admission import (
+    anonymous_rate_limit_filter,
+    message_size_filter,
+    rate_limit_filter,
+)
+from mesh.edge.auth import audience_reply_mappers, auth_filters, strip_subject_filter
 from mesh.edge.blocks import Config, address, seconds, typed
 from mesh.edge.docs import docs_routes
 from mesh.edge.grpc_input import grpc_input_filter
@@ -69,9 +73,13 @@ def http_filters(site: EnvoySite, services: list[Service], descriptor_set: Path)
         transcoder_filter(site, services),
         # After the transcoder: REST calls carry their gRPC method path by
         # now, so one rule per RPC covers both ways in.
+        strip_subject_filter(),
+        # Calls without a token, per address: before any token is checked.
+        *anonymous_rate_limit_filter(site),
         *auth_filters(site.auth, descriptor_set),
         # After the transcoder, so REST and native gRPC calls of one RPC share the
-        # route (and the client's bucket). Enabled per route (mutations).
+        # route (and the subject's bucket); after jwt_authn, which names the subject.
+        # Enabled per route (mutations).
         rate_limit_filter(),
         {
             "name": "envoy.filters.http.router",
@@ -112,7 +120,7 @@ def _http_connection_manager(
         **typed("filters.network.http_connection_manager.v3.HttpConnectionManager"),
         "stat_prefix": "ingress",
         # Envoy is the edge: the client is the connection's peer, never what an
-        # x-forwarded-for header claims (the per-client rate limit keys on it).
+        # x-forwarded-for header claims (the quota for calls without a token keys on it).
         "use_remote_address": True,
         # HTTP/1.1 for REST, HTTP/2 (h2c) for native gRPC: Envoy's codec_type AUTO.
         "max_request_headers_kb": site.max_request_headers_kb,

@@ -19,6 +19,7 @@ from mesh.edge.admission import overload_manager
 from mesh.edge.auth import jwks_cluster
 from mesh.edge.blocks import Config, Named, Script, address, typed
 from mesh.edge.clusters import backend_clusters
+from mesh.edge.knobs import EdgeKnobs, with_environment
 from mesh.edge.listener import ingress_listener, route_table
 from mesh.edge.refusals import refusals_cluster, refusals_listener
 from mesh.edge.routes import rpcs
@@ -123,26 +124,39 @@ COMPOSE_SITE = replace(
 K8S_DIR = ROOT / "deploy" / "k8s" / "base" / "envoy"
 K8S_SITE = replace(_IN_A_CONTAINER, descriptor_path="/etc/envoy/config/mesh.binpb")
 SITES = {"native": EnvoySite(), "compose": COMPOSE_SITE, "k8s": K8S_SITE}
+# The prod overlay replaces the base's config with one of the production profile
+# (its kustomization merges it into the envoy-config ConfigMap); everything else,
+# including the dev overlay, runs the development profile, the sites' own defaults.
+K8S_PROD_CONFIG = ROOT / "deploy" / "k8s" / "overlays" / "prod" / "envoy" / "envoy.yaml"
+K8S_PROD_SITE = EdgeKnobs.from_env({"EDGE_PROFILE": "production"}).apply(K8S_SITE)
 CHECKED_IN = {
     ROOT / "envoy" / "envoy.yaml": EnvoySite(),
     ROOT / "envoy" / "envoy.compose.yaml": COMPOSE_SITE,
     K8S_DIR / "envoy.yaml": K8S_SITE,
+    K8S_PROD_CONFIG: K8S_PROD_SITE,
 }
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m mesh.envoy_config")
     parser.add_argument(
-        "--auth-from-env",
+        "--from-env",
+        "--auth-from-env",  # its name when it read AUTH_* alone
+        dest="from_env",
         choices=list(SITES),
-        help="render that site with AUTH_ISSUER/AUTH_AUDIENCES/AUTH_JWKS_URI from the"
-        " environment (e.g. a real OIDC provider) to --out, instead of the checked-in files",
+        help="render that site with every edge variable of the environment (EDGE_*: the"
+        " knobs of README 'Limits and quotas', EDGE_PROFILE=production for production's"
+        " quotas; AUTH_*: a real OIDC provider; OTEL_*: tracing) to --out, instead of"
+        " the checked-in files",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    if args.auth_from_env:
-        base = SITES[args.auth_from_env]
-        site = replace(base, auth=EdgeAuth.from_env(base=base.auth))
+    if args.from_env:
+        try:
+            site = with_environment(SITES[args.from_env])
+        except ValueError as problem:
+            print(problem, file=sys.stderr)
+            raise SystemExit(2) from None
         text = render(site)
         if args.out:
             args.out.write_text(text)
@@ -150,6 +164,7 @@ def main(argv: list[str]) -> None:
             sys.stdout.write(text)
         return
     for path, site in CHECKED_IN.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(site))
         print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
     # kustomize reads files only from inside its kustomization: the ConfigMap's

@@ -9,7 +9,9 @@ rewrites it.
 """
 
 from mesh.edge.blocks import Config, Named, cel_filter, set_header, typed
+from mesh.edge.knobs import variable
 from mesh.edge.settings import KIB, EnvoySite
+from meshkit.identity import SUBJECT_HEADER
 
 # Envoy's own answers (local replies): HTTP status → (gRPC code, fixed message).
 # Fixed messages, because Envoy's texts carry internals ("upstream connect error or
@@ -25,7 +27,7 @@ LOCAL_REPLIES: dict[int, tuple[int, str | None]] = {
     413: (3, "the request body is larger than {rest_limit}"),
     415: (3, "the request body must be JSON (content-type: application/json)"),
     426: (3, "HTTP/1.0 and HTTP/1.1 or newer are supported"),
-    429: (8, "too many requests from this client; retry in {retry_after} s"),
+    429: (8, "too many requests; retry in {retry_after} s"),  # the quotas' own: QUOTA_REPLIES
     431: (3, "the request headers are larger than {header_limit}"),
     500: (13, "the gateway failed to handle the request"),
     501: (12, "this transfer encoding is not supported"),
@@ -42,6 +44,16 @@ GRPC_MESSAGES = {
 }
 # gRPC callers get another code where gRPC has a better one: no route is "no such method".
 GRPC_CODES = {404: 12}  # UNIMPLEMENTED
+# A quota's 429 (mesh.edge.admission) says whose quota ran out and which knob sets
+# it: a verified subject's mutations, or the calls without a token from one address.
+RATE_LIMITED = "response.code == 429 && response.code_details == 'local_rate_limited'"
+VERIFIED = f"'{SUBJECT_HEADER}' in request.headers"
+QUOTA_REPLIES = {
+    VERIFIED: "too many orders or restocks for this caller; retry in {retry_after} s"
+    f" ({variable('mutations_per_second')})",
+    f"!({VERIFIED})": "too many calls without a token from this address; retry in"
+    f" {{retry_after}} s ({variable('anonymous_per_second')})",
+}
 # Statuses whose local replies tell the caller when to come back.
 RETRY_AFTER = {429, 503}
 # Where the content-type a request arrived with is kept (before the transcoder
@@ -143,6 +155,23 @@ def local_reply_mappers(site: EnvoySite) -> list[Config]:
     }
     retry_after = Named("retry_after", set_header("retry-after", str(site.retry_after_seconds)))
     mappers = [too_many]
+    for number, (who, template) in enumerate(QUOTA_REPLIES.items(), 1):
+        quota = Named(f"quota_{number}", cel_filter(f"{RATE_LIMITED} && {who}"))
+        message = template.format(**values)
+        mappers += [
+            {
+                "filter": {"and_filter": {"filters": [quota, grpc_caller]}},
+                "headers_to_add": [retry_after, set_header("grpc-status", "8")],
+                "body": {"inline_string": message},
+            },
+            {
+                "filter": quota,
+                "headers_to_add": [retry_after],
+                "body_format_override": {
+                    "json_format": {"code": 8, "message": message, "details": []}
+                },
+            },
+        ]
     for status, (code, template) in LOCAL_REPLIES.items():
         message = template.format(**values) if template else None
         grpc_message = GRPC_MESSAGES.get(status, template)

@@ -112,8 +112,8 @@ def upstream_route(
 
 
 def rpc_routes(rpcs: list[RoutedRpc], site: EnvoySite) -> list[Config]:
-    """A route per RPC; the mutations share one rate limit block (a bucket per client
-    address and route)."""
+    """A route per RPC; the mutations share one quota block (a bucket per token
+    subject and route: mesh.edge.admission)."""
     limit = Named("mutation_rate_limit", mutation_rate_limit(site))
     return [_rpc_route(rpc, site, limit) for rpc in rpcs]
 
