@@ -21,68 +21,21 @@ import pytest
 import polyglot.inventory.v1 as pb
 from tests.e2e.test_edge_limits import INTERNALS, upstream_calls
 from tests.support.inventory import order
-from tests.support.raw_grpc import H2Answer, frame, h2_call
+from tests.support.raw_grpc import (
+    EDGE_REFUSED as REFUSED,
+)
+from tests.support.raw_grpc import (
+    GET_STOCK,
+    INVALID_ARGUMENT,
+    LAPTOP,
+    UNIMPLEMENTED,
+    H2Answer,
+    frame,
+    h2_call,
+)
 
-GET_STOCK = "/polyglot.inventory.v1.InventoryService/GetStock"
 DECREASE = "/polyglot.inventory.v1.InventoryService/DecreaseStock"
 HEALTH = "/grpc.health.v1.Health/Check"
-LAPTOP = bytes(pb.GetStockRequest(product_id=1))
-INVALID_ARGUMENT, UNIMPLEMENTED = 3, 12
-
-# name → (body, extra headers, gRPC code, what the message says)
-REFUSED: dict[str, tuple[bytes, tuple[tuple[str, str], ...], int, str]] = {
-    "no message at all": (b"", (), INVALID_ARGUMENT, "ended without a complete message"),
-    "half a length prefix": (b"\x00\x00\x00", (), INVALID_ARGUMENT, "without a complete message"),
-    # The case: 100 bytes declared, 1 sent, then the stream ends.
-    "a truncated message": (
-        b"\x00\x00\x00\x00\x64\x08",
-        (),
-        INVALID_ARGUMENT,
-        "ended without a complete message",
-    ),
-    "two messages for a unary call": (
-        frame(LAPTOP) + frame(LAPTOP),
-        (),
-        INVALID_ARGUMENT,
-        "exactly one request message",
-    ),
-    "a declared length over the limit": (
-        b"\x00\x7f\xff\xff\xff" + LAPTOP,
-        (),
-        INVALID_ARGUMENT,
-        "larger than 64 KiB",
-    ),
-    "a compression flag without grpc-encoding": (
-        frame(LAPTOP, compressed=True),
-        (),
-        INVALID_ARGUMENT,
-        "marked compressed but no grpc-encoding",
-    ),
-    "a compression flag with grpc-encoding identity": (
-        frame(LAPTOP, compressed=True),
-        (("grpc-encoding", "identity"),),
-        INVALID_ARGUMENT,
-        "marked compressed",
-    ),
-    "an invalid compression flag": (
-        b"\x02" + frame(LAPTOP)[1:],
-        (),
-        INVALID_ARGUMENT,
-        "invalid compression flag",
-    ),
-    "an unknown grpc-encoding": (
-        frame(LAPTOP, compressed=True),
-        (("grpc-encoding", "snappy"),),
-        UNIMPLEMENTED,
-        "grpc-encoding snappy is not supported",
-    ),
-    "bad -bin metadata": (
-        frame(LAPTOP),
-        (("x-foo-bin", "!!! not base64"),),
-        INVALID_ARGUMENT,
-        "the metadata x-foo-bin is not valid base64",
-    ),
-}
 
 
 def assert_plain(answer: H2Answer, code: int, says: str) -> None:

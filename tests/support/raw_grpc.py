@@ -116,3 +116,64 @@ def _ended(connection: h2.connection.H2Connection, data: bytes, answer: H2Answer
         elif isinstance(event, h2.events.ConnectionTerminated):
             raise ConnectionError(f"GOAWAY {event.error_code}")
     return False
+
+
+GET_STOCK = "/polyglot.inventory.v1.InventoryService/GetStock"
+LAPTOP = bytes.fromhex("0801")  # GetStockRequest(product_id=1)
+INVALID_ARGUMENT, UNIMPLEMENTED = 3, 12
+
+# Native gRPC requests the edge refuses itself (mesh/edge/grpc_input.lua), as sent to
+# GetStock: name → (body, extra headers, gRPC code, what the message says).
+EDGE_REFUSED: dict[str, tuple[bytes, tuple[tuple[str, str], ...], int, str]] = {
+    "no message at all": (b"", (), INVALID_ARGUMENT, "ended without a complete message"),
+    "half a length prefix": (b"\x00\x00\x00", (), INVALID_ARGUMENT, "without a complete message"),
+    # The case: 100 bytes declared, 1 sent, then the stream ends.
+    "a truncated message": (
+        b"\x00\x00\x00\x00\x64\x08",
+        (),
+        INVALID_ARGUMENT,
+        "ended without a complete message",
+    ),
+    "two messages for a unary call": (
+        frame(LAPTOP) + frame(LAPTOP),
+        (),
+        INVALID_ARGUMENT,
+        "exactly one request message",
+    ),
+    "a declared length over the limit": (
+        b"\x00\x7f\xff\xff\xff" + LAPTOP,
+        (),
+        INVALID_ARGUMENT,
+        "larger than 64 KiB",
+    ),
+    "a compression flag without grpc-encoding": (
+        frame(LAPTOP, compressed=True),
+        (),
+        INVALID_ARGUMENT,
+        "marked compressed but no grpc-encoding",
+    ),
+    "a compression flag with grpc-encoding identity": (
+        frame(LAPTOP, compressed=True),
+        (("grpc-encoding", "identity"),),
+        INVALID_ARGUMENT,
+        "marked compressed",
+    ),
+    "an invalid compression flag": (
+        b"\x02" + frame(LAPTOP)[1:],
+        (),
+        INVALID_ARGUMENT,
+        "invalid compression flag",
+    ),
+    "an unknown grpc-encoding": (
+        frame(LAPTOP, compressed=True),
+        (("grpc-encoding", "snappy"),),
+        UNIMPLEMENTED,
+        "grpc-encoding snappy is not supported",
+    ),
+    "bad -bin metadata": (
+        frame(LAPTOP),
+        (("x-foo-bin", "!!! not base64"),),
+        INVALID_ARGUMENT,
+        "the metadata x-foo-bin is not valid base64",
+    ),
+}
