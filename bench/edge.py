@@ -22,6 +22,7 @@ import multiprocessing
 import select
 import socket
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,11 +32,15 @@ from typing import Any
 import grpc
 import httpx
 
+from bench.replicas import TICKS, proc_stat
 from devtools import sandbox
+from devtools.plan import MeshPlan
 from devtools.tokens import JWKS
 from mesh.edge.knobs import EdgeKnobs
 from mesh.edge.settings import EdgeAuth
 from mesh.topology import ROOT
+from tests.support.flood import Counters, hold_connections, raise_open_files
+from tests.support.raw_grpc import EDGE_REFUSED, GET_STOCK, h2_call
 
 REST_BODY = 10_000_000
 GRPC_MESSAGE = 100_000
@@ -64,6 +69,8 @@ class EdgeResult:
     first_after_ms: float = float("nan")
     first_after_status: int = 0
     attacks: list["AttackRow"] = field(default_factory=list)
+    # Envoy's CPU per native gRPC call (µs), with and without the gRPC input check.
+    check_cpu_us: dict[bool, list[float]] = field(default_factory=dict)
 
 
 def pct(values: list[float], fraction: float) -> float:
@@ -215,9 +222,9 @@ async def overload(
 # --- attacks beside an honest customer ---------------------------------------------------
 #
 # An attack is a function that runs in ATTACK_PROCESSES processes of its own until
-# ``stop`` is set, counting its calls and how many were refused with 429: it competes
-# with the honest customer for Envoy and the machine, not for this interpreter. To
-# add one, write it and list it in ATTACKS.
+# ``stop`` is set, counting its calls and how many were refused (a quota: 429; the
+# others say what in ATTACKS): it competes with the honest customer for Envoy and
+# the machine, not for this interpreter. To add one, write it and list it in ATTACKS.
 
 ATTACK_PROCESSES = 2
 # The honest customer's pace: within one subject's production quota.
@@ -272,6 +279,32 @@ def flood_anonymous(target: Target, stop: Any, tally: Tally) -> None:
             tally.count(client.get(f"/inventory/{target.product}").status_code)
 
 
+# The issue's idle-connection flood: 50 more than the edge's 10 000 connections.
+IDLE_FLOOD = 10_050
+
+
+def flood_idle_connections(target: Target, stop: Any, tally: Tally) -> None:
+    """Its share of IDLE_FLOOD silent connections from another address (127.0.0.2),
+    each reopened as soon as Envoy closes it; counts the connections opened."""
+    counters = Counters()
+    hold_connections(target.port, IDLE_FLOOD // ATTACK_PROCESSES, b"", stop, counters)
+    with tally.calls.get_lock():
+        tally.calls.value += counters.opened.value
+
+
+def flood_malformed_grpc(target: Target, stop: Any, tally: Tally) -> None:
+    """Every kind of malformed native gRPC call the edge refuses (EDGE_REFUSED), in
+    turn, in a closed loop, each on a connection of its own; a refusal is counted
+    as refused (it is not a 429: the edge answers it at once, no quota spent)."""
+    kinds = list(EDGE_REFUSED.values())
+    number = 0
+    while not stop.is_set():
+        body, headers, code, _ = kinds[number % len(kinds)]
+        number += 1
+        answer = h2_call(target.port, GET_STOCK, body, headers)
+        tally.count(429 if answer.grpc_status == code else 0)
+
+
 Attack = Callable[[Target, Any, Tally], None]
 ATTACKS: dict[str, tuple[Attack, str]] = {
     "a throttled subject": (
@@ -279,6 +312,16 @@ ATTACKS: dict[str, tuple[Attack, str]] = {
         f"orders in a closed loop with another customer's token (`{GREEDY_SUBJECT}`)",
     ),
     "an anonymous flooder": (flood_anonymous, "GetStock without a token in a closed loop"),
+    "an idle-connection flood": (
+        flood_idle_connections,
+        f"{IDLE_FLOOD} silent connections held from 127.0.0.2, each reopened when closed"
+        " (its calls: connections opened)",
+    ),
+    "a malformed gRPC flood": (
+        flood_malformed_grpc,
+        "malformed native gRPC calls (truncated, bad compression flag or encoding, bad"
+        " -bin metadata, …) in a closed loop (refused: answered by the edge itself)",
+    ),
 }
 
 
@@ -354,6 +397,7 @@ PRODUCTION = EdgeKnobs.from_env({"EDGE_PROFILE": "production"})
 async def measure_attacks(
     mesh: sandbox.Mesh, work: Path, product: int, *, smoke: bool
 ) -> list[AttackRow]:
+    raise_open_files(IDLE_FLOOD + 2_000)  # the Envoy started here inherits it
     plan = sandbox.start_envoy(
         work / "quota-edge",
         mesh.plan.grpc_ports,
@@ -376,6 +420,57 @@ async def measure_attacks(
         return rows
     finally:
         plan.envoy().stop()
+
+
+async def _envoy_cpu_per_call(plan: MeshPlan, product: int, seconds: float) -> float:
+    """µs of Envoy CPU per native gRPC GetStock call, over ``seconds`` of
+    bench.grpc_load (8 callers) through ``plan``'s Envoy."""
+    pid = str(plan.envoy().pid)
+
+    def cpu() -> float:
+        fields = proc_stat(pid) or []
+        return (int(fields[12]) + int(fields[13])) / TICKS
+
+    before = cpu()
+    load = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "bench.grpc_load", "--target", f"127.0.0.1:{plan.http_port}"],
+        *["--rpc", "get", "--clients", "8", "--seconds", f"{seconds:g}", "--processes", "1"],
+        *["--first-product", str(product), "--products", "1"],
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, _ = await load.communicate()
+    calls = json.loads(out.decode().strip().splitlines()[-1])["requests"]
+    return (cpu() - before) / calls * 1e6
+
+
+async def grpc_check_cost(
+    mesh: sandbox.Mesh, work: Path, product: int, *, smoke: bool
+) -> dict[bool, list[float]]:
+    """Envoy's CPU per native gRPC call with and without the gRPC input check
+    (EnvoySite.grpc_input_check): two Envoys in front of the same backends, driven
+    in turn, same run."""
+    plans = {
+        check: sandbox.start_envoy(
+            work / f"grpc-check-{check}",
+            mesh.plan.grpc_ports,
+            EdgeAuth(jwks_file=str(mesh.plan.run_dir / "auth" / JWKS)),
+            wait_healthy=False,
+            grpc_input_check=check,
+        )
+        for check in (True, False)
+    }
+    try:
+        for plan in plans.values():
+            await until_serving(f"http://127.0.0.1:{plan.http_port}", product)
+        cost: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(1 if smoke else 3):
+            for check, plan in plans.items():
+                cost[check].append(await _envoy_cpu_per_call(plan, product, 2 if smoke else 6))
+        return cost
+    finally:
+        for plan in plans.values():
+            plan.envoy().stop()
 
 
 async def measure_edge(mesh: sandbox.Mesh, work: Path, product: int, *, smoke: bool) -> EdgeResult:
@@ -429,6 +524,7 @@ async def measure_edge(mesh: sandbox.Mesh, work: Path, product: int, *, smoke: b
     finally:
         plan.envoy().stop()
     result.attacks = await measure_attacks(mesh, work, product, smoke=smoke)
+    result.check_cpu_us = await grpc_check_cost(mesh, work, product, smoke=smoke)
     return result
 
 
@@ -499,6 +595,7 @@ def render_edge(result: EdgeResult) -> list[str]:
         f" {result.first_after_status} in {result.first_after_ms:.1f} ms",
         "",
         *render_attacks(result.attacks),
+        *render_check_cost(result.check_cpu_us),
         "| target | measured | |",
         "|---|---|---|",
         *[
@@ -516,7 +613,7 @@ def render_attacks(rows: list[AttackRow]) -> list[str]:
 
     def line(row: AttackRow) -> str:
         attack = (
-            f"{row.attack_calls} ({row.attack_refused / row.attack_calls:.0%} refused with 429)"
+            f"{row.attack_calls} ({row.attack_refused / row.attack_calls:.0%} refused)"
             if row.attack_calls
             else "—"
         )
@@ -539,6 +636,22 @@ def render_attacks(rows: list[AttackRow]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---|",
         *[line(row) for row in rows],
         *[f"- {name}: {what}" for name, (_, what) in ATTACKS.items()],
+        "",
+    ]
+
+
+def render_check_cost(cost: dict[bool, list[float]]) -> list[str]:
+    """What the native gRPC input check (mesh/edge/grpc_input.lua) costs Envoy."""
+    if not cost:
+        return []
+    with_check, without = statistics.median(cost[True]), statistics.median(cost[False])
+    return [
+        f"The native gRPC input check (Lua, on gRPC method routes only; REST calls never"
+        f" run it): Envoy's CPU per native gRPC GetStock, median of {len(cost[True])} runs"
+        f" of 8 callers each, two Envoys driven in turn: {with_check:.0f} µs with it,"
+        f" {without:.0f} µs without — ratio {with_check / without:.2f}"
+        f" (runs: {', '.join(f'{v:.0f}' for v in cost[True])} vs"
+        f" {', '.join(f'{v:.0f}' for v in cost[False])}).",
         "",
     ]
 

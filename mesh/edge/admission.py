@@ -2,13 +2,14 @@
 
 Quotas by identity (429): mutations per token subject, calls without a token per
 client address; the circuit breakers per backend (503 instead of a queue), outlier
-detection (a failing replica is ejected), the whole-message buffer that refuses an
-oversized gRPC message (413) and the cap on client connections (overload manager).
-Their numbers are fields of EnvoySite (the knobs: mesh.edge.knobs).
+detection (a failing replica is ejected), the whole-request buffer that refuses an
+oversized body (413), the cap on client connections and the memory budget that
+sheds idle ones (overload manager). Their numbers are fields of EnvoySite (the
+knobs: mesh.edge.knobs).
 """
 
 from mesh.edge.blocks import Config, seconds, typed
-from mesh.edge.settings import EnvoySite
+from mesh.edge.settings import KIB, EnvoySite
 from meshkit.identity import SUBJECT_HEADER
 
 RATE_LIMIT = "envoy.filters.http.local_ratelimit"
@@ -140,15 +141,14 @@ def mutation_rate_limit(site: EnvoySite) -> Config:
 
 
 def message_size_filter(site: EnvoySite) -> Config:
-    """The whole gRPC message before it goes upstream: a bigger one (5 bytes of
-    gRPC framing on top of the message limit) is refused here with 413 /
-    INVALID_ARGUMENT, and the backend never sees it."""
+    """The whole request body before anything reads it: a bigger one (a gRPC
+    message with its 5 bytes of framing, a REST body) is refused here with 413 /
+    INVALID_ARGUMENT whatever its path or content-type, and no backend sees it.
+    (The transcoder holds a REST body to its own, possibly lower, limit.)"""
+    limit = max(site.grpc_message_limit_bytes + 5, site.rest_body_limit_bytes)
     return {
         "name": BUFFER,
-        "typed_config": typed(
-            "filters.http.buffer.v3.Buffer",
-            max_request_bytes=site.grpc_message_limit_bytes + 5,
-        ),
+        "typed_config": typed("filters.http.buffer.v3.Buffer", max_request_bytes=limit),
     }
 
 
@@ -195,10 +195,22 @@ def outlier_detection(site: EnvoySite) -> Config:
     }
 
 
+HEAP = "envoy.resource_monitors.fixed_heap"
+# Shares of the memory budget (EnvoySite.memory_budget_mib): idle timeouts shrink
+# from the first to nothing at the second; new requests are refused from the third.
+SHED_IDLE_FROM, SHED_IDLE_FULLY, REFUSE_REQUESTS_FROM = 0.70, 0.90, 0.95
+
+
 def overload_manager(site: EnvoySite) -> Config:
-    """A hard cap on client connections: past it Envoy stops accepting, instead of
-    running out of memory or file descriptors."""
+    """A hard cap on client connections (past it a new one is closed at once,
+    instead of Envoy running out of memory or file descriptors) and a memory
+    budget. Envoy's connection monitor feeds no overload action (it only refuses
+    past its cap), so memory is what sheds: from SHED_IDLE_FROM of the budget the
+    idle timeout of client connections shrinks (scaled timers: a connection idle
+    longer than the shrunk timeout is closed, so the longest idle go first), to
+    nothing at SHED_IDLE_FULLY; from REFUSE_REQUESTS_FROM new requests get 503."""
     return {
+        "refresh_interval": "0.25s",
         "resource_monitors": [
             {
                 "name": "envoy.resource_monitors.global_downstream_max_connections",
@@ -206,6 +218,38 @@ def overload_manager(site: EnvoySite) -> Config:
                     "resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
                     max_active_downstream_connections=site.max_downstream_connections,
                 ),
-            }
-        ]
+            },
+            {
+                "name": HEAP,
+                "typed_config": typed(
+                    "resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    max_heap_size_bytes=site.memory_budget_mib * KIB * KIB,
+                ),
+            },
+        ],
+        "actions": [
+            {
+                "name": "envoy.overload_actions.reduce_timeouts",
+                "triggers": [
+                    {
+                        "name": HEAP,
+                        "scaled": {
+                            "scaling_threshold": SHED_IDLE_FROM,
+                            "saturation_threshold": SHED_IDLE_FULLY,
+                        },
+                    }
+                ],
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.overload.v3"
+                    ".ScaleTimersOverloadActionConfig",
+                    "timer_scale_factors": [
+                        {"timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE", "min_scale": {"value": 0}}
+                    ],
+                },
+            },
+            {
+                "name": "envoy.overload_actions.stop_accepting_requests",
+                "triggers": [{"name": HEAP, "threshold": {"value": REFUSE_REQUESTS_FROM}}],
+            },
+        ],
     }

@@ -14,6 +14,10 @@ class Named(dict[str, Any]):
         self.anchor = anchor
 
 
+class Script(str):
+    """Source code inlined into the config: rendered as a YAML literal block."""
+
+
 def typed(type_name: str, **fields: Any) -> Config:
     """A typed_config block: ``type_name`` relative to envoy.extensions."""
     return {"@type": f"type.googleapis.com/envoy.extensions.{type_name}", **fields}

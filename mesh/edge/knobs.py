@@ -192,10 +192,42 @@ class EdgeKnobs(BaseSettings):
     )
     max_connections: int = knob(
         "max_downstream_connections",
-        what="client connections Envoy holds at once (overload manager)",
-        beyond="new connections are not accepted",
+        what="client connections Envoy holds at once (overload manager); Envoy has no cap"
+        " per client address, the timeouts below bound what one address can hold",
+        beyond="a new connection is closed at once",
         ge=1,
         le=1_000_000,
+    )
+    request_start_timeout_seconds: float = knob(
+        "request_start_timeout_seconds",
+        what="time from accepting a connection to its request line (HTTP/1) or preface"
+        " (HTTP/2); holding N silent connections takes N new ones per this time",
+        beyond="the connection is closed",
+        gt=0,
+        le=60,
+    )
+    request_headers_timeout_seconds: float = knob(
+        "request_headers_timeout_seconds",
+        what="time from a request's first byte to the end of its headers (slowloris)",
+        beyond="408 / DEADLINE_EXCEEDED, the connection is closed",
+        gt=0,
+        le=300,
+    )
+    idle_timeout_seconds: float = knob(
+        "idle_timeout_seconds",
+        what="time a connection may stay open without a call in flight (keep-alive, HTTP/2"
+        " between calls)",
+        beyond="closed (HTTP/2: GOAWAY); clients reconnect by themselves",
+        gt=0,
+        le=3600,
+    )
+    memory_budget_mib: int = knob(
+        "memory_budget_mib",
+        what="Envoy's memory (overload manager): from 70 % idle timeouts shrink, to nothing at"
+        " 90 % (the longest idle connections go first)",
+        beyond="from 95 %: 503 / UNAVAILABLE with `retry-after: 1` for new requests",
+        ge=32,
+        le=65_536,
     )
 
     # --- browsers ------------------------------------------------------------------

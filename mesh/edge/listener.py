@@ -1,8 +1,8 @@
 """The ingress listener: one port for REST/JSON and native gRPC.
 
 A request meets, in this order: the connection manager (codecs, header limits),
-the HTTP filter chain (``http_filters``: CORS, arrival metadata, transcoder,
-identity and quotas, message size, router) and the route table
+the HTTP filter chain (``http_filters``: CORS, arrival metadata, message size,
+the native gRPC check, transcoder, identity and quotas, router) and the route table
 (``route_table``: strict-input refusals, the RPCs' routes, docs, REST paths).
 Whatever Envoy answers itself gets the error shape of mesh.edge.replies.
 """
@@ -16,9 +16,15 @@ from mesh.edge.admission import (
     rate_limit_filter,
 )
 from mesh.edge.auth import audience_reply_mappers, auth_filters, strip_subject_filter
-from mesh.edge.blocks import Config, address, typed
+from mesh.edge.blocks import Config, address, seconds, typed
 from mesh.edge.docs import docs_routes
-from mesh.edge.refusals import grpc_content_type_routes, method_routes, not_json_route
+from mesh.edge.grpc_input import grpc_input_filter
+from mesh.edge.refusals import (
+    grpc_content_type_routes,
+    grpc_not_post_route,
+    method_routes,
+    not_json_route,
+)
 from mesh.edge.replies import arrival_filter, local_reply_mappers
 from mesh.edge.routes import RoutedRpc, default_retry_policy, grpc_service_routes, rpc_routes
 from mesh.edge.settings import KIB, EnvoySite
@@ -59,6 +65,11 @@ def http_filters(site: EnvoySite, services: list[Service], descriptor_set: Path)
         # The content-type a request arrived with, before the transcoder rewrites
         # it (the local replies answer in gRPC or in JSON by it).
         arrival_filter(),
+        # The whole request before anything looks at its body: one over the limit
+        # is refused for its size (413) whatever its path or content-type.
+        message_size_filter(site),
+        # Native gRPC calls' framing, compression and metadata (on their routes only).
+        *([grpc_input_filter(site)] if site.grpc_input_check else []),
         transcoder_filter(site, services),
         # After the transcoder: REST calls carry their gRPC method path by
         # now, so one rule per RPC covers both ways in.
@@ -70,7 +81,6 @@ def http_filters(site: EnvoySite, services: list[Service], descriptor_set: Path)
         # route (and the subject's bucket); after jwt_authn, which names the subject.
         # Enabled per route (mutations).
         rate_limit_filter(),
-        message_size_filter(site),
         {
             "name": "envoy.filters.http.router",
             # No x-envoy-upstream-service-time and friends in answers.
@@ -85,6 +95,7 @@ def route_table(
     """The first route that matches wins."""
     return [
         not_json_route(),
+        grpc_not_post_route(),
         *rpc_routes(rpcs, site),
         *grpc_service_routes(site, front_door),
         *grpc_content_type_routes(),
@@ -116,12 +127,17 @@ def _http_connection_manager(
         "common_http_protocol_options": {
             "max_headers_count": site.max_request_headers_count,
             "headers_with_underscores_action": "REJECT_REQUEST",
+            # No call in flight this long: closed (shorter under memory pressure).
+            "idle_timeout": seconds(site.idle_timeout_seconds),
         },
         # HTTP/1.0 clients (plain `curl --http1.0`, old tools) are served, not
         # told to upgrade.
         "http_protocol_options": {"accept_http_10": True, "default_host_for_http_10": "mesh"},
-        # A client that sends its headers slowly is cut off (slowloris).
-        "request_headers_timeout": "10s",
+        # Closing an idle connection drains it first (HTTP/2: GOAWAY, then close):
+        # a second, not Envoy's default five, of which an idle one needs none.
+        "drain_timeout": "1s",
+        # A client that sends its headers slowly is cut off (slowloris): 408.
+        "request_headers_timeout": seconds(site.request_headers_timeout_seconds),
         "http_filters": http_filters(site, services, descriptor_set),
         "route_config": {
             "name": "mesh",
@@ -165,6 +181,16 @@ def ingress_listener(
         # Flow control per connection: a client streaming a huge body is
         # read in small pieces, not buffered whole.
         "per_connection_buffer_limit_bytes": 64 * KIB,
+        # A connection that has not sent its request line (HTTP/1) or preface
+        # (HTTP/2) within this long of being accepted is closed: the inspector
+        # waits for those bytes, and the timeout runs from accept.
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.http_inspector",
+                "typed_config": typed("filters.listener.http_inspector.v3.HttpInspector"),
+            }
+        ],
+        "listener_filters_timeout": seconds(site.request_start_timeout_seconds),
         "filter_chains": [
             {"filters": [_http_connection_manager(site, services, routes, descriptor_set)]}
         ],

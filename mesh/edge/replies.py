@@ -35,8 +35,13 @@ LOCAL_REPLIES: dict[int, tuple[int, str | None]] = {
     503: (14, "the service is unavailable or overloaded; retry in {retry_after} s"),
     504: (4, "the service did not answer in time"),
 }
+# A 431 for the number of headers rather than their size.
+TOO_MANY_HEADERS = "there are more than {count} request headers"
 # Native gRPC callers' messages where they differ.
-GRPC_MESSAGES = {413: "the request message is larger than {grpc_limit}"}
+GRPC_MESSAGES = {
+    405: "a gRPC call is made with POST",
+    413: "the request message is larger than {grpc_limit}",
+}
 # gRPC callers get another code where gRPC has a better one: no route is "no such method".
 GRPC_CODES = {404: 12}  # UNIMPLEMENTED
 # A quota's 429 (mesh.edge.admission) says whose quota ran out and which knob sets
@@ -54,7 +59,9 @@ RETRY_AFTER = {429, 503}
 # Where the content-type a request arrived with is kept (before the transcoder
 # rewrites it): the local replies answer gRPC callers in gRPC, everybody else in JSON.
 EDGE_METADATA = "mesh.edge"
-GRPC_CONTENT_TYPE = "(?i)^application/grpc"
+# application/grpc, +proto (the default codec named) and with parameters (;charset=…),
+# as grpcio takes them. Route and metadata matchers match the whole value.
+GRPC_CONTENT_TYPE = r"(?i)^application/grpc(\+proto)?\s*(;.*)?$"
 
 
 def arrival_filter() -> Config:
@@ -84,7 +91,7 @@ def arrival_filter() -> Config:
     }
 
 
-def _size(limit: int) -> str:
+def size_text(limit: int) -> str:
     return f"{limit // KIB} KiB" if limit % KIB == 0 else f"{limit} bytes"
 
 
@@ -127,14 +134,27 @@ def local_reply_mappers(site: EnvoySite) -> list[Config]:
     grpc-message say what the JSON body would), one with the JSON body for
     everybody else."""
     values = {
-        "rest_limit": _size(site.rest_body_limit_bytes),
-        "grpc_limit": _size(site.grpc_message_limit_bytes),
+        "rest_limit": size_text(site.rest_body_limit_bytes),
+        "grpc_limit": size_text(site.grpc_message_limit_bytes),
         "header_limit": f"{site.max_request_headers_kb} KiB",
         "retry_after": site.retry_after_seconds,
     }
     grpc_caller = _arrived_as_grpc()
+    # Too many headers, not too large ones: the codec's 431 says which in its details.
+    too_many: Config = {
+        "filter": cel_filter(
+            "response.code == 431 && response.code_details.endsWith('too_many_headers')"
+        ),
+        "body_format_override": {
+            "json_format": {
+                "code": LOCAL_REPLIES[431][0],
+                "message": TOO_MANY_HEADERS.format(count=site.max_request_headers_count),
+                "details": [],
+            }
+        },
+    }
     retry_after = Named("retry_after", set_header("retry-after", str(site.retry_after_seconds)))
-    mappers = []
+    mappers = [too_many]
     for number, (who, template) in enumerate(QUOTA_REPLIES.items(), 1):
         quota = Named(f"quota_{number}", cel_filter(f"{RATE_LIMITED} && {who}"))
         message = template.format(**values)

@@ -212,10 +212,35 @@ class EnvoySite:
     # Beyond them Envoy answers 503 at once instead of queueing.
     max_requests_per_backend: int = 256
     max_pending_per_backend: int = 64
-    # Client connections Envoy holds at once (overload manager).
-    max_downstream_connections: int = 10_000
     # What a shed request is told (retry-after, seconds).
     retry_after_seconds: int = 1
+
+    # --- client connections (envoy/README.md "Connections") ----------------------
+    # Envoy has no cap per client address (none of its filters counts connections
+    # by peer); these bound how long any connection may hold a slot without work.
+    # Client connections Envoy holds at once (overload manager); beyond them a new
+    # connection is closed at once.
+    max_downstream_connections: int = 10_000
+    # A new connection must send its request line (HTTP/1) or preface (HTTP/2)
+    # within this long of being accepted, or it is closed: one that sends nothing
+    # holds a slot at most this long, so holding 10 000 takes 10 000 new
+    # connections a second. Clients send their request with the handshake's last
+    # packet; a second covers a lost packet's retransmission.
+    request_start_timeout_seconds: float = 1.0
+    # Then the request headers within this long of their first byte (slowloris): a
+    # request's headers are complete at most start + this after accept (408).
+    request_headers_timeout_seconds: float = 5.0
+    # A connection without a call in flight this long is closed (keep-alive, an
+    # HTTP/2 client between calls; both reconnect by themselves).
+    idle_timeout_seconds: float = 60.0
+    # Envoy's memory budget (overload manager, fixed_heap): from 70 % of it the idle
+    # timeout shrinks, to nothing at 90 % (the longest idle connections go first);
+    # from 95 % new requests get 503. Measured: 10 000 idle keep-alive connections
+    # take about 150 MiB, so the connection cap is met before shedding starts.
+    memory_budget_mib: int = 256
+    # Native gRPC requests checked at the edge (mesh/edge/grpc_input.lua): framing,
+    # compression flag, grpc-encoding, -bin metadata. Off only to measure its cost.
+    grpc_input_check: bool = True
 
     # --- replicas: retries and ejection (README "Replicas") -----------------------
     # Retries of an RPC that is safe to repeat (reads, health and the idempotent

@@ -16,7 +16,7 @@ import select
 import socket
 import struct
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -169,14 +169,21 @@ async def test_a_wrong_method_on_a_known_path_is_405_with_allow(http):
     reply = await http.post("/inventory/1", json={})
     assert_error(reply, 405, 3, "not allowed")
     assert reply.headers["allow"] == "GET"
-    reply = await http.delete("/inventory/decrease")
-    assert_error(reply, 405, 3)
-    assert reply.headers["allow"] == "GET, POST"
+    # A literal path is not a value of a template: /inventory/decrease is no product
+    # id of GET /inventory/{product_id} (README, Errors).
+    for method in ("GET", "DELETE"):
+        reply = await http.request(method, "/inventory/decrease")
+        assert_error(reply, 405, 3, "not allowed")
+        assert reply.headers["allow"] == "POST"
 
 
 async def test_over_long_headers_and_query_strings_are_431(http):
     reply = await http.get("/inventory/1", headers={"x-padding": "a" * 100_000})
     assert_error(reply, 431, 3, "request headers are larger than 6 KiB")
+    # Too many small ones: the message says so, not "larger than".
+    reply = await http.get("/inventory/1", headers={f"x-h{i}": "a" for i in range(45)})
+    body = assert_error(reply, 431, 3, "more than 40 request headers")
+    assert "larger" not in body["message"]
     # Under Envoy's limit but over what a backend's gRPC metadata may carry, if it
     # were forwarded twice: still a plain 431 from the edge, never a backend's 429.
     for size in (7_000, 10_000, 40_000):
@@ -351,6 +358,37 @@ async def test_an_oversized_rest_body_is_refused_at_the_edge(mesh, http, invento
     # Only the normal call reached inventory_svc; nothing was written.
     assert upstream_calls(mesh.plan, "inventory_svc") == calls_before + 1
     assert await inventory_state(inventory_db) == before
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_body_over_the_limit_is_413_whatever_its_content(mesh, chunked):
+    """Whatever the path, method and content-type (not JSON, not even valid JSON, a
+    path that does not exist), a body over 64 KiB is refused for its size."""
+    calls = upstream_calls(mesh.plan, "inventory_svc")
+    body = b"x" * 100_000
+    for method, path, content_type in [
+        ("POST", "/inventory/decrease", "application/json"),  # not valid JSON either
+        ("POST", "/inventory/decrease", "text/plain"),
+        ("POST", "/inventory/decrease", None),
+        ("POST", "/nowhere", "application/json"),
+        ("GET", "/inventory/1", "application/json"),
+        ("POST", "/inventory/1", "application/json"),
+        ("PUT", "/inventory/decrease", "application/octet-stream"),
+        ("POST", "/polyglot.inventory.v1.InventoryService/GetStock", "application/json"),
+        ("POST", "/docs/", "text/html"),
+    ]:
+        headers = {"content-type": content_type} if content_type else {}
+        content = _chunked(body) if chunked else body
+        # A connection of its own: Envoy closes one whose body it stopped reading.
+        async with httpx.AsyncClient(base_url=mesh.http_url, timeout=30) as client:
+            reply = await client.request(method, path, content=content, headers=headers)
+        assert_error(reply, 413, 3, "the request body is larger than 64 KiB")
+    assert upstream_calls(mesh.plan, "inventory_svc") == calls
+
+
+async def _chunked(body: bytes) -> AsyncIterator[bytes]:
+    """The body without a content-length (transfer-encoding: chunked)."""
+    yield body
 
 
 async def test_an_oversized_grpc_message_is_refused_at_the_edge(

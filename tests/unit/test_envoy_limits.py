@@ -1,6 +1,7 @@
 """The edge's limits as rendered into Envoy's config (the behaviour itself is tested
 through a real Envoy in tests/e2e/test_edge_limits.py)."""
 
+from mesh.edge.grpc_input import LUA
 from mesh.edge.knobs import with_environment
 from mesh.edge.render import envoy_config
 from mesh.edge.replies import LOCAL_REPLIES, QUOTA_REPLIES
@@ -41,6 +42,23 @@ def test_every_rpc_has_a_timeout_by_its_kind_that_also_caps_grpc_timeout():
 def test_the_transcoders_copy_of_the_rest_path_is_not_forwarded():
     route_config = _manager(envoy_config(EnvoySite()))["route_config"]
     assert "x-envoy-original-path" in route_config["request_headers_to_remove"]
+
+
+def test_every_grpc_method_and_health_runs_the_grpc_input_check_and_no_rest_path_does():
+    config = envoy_config(EnvoySite())
+    routes = _manager(config)["route_config"]["virtual_hosts"][0]["routes"]
+    checked = {
+        r["match"].get("path") or r["match"].get("prefix")
+        for r in routes
+        if LUA in r.get("typed_per_filter_config", {})
+    }
+    assert checked == set(_rpc_routes(config)) | {"/grpc.health.v1."}
+    lua = next(f for f in _manager(config)["http_filters"] if f["name"] == LUA)
+    assert "default_source_code" not in lua["typed_config"]  # nowhere else
+    assert not any(
+        LUA in r.get("typed_per_filter_config", {})
+        for r in _rpc_routes(envoy_config(EnvoySite(grpc_input_check=False))).values()
+    )
 
 
 def test_every_local_reply_status_gets_the_json_shape_and_a_grpc_status():
