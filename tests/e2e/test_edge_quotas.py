@@ -11,7 +11,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -310,7 +310,8 @@ async def test_with_production_defaults_one_customer_gets_its_quota_and_no_more(
 # --- from the environment to Envoy -------------------------------------------------------
 
 
-def start_from_env(mesh: Mesh, run_dir: Path, env: dict[str, str]) -> MeshPlan:
+@contextmanager
+def envoy_from_env(mesh: Mesh, run_dir: Path, env: dict[str, str]) -> Iterator[MeshPlan]:
     """An Envoy on free ports whose config `make up` rendered from ``env``
     (devtools.launcher.edge_config), trusting the session mesh's tokens."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -321,7 +322,10 @@ def start_from_env(mesh: Mesh, run_dir: Path, env: dict[str, str]) -> MeshPlan:
     plan = edge_config(plan, {**env, "AUTH_JWKS_FILE": jwks})
     assert plan.envoy_config == run_dir / "envoy.yaml"
     plan.envoy().start_until(plan.envoy_ready, "healthy clusters")
-    return plan
+    try:
+        yield plan
+    finally:
+        plan.envoy().stop()
 
 
 async def test_an_edge_variable_changes_what_envoy_does(mesh, tmp_path, new_product, inventory_db):
@@ -331,8 +335,7 @@ async def test_an_edge_variable_changes_what_envoy_does(mesh, tmp_path, new_prod
         "EDGE_MUTATION_BURST": "2",
         "EDGE_REST_BODY_LIMIT_BYTES": "2048",
     }
-    plan = start_from_env(mesh, tmp_path, env)
-    try:
+    with envoy_from_env(mesh, tmp_path, env) as plan:
         async with client(plan, "127.0.0.6", mesh.auth_header(subject="env-test")) as http:
             replies, seconds = await timed(
                 *[
@@ -348,8 +351,6 @@ async def test_an_edge_variable_changes_what_envoy_does(mesh, tmp_path, new_prod
                 json={"product_id": product, "quantity": 1, "order_id": "x" * 3000},
             )
             assert_error(big, 413, 3, "larger than 2 KiB")
-    finally:
-        plan.envoy().stop()
     assert await stock_of(inventory_db, product) == 100 + statuses(replies)[200]
 
 
@@ -363,16 +364,13 @@ async def test_zero_turns_a_quota_off(mesh, tmp_path, new_product, inventory_db)
         "EDGE_MUTATIONS_PER_SECOND": "0",
         "EDGE_ANONYMOUS_PER_SECOND": "0",
     }
-    plan = start_from_env(mesh, tmp_path, env)
-    try:
+    with envoy_from_env(mesh, tmp_path, env) as plan:
         token = mesh.token(["orders:write"], subject="busy-shop")
         orders, _ = await grpc_calls(
             plan, DECREASE, decrease(product, BURST_CALLS), token, at_once=True
         )
         read = bytes(pb.GetStockRequest(product_id=product))
         reads, _ = await grpc_calls(plan, GET_STOCK, [read] * BURST_CALLS, at_once=True)
-    finally:
-        plan.envoy().stop()
     assert orders == {("OK", ""): BURST_CALLS}
     assert reads == {("OK", ""): BURST_CALLS}
     assert await stock_of(inventory_db, product) == 1000 - BURST_CALLS
