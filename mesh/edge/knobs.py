@@ -203,6 +203,7 @@ class EdgeKnobs(BaseSettings):
         what="time from accepting a connection to its request line (HTTP/1) or preface"
         " (HTTP/2); holding N silent connections takes N new ones per this time",
         beyond="the connection is closed",
+        production=1.0,
         gt=0,
         le=60,
     )

@@ -23,21 +23,27 @@ import pytest
 from devtools.plan import MeshPlan
 from devtools.sandbox import free_port, start_envoy
 from mesh.edge.admission import REFUSE_REQUESTS_FROM, SHED_IDLE_FROM, SHED_IDLE_FULLY
+from mesh.edge.knobs import EdgeKnobs
 from mesh.edge.render import envoy_config, to_yaml
 from tests.e2e.test_edge_limits import mesh_auth, stats
 from tests.support.flood import HONEST, idle_flood, raise_open_files
 from tests.support.waiting import eventually
 
 FLOOD = 10_050  # the issue's: 50 more than the edge's 10 000
+PRODUCTION = EdgeKnobs.from_env({"EDGE_PROFILE": "production"})
 
 
 @pytest.fixture(scope="module")
 def edge(mesh, tmp_path_factory) -> Iterator[MeshPlan]:
-    """An Envoy with the documented connection limits, in front of the session's
-    backends, allowed the open files 10 000 connections need (it inherits ours)."""
+    """An Envoy with the production profile (a connection must start its request
+    within 1 s), in front of the session's backends, allowed the open files 10 000
+    connections need (it inherits ours)."""
     raise_open_files(FLOOD + 2_000)
     plan = start_envoy(
-        tmp_path_factory.mktemp("connections"), mesh.plan.grpc_ports, mesh_auth(mesh)
+        tmp_path_factory.mktemp("connections"),
+        mesh.plan.grpc_ports,
+        mesh_auth(mesh),
+        **PRODUCTION.site_fields(),
     )
     yield plan
     plan.envoy().stop()
