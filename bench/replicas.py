@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import aio_pika
 import asyncpg
 
+from bench.procstat import cpu_seconds
 from devtools import sandbox
 from devtools.processes import ManagedProcess
 from meshkit.events import SUBSCRIPTIONS
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 SECTION = "## Replicas and CPU per order"
 CLIENTS = 32
 POOL_CONNECTIONS = 10  # each API's pool with one replica (DB_POOL_SIZE's default)
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -48,34 +48,6 @@ class ReplicaRow:
     orders: int
     own_cpu_ms: float  # per order: the mesh's processes (or the baseline's own)
     postgres_cpu_ms: float  # per order: every postgres process on the machine
-
-
-def proc_stat(pid: str) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm (field 2) may hold spaces: split after its closing parenthesis.
-    name = text[text.index("(") + 1 : text.rindex(")")]
-    return [name, *text[text.rindex(")") + 2 :].split()]
-
-
-def cpu_seconds(groups: set[int] | None = None, command: str | None = None) -> float:
-    """CPU time of every live process in one of the process ``groups`` (each
-    managed process leads its own), or named ``command``, and of their waited-for
-    children."""
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or (fields := proc_stat(pid)) is None:
-            continue
-        # After the name: state, ppid, pgrp, … utime is field 14, stime 15, then
-        # cutime and cstime (1-based): the time of children that exited and were
-        # waited for counts too (PostgreSQL's postmaster collects that of every
-        # closed connection's backend, pgbench's included).
-        in_group = groups is not None and int(fields[3]) in groups
-        if in_group or (command is not None and fields[0] == command):
-            total += sum(int(value) for value in fields[12:16])
-    return total / TICKS
 
 
 def mesh_groups(mesh: sandbox.Mesh) -> set[int]:
