@@ -36,10 +36,13 @@ import asyncio
 import contextlib
 import os
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from subprocess import DEVNULL
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -71,9 +74,15 @@ MESH_PROCESSES = {
     "notify_svc": "notify_svc",
 }
 MONGO, RABBIT = "MongoDB", "RabbitMQ"
-PG_INVENTORY, PG_NOTIFY = "PostgreSQL inventory_db", "PostgreSQL notify_db"
-# The breakdown's columns, in that order; a baseline's own process goes under inventory_svc.
-COLUMNS = [*MESH_PROCESSES.values(), MONGO, PG_INVENTORY, PG_NOTIFY, RABBIT]
+# PostgreSQL's backends, by the process they serve ("other": autovacuum, unknown).
+PG = {
+    name: f"PG ← {MESH_PROCESSES[name]}"
+    for name in ("inventory_svc", "inventory_relay", "notify_svc")
+}
+PG_OTHER = "PG other"
+# The breakdown's columns, in that order; a baseline's own process (and its backends)
+# go under inventory_svc's.
+COLUMNS = [*MESH_PROCESSES.values(), MONGO, *PG.values(), PG_OTHER, RABBIT]
 
 
 async def bench_connection(url: str) -> asyncpg.Connection:
@@ -81,7 +90,8 @@ async def bench_connection(url: str) -> asyncpg.Connection:
 
 
 class BackendCpu:
-    """CPU of the PostgreSQL backends serving some databases over a span.
+    """CPU of the PostgreSQL backends serving some databases over a span, by the
+    process each backend serves (its client socket's owner), else ``other``.
 
     Backends come and go (pgbench's clients, pools opening), so the backends of the
     databases are looked up every ``SAMPLE_SECONDS`` and each one's CPU kept as last
@@ -89,27 +99,57 @@ class BackendCpu:
     """
 
     _BACKENDS = (
-        "SELECT pid, datname FROM pg_stat_activity WHERE datname = ANY($1::text[])"
+        "SELECT pid, client_port FROM pg_stat_activity WHERE datname = ANY($1::text[])"
         " AND application_name <> $2"
     )
 
-    def __init__(self, conn: asyncpg.Connection, databases: dict[str, str]) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        databases: list[str],
+        clients: dict[str, int],
+        other: str,
+    ) -> None:
         self._conn = conn
-        self._labels = {urlsplit(url).path.lstrip("/"): label for label, url in databases.items()}
+        self._databases = [urlsplit(url).path.lstrip("/") for url in databases]
+        self._clients = clients  # label → pid of a client process
+        self._other = other
+        self._owner: dict[int, str] = {}  # backend pid → label
         self._start: dict[int, float] = {}
-        self._last: dict[int, tuple[str, float]] = {}
+        self._last: dict[int, float] = {}
 
     async def _sample(self) -> None:
-        for row in await self._conn.fetch(self._BACKENDS, list(self._labels), BENCH_APPLICATION):
-            seconds = process_cpu_seconds(row["pid"])
+        for row in await self._conn.fetch(self._BACKENDS, self._databases, BENCH_APPLICATION):
+            pid = row["pid"]
+            seconds = process_cpu_seconds(pid)
             if seconds == seconds:  # not NaN: still running
-                self._last[row["pid"]] = (self._labels[row["datname"]], seconds)
+                self._last[pid] = seconds
+                if pid not in self._owner:
+                    self._owner[pid] = self._owner_of(row["client_port"])
+
+    def _owner_of(self, port: int | None) -> str:
+        """The client process whose socket has local port ``port`` (/proc)."""
+        if not port or port < 0:
+            return self._other  # autovacuum and other server-side workers
+        sockets = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    fields = line.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        sockets.add(f"socket:[{fields[9]}]")
+        for label, pid in self._clients.items():
+            with contextlib.suppress(OSError):
+                fds = Path(f"/proc/{pid}/fd")
+                if any(os.readlink(fd) in sockets for fd in fds.iterdir()):
+                    return label
+        return self._other
 
     @contextlib.asynccontextmanager
     async def measuring(self) -> AsyncIterator["BackendCpu"]:
         self._last = {}
         await self._sample()
-        self._start = {pid: seconds for pid, (_, seconds) in self._last.items()}
+        self._start = dict(self._last)
 
         async def sample() -> None:
             while True:
@@ -126,10 +166,10 @@ class BackendCpu:
             await self._sample()
 
     def seconds(self) -> dict[str, float]:
-        """CPU seconds per database label since ``measuring`` began."""
-        used = dict.fromkeys(self._labels.values(), 0.0)
-        for pid, (label, seconds) in self._last.items():
-            used[label] += seconds - self._start.get(pid, 0.0)
+        """CPU seconds per label since ``measuring`` began."""
+        used = dict.fromkeys([*self._clients, self._other], 0.0)
+        for pid, seconds in self._last.items():
+            used[self._owner[pid]] += seconds - self._start.get(pid, 0.0)
         return used
 
 
@@ -347,9 +387,13 @@ async def measure_mesh(
     )
     mesh_backends = BackendCpu(
         watcher,
-        {PG_INVENTORY: env["INVENTORY_DATABASE_URL"], PG_NOTIFY: env["NOTIFY_DATABASE_URL"]},
+        [env["INVENTORY_DATABASE_URL"], env["NOTIFY_DATABASE_URL"]],
+        {label: mesh.processes[name].pid or -1 for name, label in PG.items()},
+        PG_OTHER,
     )
-    baseline_backends = BackendCpu(watcher, {PG_INVENTORY: section.bench.db_url})
+    # The baselines' backends all count as their API's (pgbench's client is no process here).
+    baseline_pg = PG["inventory_svc"]
+    baseline_backends = BackendCpu(watcher, [section.bench.db_url], {}, baseline_pg)
     try:
         for turn in range(rounds):
             for products, clients in loads:
@@ -371,6 +415,48 @@ async def measure_mesh(
         await baseline_db.close()
         await watcher.close()
     return list(rows.values()), machine
+
+
+# --- profiles -----------------------------------------------------------------------
+
+PROFILES = Path(__file__).with_name("profiles")
+# The mesh's Python processes py-spy can read (Envoy and RabbitMQ are not Python).
+PROFILED = ["inventory_svc", "inventory_relay", "analytics_svc", "notify_svc"]
+
+
+async def profile_mesh(
+    section: Section, loads: list[tuple[str, int]], *, seconds: float, native: bool
+) -> list[Path]:
+    """Flame graphs (py-spy, bench/profiles/<load>-<clients>-<process>.svg) of every
+    Python process of the mesh, MongoDB's wire server included, recorded at the
+    same time while wrk loads the mesh (after 2 s of load, for ``seconds``);
+    ``native`` adds C frames (grpcio's core, asyncpg, uvloop) and blocking
+    samples. py-spy comes with the dev extra."""
+    spy = Path(sys.executable).with_name("py-spy")
+    generator = section.generator(MESH)
+    written = []
+    PROFILES.mkdir(exist_ok=True)
+    processes = {name: section.mesh.processes[name].pid for name in PROFILED}
+    processes["mongodb"] = section.mongo.pid
+    for products, clients in loads:
+        load = asyncio.create_task(
+            asyncio.to_thread(generator, "decrease", products, clients, seconds + 4)
+        )
+        await asyncio.sleep(2)
+        records = []
+        for name, pid in processes.items():
+            out = PROFILES / f"{products}-{clients}-{name}{'-native' if native else ''}.svg"
+            argv = [str(spy), "record", "-p", str(pid), "-d", f"{seconds:g}", "-o", str(out)]
+            argv += ["--nolineno", *(["--native"] if native else ["--nonblocking"])]
+            records.append(
+                await asyncio.create_subprocess_exec(*argv, stdout=DEVNULL, stderr=DEVNULL)
+            )
+            written.append(out)
+        for record in records:
+            await record.wait()
+        await load
+        print(f"profiled {products} c={clients}: {', '.join(processes)}", flush=True)
+    return written
 
 
 async def _mesh_run(

@@ -45,7 +45,7 @@ import asyncpg
 from bench.connections import ConnectionWatch, check_room
 from bench.edge import measure_edge, render_edge, splice
 from bench.fastapi_baseline import POOL_SIZE
-from bench.mesh import Section, measure_mesh, render_mesh
+from bench.mesh import Section, measure_mesh, profile_mesh, render_mesh
 from bench.pgbench_script import decrease_stock_script, get_stock_script
 from bench.pipeline import run_pipeline
 from bench.procstat import machine_cpu, process_cpu_seconds
@@ -54,6 +54,7 @@ from bench.report import load_average
 from bench.tracing import measure_tracing, render_tracing
 from devtools import sandbox
 from devtools.processes import ManagedProcess
+from mesh.envoy_config import EnvoySite
 from mesh.topology import ROOT, backends
 from meshkit.events import SUBSCRIPTIONS
 
@@ -64,6 +65,8 @@ HOT_PRODUCT = 100_000  # one product every client fights over
 SPREAD = (100_001, 1_000)  # first id, count: contention spread over 1000 products
 BIG_STOCK = 2_000_000_000
 BENCH_EDGE = {"mutation_rate_per_second": 0, "max_requests_per_backend": 4096}
+# The whole-mesh section: Envoy health-checks as `make up`'s does, not every 0.5 s (sandbox).
+MESH_EDGE = {**BENCH_EDGE, "health_check_seconds": EnvoySite.health_check_seconds}
 HOT_CLIENTS = [1, 8, 32, 96]  # PostgreSQL's default max_connections is 100
 MESH_CLIENTS = [1, 32]  # one customer's latency; the whole mesh loaded
 RELAY_STOPPED = "pgbench, relay stopped"
@@ -554,6 +557,12 @@ def main() -> None:
     )
     parser.add_argument("--hot-clients", type=int, nargs="+", help="override 1 8 32 96")
     parser.add_argument(
+        "--profile",
+        choices=["python", "native"],
+        help="with --only mesh: record py-spy flame graphs of every Python process under"
+        " the mesh's loads into bench/profiles/ instead of measuring (native: with C frames)",
+    )
+    parser.add_argument(
         "--mesh-clients", type=int, nargs="+", help="whole mesh: override 1 32 (smoke: 8)"
     )
     parser.add_argument(
@@ -613,6 +622,9 @@ def main() -> None:
     args.load_at_start = load_average()
     try:
         report = asyncio.run(run(args))
+        if args.profile:
+            print(f"flame graphs:\n{report}")
+            return
     except asyncio.CancelledError:  # SIGTERM, after the clean-up in run()
         sys.exit("bench: stopped (SIGTERM); every process it started is stopped")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -778,7 +790,7 @@ async def whole_mesh(
     try:
         await asyncio.to_thread(fastapi.start)
         mesh = await asyncio.to_thread(
-            sandbox.start_mesh, work / "whole-mesh", env, None, BENCH_EDGE
+            sandbox.start_mesh, work / "whole-mesh", env, None, MESH_EDGE
         )
         await seed_products(env["INVENTORY_DATABASE_URL"])
         bench = Bench(work, baseline_url, mesh, fastapi.port)
@@ -786,6 +798,11 @@ async def whole_mesh(
             bench, mesh, env, mongo, fastapi.process, f"http://127.0.0.1:{fastapi.port}"
         )
         loads = [(products, c) for products in ("hot", "spread") for c in args.mesh_clients]
+        if args.profile:
+            written = await profile_mesh(
+                section, loads, seconds=3 * args.seconds, native=args.profile == "native"
+            )
+            return "\n".join(str(path.relative_to(ROOT)) for path in written)
         rows, machine = await measure_mesh(
             section, loads, seconds=args.seconds, warmup=args.warmup, rounds=args.repeats
         )
