@@ -342,8 +342,17 @@ class Section:
     mongo: ManagedProcess
     fastapi: ManagedProcess  # the baseline's uvicorn, started, on the baselines' database
     fastapi_url: str
+    # > 0: the mesh rows alone, gRPC via Envoy with every client paced to this many
+    # orders/s in all (A/B of two builds: the same work for both, bench/findings.md).
+    rate: float = 0.0
+
+    @property
+    def scenarios(self) -> tuple[str, ...]:
+        return (MESH,) if self.rate else (PGBENCH, FASTAPI, MESH)
 
     def generator(self, scenario: str) -> "Generator":
+        if scenario == MESH and self.rate:
+            return self.bench.grpc(self.mesh.envoy_target, self.bench.token, self.rate)
         if scenario == PGBENCH:
             return self.bench.pgbench
         if scenario == FASTAPI:
@@ -370,7 +379,7 @@ async def measure_mesh(
     rows = {
         (scenario, products, clients): MeshRow(scenario, products, clients)
         for products, clients in loads
-        for scenario in (PGBENCH, FASTAPI, MESH)
+        for scenario in section.scenarios
     }
     watcher = await bench_connection(section.bench.db_url)
     baseline_db = await bench_connection(section.bench.db_url)
@@ -397,7 +406,7 @@ async def measure_mesh(
     try:
         for turn in range(rounds):
             for products, clients in loads:
-                for scenario in (PGBENCH, FASTAPI, MESH):
+                for scenario in section.scenarios:
                     row = rows[scenario, products, clients]
                     if scenario == MESH:
                         run = await _mesh_run(

@@ -221,7 +221,7 @@ class Bench:
         )
         return Measurement(tps, _pct(latencies, 0.5), _pct(latencies, 0.99), 0)
 
-    def grpc(self, target: str, token: str = "") -> Generator:
+    def grpc(self, target: str, token: str = "", rate: float = 0.0) -> Generator:
         def run(rpc: str, products: str, clients: int, seconds: float) -> Measurement:
             first, count = products_of(products)
             out, self.cpu_share = timed_child(
@@ -242,6 +242,7 @@ class Bench:
                     "--products",
                     str(count),
                     *(["--token", token] if token else []),
+                    *(["--rate", str(rate)] if rate else []),
                 ],
                 seconds,
             )
@@ -563,6 +564,13 @@ def main() -> None:
         " the mesh's loads into bench/profiles/ instead of measuring (native: with C frames)",
     )
     parser.add_argument(
+        "--mesh-rate",
+        type=float,
+        default=0.0,
+        help="with --only mesh: only the whole-mesh rows, each client paced so the mesh gets"
+        " this many orders/s (gRPC via Envoy): the same work for two builds to compare",
+    )
+    parser.add_argument(
         "--mesh-clients", type=int, nargs="+", help="whole mesh: override 1 32 (smoke: 8)"
     )
     parser.add_argument(
@@ -795,7 +803,13 @@ async def whole_mesh(
         await seed_products(env["INVENTORY_DATABASE_URL"])
         bench = Bench(work, baseline_url, mesh, fastapi.port)
         section = Section(
-            bench, mesh, env, mongo, fastapi.process, f"http://127.0.0.1:{fastapi.port}"
+            bench,
+            mesh,
+            env,
+            mongo,
+            fastapi.process,
+            f"http://127.0.0.1:{fastapi.port}",
+            args.mesh_rate,
         )
         loads = [(products, c) for products in ("hot", "spread") for c in args.mesh_clients]
         if args.profile:
