@@ -7,11 +7,11 @@ MongoDB aggregation pipelines.
 
 Events arriving together (the consumer handles up to its prefetch at once) are
 written together: while one insert_many is in flight, the next events gather
-for the following one (group commit). Each caller still learns its own
-outcome, so a message is acknowledged only after its document was written.
+for the following one (group commit, meshkit/group_commit.py). Each caller still
+learns its own outcome, so a message is acknowledged only after its document was
+written.
 """
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
@@ -25,14 +25,10 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from analytics_svc.domain import EventsPage, ProductSales, Sale, SalesSummary, SummaryWindow
 from meshkit.errors import Unavailable
-from meshkit.telemetry import in_trace_of, trace_headers
+from meshkit.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
-# A sale waiting for the next insert: its document (SaleEvent's fields, as
-# ``_document`` makes it), its caller's answer, and the caller's trace context
-# (meshkit.telemetry).
-Waiting = tuple[dict[str, Any], asyncio.Future[bool], dict[str, str]]
 NEWEST_FIRST = [("occurred_at", DESCENDING), ("event_id", DESCENDING)]
 MAX_BATCH = 500
 DUPLICATE_KEY = 11000
@@ -145,8 +141,7 @@ class MongoSales:
         self._timeout_seconds = timeout_seconds
         self._timeout_ms = int(timeout_seconds * 1000)
         self._client: AsyncMongoClient | None = None
-        self._waiting: list[Waiting] = []
-        self._writer: asyncio.Task | None = None
+        self._inserts = GroupCommit(self._insert, max_batch=MAX_BATCH)
 
     async def ready(self) -> None:
         """Connect and create the indexes on first use, then prove MongoDB answers."""
@@ -169,10 +164,7 @@ class MongoSales:
 
     async def close(self) -> None:
         """Let the batch in flight finish first (bounded), so its callers learn their outcome."""
-        if self._writer is not None:
-            _, pending = await asyncio.wait({self._writer}, timeout=self._timeout_seconds)
-            if pending:  # closing the client fails the batch: its callers see an error
-                log.warning("closing the analytics database with sale writes still in flight")
+        await self._inserts.close(self._timeout_seconds, "sale writes to the analytics database")
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -190,40 +182,19 @@ class MongoSales:
             raise Unavailable("the analytics database is unavailable; try again later") from exc
 
     async def record(self, sale: Sale) -> bool:
-        """Store the sale; False when it was already recorded (a redelivered event)."""
-        document = _document(sale, datetime.now(UTC))
-        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((document, outcome, trace_headers()))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_waiting())
-        return await outcome
+        """Store the sale; False when it was already recorded (a redelivered event).
 
-    async def _write_waiting(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-            try:
-                # The insert's span joins the first caller's trace: this task is
-                # the one some earlier caller started.
-                with in_trace_of(batch[0][2]):
-                    async with self._mongo():
-                        outcomes = await self._insert(batch)
-            except Exception as exc:  # every caller of this batch learns it failed
-                for _, future, _ in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future, _), new in zip(batch, outcomes, strict=True):
-                if not future.done():
-                    future.set_result(new)
+        Sales recorded at the same time share one insert_many (meshkit.group_commit)."""
+        return await self._inserts.submit(_document(sale, datetime.now(UTC)))
 
-    @classmethod
-    async def _insert(cls, batch: list[Waiting]) -> list[bool]:
+    async def _insert(self, documents: list[dict[str, Any]]) -> list[bool]:
         """insert_many, unordered: a duplicate (redelivered event) does not stop the rest."""
-        try:
-            await cls._insert_documents([document for document, _, _ in batch])
-            return [True] * len(batch)
-        except BulkWriteError as exc:
-            return _bulk_outcomes(exc, len(batch))
+        async with self._mongo():
+            try:
+                await self._insert_documents(documents)
+                return [True] * len(documents)
+            except BulkWriteError as exc:
+                return _bulk_outcomes(exc, len(documents))
 
     @staticmethod
     async def _insert_documents(documents: list[dict[str, Any]]) -> None:

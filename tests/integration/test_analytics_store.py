@@ -106,7 +106,7 @@ def insert_many_calls(monkeypatch) -> list[int]:
         calls.append(len(documents))
         return await insert_many(documents)
 
-    monkeypatch.setattr(MongoSales, "_insert_documents", counted)
+    monkeypatch.setattr(MongoSales, "_insert_documents", staticmethod(counted))
     return calls
 
 
@@ -135,7 +135,7 @@ async def test_an_unconfirmed_write_is_unavailable_to_every_caller(sales, monkey
     async def unconfirmed(documents):
         raise BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64}]})
 
-    monkeypatch.setattr(MongoSales, "_insert_documents", unconfirmed)
+    monkeypatch.setattr(MongoSales, "_insert_documents", staticmethod(unconfirmed))
     outcomes = await asyncio.gather(
         *(use_cases.record_sale(sales, sale(40, 1, T0)) for _ in range(3)),
         return_exceptions=True,
@@ -165,7 +165,7 @@ async def test_close_waits_for_the_batch_in_flight(mongo_url, monkeypatch):
         await asyncio.sleep(0.2)  # close() is called meanwhile
         return await insert_many(documents)
 
-    monkeypatch.setattr(MongoSales, "_insert_documents", slow)
+    monkeypatch.setattr(MongoSales, "_insert_documents", staticmethod(slow))
     recording = [
         asyncio.create_task(store.record(sale(50, 1, T0 + timedelta(seconds=i)))) for i in range(20)
     ]
