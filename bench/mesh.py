@@ -660,8 +660,8 @@ def render_mesh(
         " of its two arrivals minus its commit; all in: seconds from the load's end to the"
         " last arrival; not arrived: orders that never reached both.",
         "",
-        f"With no orders at all the mesh's processes spent, in ms of CPU per second: {machine.get('idle', '?')}"
-        " (RabbitMQ: the whole shared broker).",
+        "With no orders at all the mesh's processes spent, in ms of CPU per second:"
+        f" {machine.get('idle', '?')} (RabbitMQ: the whole shared broker).",
         "",
         "| load | clients | scenario | orders/s | p50 ms | p99 ms | x pgbench | x FastAPI"
         " | p50 x FastAPI | CPU ms / order | event lag p50 / p99 ms | all in after s"
