@@ -1,7 +1,7 @@
 # PolyglotMicro — everything a developer runs goes through these targets.
 #   make up      run the whole mesh natively (background), wait until healthy
 #   make down    stop it
-#   make test    run the test suite (starts its own mesh on free ports)
+#   make test    run the test suite (starts its own mesh on free ports; needs Node/npm)
 #   make lock    re-pin the whole environment (requirements.lock) after editing pyproject.toml
 #   make check   the static checks CI runs (lint, codegen drift, Envoy config, alert rules)
 
@@ -98,7 +98,9 @@ bench-smoke: venv
 ## Tests and checks --------------------------------------------------------
 
 # First checks PostgreSQL and RabbitMQ (reachable, login, rights) and says what to fix.
-test: venv
+# Needs the npm tools too: newman replays the Postman collection, whose JSON schema
+# comes from node_modules (tests/e2e/test_postman_newman.py, tests/unit/test_postman_collection.py).
+test: venv tools
 	@$(BIN)/python -m devtools.preflight
 	$(BIN)/pytest $(PYTEST_ARGS)
 

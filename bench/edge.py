@@ -29,7 +29,7 @@ import httpx
 
 from devtools import sandbox
 from devtools.tokens import JWKS
-from mesh.envoy_config import EdgeAuth
+from mesh.edge.settings import EdgeAuth
 from mesh.topology import ROOT
 
 REST_BODY = 10_000_000

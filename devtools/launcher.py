@@ -27,14 +27,8 @@ from devtools.preflight import (
 from devtools.processes import ManagedProcess, StartupFailed, run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from inventory_svc.settings import InventorySettings
-from mesh.envoy_config import (
-    AUTH_ENV,
-    EDGE_ENV,
-    EdgeAuth,
-    EdgeTracing,
-    render,
-    with_environment,
-)
+from mesh.edge.render import render
+from mesh.edge.settings import AUTH_ENV, EDGE_ENV, EdgeAuth, EdgeTracing, with_environment
 from mesh.topology import backends, base_name, native_ports
 from meshkit.settings import load_settings, without_credentials
 from notify_svc.settings import NotifySettings

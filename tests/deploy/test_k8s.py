@@ -10,9 +10,8 @@ import re
 
 import pytest
 
-from mesh import envoy_config
 from mesh.contracts import DESCRIPTOR_SET
-from mesh.envoy_config import K8S_DIR, K8S_SITE, render
+from mesh.edge.render import K8S_DIR, K8S_SITE, main, render
 from mesh.topology import GRPC_PORTS, ROOT
 from meshkit.grpc_server import LIVENESS
 from tests.support import k8s_check as k8s
@@ -162,7 +161,7 @@ def test_an_overlay_for_an_oidc_provider_as_the_readme_shows_it(tmp_path, monkey
     monkeypatch.setenv("AUTH_ISSUER", issuer)
     monkeypatch.setenv("AUTH_AUDIENCES", "polyglotmicro-api")
     monkeypatch.setenv("AUTH_JWKS_URI", f"{issuer}/protocol/openid-connect/certs")
-    envoy_config.main(["--auth-from-env", "k8s", "--out", str(tmp_path / "envoy.yaml")])
+    main(["--auth-from-env", "k8s", "--out", str(tmp_path / "envoy.yaml")])
     prod = os.path.relpath(k8s.K8S_DIR / "overlays" / "prod", tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
         f"resources:\n  - {prod}\n"

@@ -19,7 +19,7 @@ from devtools.sandbox import free_port, start_envoy
 from devtools.tokens import new_key
 from mesh.access import MethodAccess, all_scopes, method_access
 from mesh.contracts import load_contracts
-from mesh.envoy_config import EdgeAuth
+from mesh.edge.settings import EdgeAuth
 from tests.support.waiting import eventually
 
 METHODS = method_access()

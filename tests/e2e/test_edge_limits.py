@@ -31,7 +31,8 @@ import polyglot.inventory.v1 as pb
 from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
 from devtools.tokens import JWKS
-from mesh.envoy_config import EdgeAuth, EnvoySite, envoy_config
+from mesh.edge.render import envoy_config
+from mesh.edge.settings import EdgeAuth, EnvoySite
 from tests.support.inventory import inventory_state, order, stock_of
 from tests.support.net import Tarpit
 from tests.support.waiting import eventually

@@ -1,12 +1,9 @@
 """The edge's limits as rendered into Envoy's config (the behaviour itself is tested
 through a real Envoy in tests/e2e/test_edge_limits.py)."""
 
-from mesh.envoy_config import (
-    LOCAL_REPLIES,
-    EnvoySite,
-    envoy_config,
-    with_environment,
-)
+from mesh.edge.render import envoy_config
+from mesh.edge.replies import LOCAL_REPLIES
+from mesh.edge.settings import EnvoySite, with_environment
 
 
 def _manager(config: dict) -> dict:
@@ -32,13 +29,17 @@ def test_every_rpc_has_a_timeout_by_its_kind_that_also_caps_grpc_timeout():
         "/polyglot.notify.v1.NotificationService/ListNotifications": "3s",
     }
     for path, timeout in expected.items():
-        route = routes[path]["route"]
-        assert route["timeout"] == timeout
-        assert route["max_stream_duration"] == {
+        # max_stream_duration is the route's time limit (Envoy ignores a route's
+        # `timeout` once it is set) and caps a caller's grpc-timeout.
+        assert routes[path]["route"]["max_stream_duration"] == {
             "max_stream_duration": timeout,
             "grpc_timeout_header_max": timeout,
         }
-        assert "x-envoy-original-path" in routes[path]["request_headers_to_remove"]
+
+
+def test_the_transcoders_copy_of_the_rest_path_is_not_forwarded():
+    route_config = _manager(envoy_config(EnvoySite()))["route_config"]
+    assert "x-envoy-original-path" in route_config["request_headers_to_remove"]
 
 
 def test_only_mutations_are_rate_limited_and_zero_turns_it_off():
