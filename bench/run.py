@@ -54,7 +54,7 @@ from bench.report import load_average
 from bench.tracing import measure_tracing, render_tracing
 from devtools import sandbox
 from devtools.processes import ManagedProcess
-from mesh.envoy_config import EnvoySite
+from mesh.edge.settings import EnvoySite
 from mesh.topology import ROOT, backends
 from meshkit.events import SUBSCRIPTIONS
 
