@@ -318,6 +318,15 @@ class Sinks:
         )
 
 
+async def open_sinks(env: dict[str, str]) -> Sinks:
+    """The bench's connections to a mesh's inventory and notify databases and MongoDB."""
+    return Sinks(
+        await bench_connection(env["INVENTORY_DATABASE_URL"]),
+        await bench_connection(env["NOTIFY_DATABASE_URL"]),
+        AsyncMongoClient(env["MONGO_URL"], tz_aware=True),
+    )
+
+
 def _mongo_time(moment: datetime) -> datetime:
     """MongoDB keeps milliseconds: a bound from PostgreSQL's microseconds, floored."""
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
@@ -383,12 +392,7 @@ async def measure_mesh(
     }
     watcher = await bench_connection(section.bench.db_url)
     baseline_db = await bench_connection(section.bench.db_url)
-    mongo_client: AsyncMongoClient = AsyncMongoClient(env["MONGO_URL"], tz_aware=True)
-    sinks = Sinks(
-        await bench_connection(env["INVENTORY_DATABASE_URL"]),
-        await bench_connection(env["NOTIFY_DATABASE_URL"]),
-        mongo_client,
-    )
+    sinks = await open_sinks(env)
     mesh_cpu = ProcessCpu(
         {label: mesh.processes[name].pid or -1 for name, label in MESH_PROCESSES.items()}
         | {MONGO: section.mongo.pid or -1},

@@ -720,7 +720,6 @@ async def run(args: argparse.Namespace) -> str:
                 work,
                 env,
                 db_url,
-                amqp_url,
                 BENCH_EDGE,
                 args.seconds,
                 args.warmup,
