@@ -82,16 +82,18 @@ mongo-ui:
 
 ## Benchmarks (need pgbench and wrk: sudo apt-get install -y postgresql-client wrk) ---
 
-# The full run (≈ 15 min, then ≈ 3 min of tracing cost) rewrites BENCHMARKS.md; BENCH_ARGS passes options,
+# The full run (≈ 15 min, then ≈ 3 min of tracing cost, ≈ 8 min of whole mesh) rewrites BENCHMARKS.md; BENCH_ARGS passes options,
 # e.g. BENCH_ARGS="--clients 32 --service-env WORKERS=2".
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.run --only tracing $(BENCH_ARGS)
+	$(BIN)/python -m bench.run --only mesh $(BENCH_ARGS)
 
 # A few minutes (every section once, tiny): proves the harness works (CI); report in test-artifacts/.
 bench-smoke: venv
 	$(BIN)/python -m bench.run --smoke
 	$(BIN)/python -m bench.run --smoke --only tracing
+	$(BIN)/python -m bench.run --smoke --only mesh
 
 ## Tests and checks --------------------------------------------------------
 
