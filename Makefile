@@ -140,8 +140,8 @@ docs: venv tools
 
 # Fails when the committed generated files differ from a fresh `make generate`.
 drift: generate
-	@git add -N gen envoy docs deploy/k8s/base/envoy prometheus/prometheus.compose.yml >/dev/null 2>&1 || true
-	@git diff --exit-code --stat -- gen envoy docs deploy/k8s/base/envoy prometheus/prometheus.compose.yml || \
+	@git add -N gen envoy docs deploy/k8s/base/envoy deploy/k8s/overlays/prod/envoy prometheus/prometheus.compose.yml >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- gen envoy docs deploy/k8s/base/envoy deploy/k8s/overlays/prod/envoy prometheus/prometheus.compose.yml || \
 	  { echo "Generated files are stale: run 'make generate' and commit the result."; exit 1; }
 
 # The compose config names other hosts and container paths; it is checked

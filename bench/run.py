@@ -64,7 +64,11 @@ AMQP_SERVER_URL = os.environ.get("BENCH_AMQP_URL", sandbox.RABBIT_SERVER_URL)
 HOT_PRODUCT = 100_000  # one product every client fights over
 SPREAD = (100_001, 1_000)  # first id, count: contention spread over 1000 products
 BIG_STOCK = 2_000_000_000
-BENCH_EDGE = {"mutation_rate_per_second": 0, "max_requests_per_backend": 4096}
+BENCH_EDGE = {
+    "mutation_rate_per_second": 0,
+    "anonymous_rate_per_second": 0,
+    "max_requests_per_backend": 4096,
+}
 # The whole-mesh section: Envoy health-checks as `make up`'s does, not every 0.5 s (sandbox).
 MESH_EDGE = {**BENCH_EDGE, "health_check_seconds": EnvoySite.health_check_seconds}
 HOT_CLIENTS = [1, 8, 32, 96]  # PostgreSQL's default max_connections is 100
@@ -677,8 +681,8 @@ async def run(args: argparse.Namespace) -> str:
     fastapi = None
     bench = None
     try:
-        # Load from one address is what the bench is: no per-client mutation limit,
-        # and room for its clients in the circuit breakers.
+        # Load from one address and one token is what the bench is: no quotas, and
+        # room for its clients in the circuit breakers.
         if args.only == "mesh":  # the services' defaults, as `make up` runs them
             return await whole_mesh(args, work, {**servers, **service_env}, mongo, databases)
         if args.replicas_only or args.only == "tracing":  # meshes of their own: databases now

@@ -2,10 +2,13 @@
 
 Three filters after the transcoder, keyed by the gRPC method path, so REST and
 native gRPC callers meet the same rules (mesh/access.py):
-  1. header_mutation removes any x-mesh-subject a client sent;
+  1. header_mutation removes any x-mesh-subject a client sent (``strip_subject_filter``);
   2. jwt_authn verifies the bearer token on every RPC that needs a scope
      (missing/invalid → 401 UNAUTHENTICATED) and sets x-mesh-subject from its
-     `sub`; public RPCs, health, reflection and /docs are not checked;
+     `sub`; public RPCs, health, reflection and /docs need none, but a bearer token
+     sent to them must be valid too, so that a made-up one cannot pass as a
+     caller with a token (the quota for calls without one sits between 1 and 2:
+     mesh.edge.admission);
   3. RBAC refuses a verified token without the RPC's scope (403 PERMISSION_DENIED).
 Whose tokens are accepted is EdgeAuth (mesh.edge.settings).
 """
@@ -13,7 +16,7 @@ Whose tokens are accepted is EdgeAuth (mesh.edge.settings).
 from pathlib import Path
 
 from mesh.access import method_access
-from mesh.edge.blocks import Config, typed
+from mesh.edge.blocks import Config, Named, cel_filter, typed
 from mesh.edge.clusters import external_cluster
 from mesh.edge.settings import EdgeAuth
 from meshkit.identity import SUBJECT_HEADER
@@ -35,17 +38,6 @@ REST_CALLER = (
 )
 
 
-def _cel(expression: str) -> Config:
-    return {
-        "extension_filter": {
-            "name": "envoy.access_loggers.extension_filters.cel",
-            "typed_config": typed(
-                "access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
-            ),
-        }
-    }
-
-
 def audience_reply_mappers() -> list[Config]:
     """jwt_authn answers a token for another audience with 403; like every other
     invalid token it gets a 401 (RFC 6750 §3.1 invalid_token): UNAUTHENTICATED, not
@@ -53,13 +45,13 @@ def audience_reply_mappers() -> list[Config]:
     Mappers stop at the first match, so the REST one carries its JSON body."""
     return [
         {
-            "filter": _cel(f"{WRONG_AUDIENCE} && {REST_CALLER}"),
+            "filter": cel_filter(f"{WRONG_AUDIENCE} && {REST_CALLER}"),
             "status_code": 401,
             "body_format_override": {
                 "json_format": {"code": 16, "message": "%LOCAL_REPLY_BODY%", "details": []}
             },
         },
-        {"filter": _cel(WRONG_AUDIENCE), "status_code": 401},
+        {"filter": cel_filter(WRONG_AUDIENCE), "status_code": 401},
     ]
 
 
@@ -96,28 +88,43 @@ def jwks_cluster(auth: EdgeAuth) -> Config:
     return external_cluster(JWKS_CLUSTER, auth.jwks_uri, 80, auth.trusted_ca_file, "5s")
 
 
+def strip_subject_filter() -> Config:
+    """Whatever x-mesh-subject a client sent is removed: only jwt_authn sets it."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": typed(
+            "filters.http.header_mutation.v3.HeaderMutation",
+            mutations={"request_mutations": [{"remove": SUBJECT_HEADER}]},
+        ),
+    }
+
+
 def auth_filters(auth: EdgeAuth, descriptor_set: Path) -> list[Config]:
+    """jwt_authn and RBAC (after strip_subject_filter)."""
     methods = method_access(descriptor_set)
     protected = [m for m in methods if m.scope]
     # jwt_authn takes the first rule that matches: the public RPCs by exact path,
     # then anything else under a service's prefix needs a verified token. So a path
     # that is no known RPC (a typo, an encoding trick) is never let through unchecked.
-    jwt_rules = [{"match": {"path": m.path}} for m in methods if not m.scope]
+    # Everything else (health, reflection, /docs) is public like the public RPCs.
+    public = Named(
+        "token_if_any",
+        {
+            "requires_any": {
+                "requirements": [{"provider_name": JWT_PROVIDER}, {"allow_missing": {}}]
+            }
+        },
+    )
+    jwt_rules = [{"match": {"path": m.path}, "requires": public} for m in methods if not m.scope]
     jwt_rules += [
         {"match": {"prefix": f"/{service}/"}, "requires": {"provider_name": JWT_PROVIDER}}
         for service in sorted({m.service for m in methods})
     ]
+    jwt_rules.append({"match": {"prefix": "/"}, "requires": public})
     by_scope: dict[str, list[str]] = {}
     for method in protected:
         by_scope.setdefault(method.scope or "", []).append(method.path)
     return [
-        {
-            "name": "envoy.filters.http.header_mutation",
-            "typed_config": typed(
-                "filters.http.header_mutation.v3.HeaderMutation",
-                mutations={"request_mutations": [{"remove": SUBJECT_HEADER}]},
-            ),
-        },
         {
             "name": JWT_AUTHN,
             "typed_config": typed(

@@ -14,6 +14,10 @@ class Named(dict[str, Any]):
         self.anchor = anchor
 
 
+class Script(str):
+    """Source code inlined into the config: rendered as a YAML literal block."""
+
+
 def typed(type_name: str, **fields: Any) -> Config:
     """A typed_config block: ``type_name`` relative to envoy.extensions."""
     return {"@type": f"type.googleapis.com/envoy.extensions.{type_name}", **fields}
@@ -38,6 +42,18 @@ def header_regex(name: str, regex: str, *, invert: bool = False) -> Config:
     if invert:
         matcher |= {"invert_match": True, "treat_missing_header_as_empty": True}
     return matcher
+
+
+def cel_filter(expression: str) -> Config:
+    """An access-log filter (which local reply mappers use too) on a CEL expression."""
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": typed(
+                "access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
+            ),
+        }
+    }
 
 
 def set_header(name: str, value: str) -> Config:

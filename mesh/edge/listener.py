@@ -1,8 +1,8 @@
 """The ingress listener: one port for REST/JSON and native gRPC.
 
 A request meets, in this order: the connection manager (codecs, header limits),
-the HTTP filter chain (``http_filters``: CORS, arrival metadata, transcoder,
-identity, rate limit, message size, router) and the route table
+the HTTP filter chain (``http_filters``: CORS, arrival metadata, message size,
+the native gRPC check, transcoder, identity and quotas, router) and the route table
 (``route_table``: strict-input refusals, the RPCs' routes, docs, REST paths).
 Whatever Envoy answers itself gets the error shape of mesh.edge.replies.
 """
@@ -10,11 +10,21 @@ Whatever Envoy answers itself gets the error shape of mesh.edge.replies.
 from pathlib import Path
 
 from mesh.contracts import Service
-from mesh.edge.admission import message_size_filter, rate_limit_filter
-from mesh.edge.auth import audience_reply_mappers, auth_filters
-from mesh.edge.blocks import Config, address, typed
+from mesh.edge.admission import (
+    anonymous_rate_limit_filter,
+    message_size_filter,
+    rate_limit_filter,
+)
+from mesh.edge.auth import audience_reply_mappers, auth_filters, strip_subject_filter
+from mesh.edge.blocks import Config, address, seconds, typed
 from mesh.edge.docs import docs_routes
-from mesh.edge.refusals import grpc_content_type_routes, method_routes, not_json_route
+from mesh.edge.grpc_input import grpc_input_filter
+from mesh.edge.refusals import (
+    grpc_content_type_routes,
+    grpc_not_post_route,
+    method_routes,
+    not_json_route,
+)
 from mesh.edge.replies import arrival_filter, local_reply_mappers
 from mesh.edge.routes import RoutedRpc, default_retry_policy, grpc_service_routes, rpc_routes
 from mesh.edge.settings import KIB, EnvoySite
@@ -55,14 +65,22 @@ def http_filters(site: EnvoySite, services: list[Service], descriptor_set: Path)
         # The content-type a request arrived with, before the transcoder rewrites
         # it (the local replies answer in gRPC or in JSON by it).
         arrival_filter(),
+        # The whole request before anything looks at its body: one over the limit
+        # is refused for its size (413) whatever its path or content-type.
+        message_size_filter(site),
+        # Native gRPC calls' framing, compression and metadata (on their routes only).
+        *([grpc_input_filter(site)] if site.grpc_input_check else []),
         transcoder_filter(site, services),
         # After the transcoder: REST calls carry their gRPC method path by
         # now, so one rule per RPC covers both ways in.
+        strip_subject_filter(),
+        # Calls without a token, per address: before any token is checked.
+        *anonymous_rate_limit_filter(site),
         *auth_filters(site.auth, descriptor_set),
         # After the transcoder, so REST and native gRPC calls of one RPC share the
-        # route (and the client's bucket). Enabled per route (mutations).
+        # route (and the subject's bucket); after jwt_authn, which names the subject.
+        # Enabled per route (mutations).
         rate_limit_filter(),
-        message_size_filter(site),
         {
             "name": "envoy.filters.http.router",
             # No x-envoy-upstream-service-time and friends in answers.
@@ -77,6 +95,7 @@ def route_table(
     """The first route that matches wins."""
     return [
         not_json_route(),
+        grpc_not_post_route(),
         *rpc_routes(rpcs, site),
         *grpc_service_routes(site, front_door),
         *grpc_content_type_routes(),
@@ -101,19 +120,24 @@ def _http_connection_manager(
         **typed("filters.network.http_connection_manager.v3.HttpConnectionManager"),
         "stat_prefix": "ingress",
         # Envoy is the edge: the client is the connection's peer, never what an
-        # x-forwarded-for header claims (the per-client rate limit keys on it).
+        # x-forwarded-for header claims (the quota for calls without a token keys on it).
         "use_remote_address": True,
         # HTTP/1.1 for REST, HTTP/2 (h2c) for native gRPC: Envoy's codec_type AUTO.
         "max_request_headers_kb": site.max_request_headers_kb,
         "common_http_protocol_options": {
             "max_headers_count": site.max_request_headers_count,
             "headers_with_underscores_action": "REJECT_REQUEST",
+            # No call in flight this long: closed (shorter under memory pressure).
+            "idle_timeout": seconds(site.idle_timeout_seconds),
         },
         # HTTP/1.0 clients (plain `curl --http1.0`, old tools) are served, not
         # told to upgrade.
         "http_protocol_options": {"accept_http_10": True, "default_host_for_http_10": "mesh"},
-        # A client that sends its headers slowly is cut off (slowloris).
-        "request_headers_timeout": "10s",
+        # Closing an idle connection drains it first (HTTP/2: GOAWAY, then close):
+        # a second, not Envoy's default five, of which an idle one needs none.
+        "drain_timeout": "1s",
+        # A client that sends its headers slowly is cut off (slowloris): 408.
+        "request_headers_timeout": seconds(site.request_headers_timeout_seconds),
         "http_filters": http_filters(site, services, descriptor_set),
         "route_config": {
             "name": "mesh",
@@ -157,6 +181,16 @@ def ingress_listener(
         # Flow control per connection: a client streaming a huge body is
         # read in small pieces, not buffered whole.
         "per_connection_buffer_limit_bytes": 64 * KIB,
+        # A connection that has not sent its request line (HTTP/1) or preface
+        # (HTTP/2) within this long of being accepted is closed: the inspector
+        # waits for those bytes, and the timeout runs from accept.
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.http_inspector",
+                "typed_config": typed("filters.listener.http_inspector.v3.HttpInspector"),
+            }
+        ],
+        "listener_filters_timeout": seconds(site.request_start_timeout_seconds),
         "filter_chains": [
             {"filters": [_http_connection_manager(site, services, routes, descriptor_set)]}
         ],

@@ -3,7 +3,8 @@
 - 415 for a body that is not JSON (an HTML form, a text/plain POST: the classic
   CSRF request) and for ``application/grpc`` on a path that is no gRPC method;
 - 404 (UNIMPLEMENTED) for a gRPC call to an unknown method;
-- 405 with ``allow`` for a known REST path called with a method it does not have.
+- 405 with ``allow`` for a known REST path called with a method it does not have,
+  and for a gRPC call not made with POST.
 The JSON 415 to a caller that said application/grpc comes from an internal
 listener of this same Envoy (``refusals_listener``): Envoy answers anything that
 arrived as gRPC in gRPC, which a REST caller would read as an empty success.
@@ -50,6 +51,23 @@ def not_json_route() -> Config:
     )
 
 
+def grpc_not_post_route() -> Config:
+    """A gRPC call is made with POST: one with GET (or anything else) is refused
+    here, before a backend resets it and Envoy retries it on another replica."""
+    route = _direct_reply(
+        {
+            "prefix": "/",
+            "headers": [
+                header_regex("content-type", GRPC_CONTENT_TYPE),
+                header_regex(":method", "POST", invert=True),
+            ],
+        },
+        405,
+    )
+    route["response_headers_to_add"] = [set_header("allow", "POST")]
+    return route
+
+
 def grpc_content_type_routes() -> list[Config]:
     """Requests that say application/grpc but match no gRPC route.
 
@@ -82,8 +100,8 @@ def method_routes(rpcs: list[RoutedRpc], site: EnvoySite) -> list[Config]:
 
     A request that goes through is left to the transcoder, which rewrites it to its
     RPC's gRPC path, where it is routed again: this route never forwards anything
-    itself. Literal paths come first and claim every method they have
-    (/inventory/decrease is POST, and GET as a value of /inventory/{product_id}).
+    itself. Literal paths come first and claim the path: /inventory/decrease is
+    POST only (README, Errors), never a product id of GET /inventory/{product_id}.
     With CORS origins configured, OPTIONS goes through too: the CORS filter answers
     preflights only on routes that lead somewhere. (Requests that say
     application/grpc never get here: grpc_content_type_routes come first.)
@@ -97,12 +115,7 @@ def method_routes(rpcs: list[RoutedRpc], site: EnvoySite) -> list[Config]:
     ordered = sorted(templates, key=lambda regex: (regex.count("[^/]+"), regex))
     routes = []
     for regex in ordered:
-        allowed = {
-            method
-            for other, methods in templates.items()
-            if re.fullmatch(other, regex.strip("^$").replace("\\", "")) or other == regex
-            for method in methods
-        }
+        allowed = templates[regex]
         backend = next(r.backend for r in rpcs if r.http_path and _path_regex(r.http_path) == regex)
         path = {"safe_regex": {"regex": regex}}
         through = {"headers": [header_regex(":method", "|".join(sorted(allowed | preflight)))]}

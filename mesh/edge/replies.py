@@ -8,8 +8,10 @@ request arrived with, kept in metadata (``arrival_filter``) before the transcode
 rewrites it.
 """
 
-from mesh.edge.blocks import Config, Named, set_header, typed
+from mesh.edge.blocks import Config, Named, cel_filter, set_header, typed
+from mesh.edge.knobs import variable
 from mesh.edge.settings import KIB, EnvoySite
+from meshkit.identity import SUBJECT_HEADER
 
 # Envoy's own answers (local replies): HTTP status → (gRPC code, fixed message).
 # Fixed messages, because Envoy's texts carry internals ("upstream connect error or
@@ -25,7 +27,7 @@ LOCAL_REPLIES: dict[int, tuple[int, str | None]] = {
     413: (3, "the request body is larger than {rest_limit}"),
     415: (3, "the request body must be JSON (content-type: application/json)"),
     426: (3, "HTTP/1.0 and HTTP/1.1 or newer are supported"),
-    429: (8, "too many requests from this client; retry in {retry_after} s"),
+    429: (8, "too many requests; retry in {retry_after} s"),  # the quotas' own: QUOTA_REPLIES
     431: (3, "the request headers are larger than {header_limit}"),
     500: (13, "the gateway failed to handle the request"),
     501: (12, "this transfer encoding is not supported"),
@@ -33,16 +35,33 @@ LOCAL_REPLIES: dict[int, tuple[int, str | None]] = {
     503: (14, "the service is unavailable or overloaded; retry in {retry_after} s"),
     504: (4, "the service did not answer in time"),
 }
+# A 431 for the number of headers rather than their size.
+TOO_MANY_HEADERS = "there are more than {count} request headers"
 # Native gRPC callers' messages where they differ.
-GRPC_MESSAGES = {413: "the request message is larger than {grpc_limit}"}
+GRPC_MESSAGES = {
+    405: "a gRPC call is made with POST",
+    413: "the request message is larger than {grpc_limit}",
+}
 # gRPC callers get another code where gRPC has a better one: no route is "no such method".
 GRPC_CODES = {404: 12}  # UNIMPLEMENTED
+# A quota's 429 (mesh.edge.admission) says whose quota ran out and which knob sets
+# it: a verified subject's mutations, or the calls without a token from one address.
+RATE_LIMITED = "response.code == 429 && response.code_details == 'local_rate_limited'"
+VERIFIED = f"'{SUBJECT_HEADER}' in request.headers"
+QUOTA_REPLIES = {
+    VERIFIED: "too many orders or restocks for this caller; retry in {retry_after} s"
+    f" ({variable('mutations_per_second')})",
+    f"!({VERIFIED})": "too many calls without a token from this address; retry in"
+    f" {{retry_after}} s ({variable('anonymous_per_second')})",
+}
 # Statuses whose local replies tell the caller when to come back.
 RETRY_AFTER = {429, 503}
 # Where the content-type a request arrived with is kept (before the transcoder
 # rewrites it): the local replies answer gRPC callers in gRPC, everybody else in JSON.
 EDGE_METADATA = "mesh.edge"
-GRPC_CONTENT_TYPE = "(?i)^application/grpc"
+# application/grpc, +proto (the default codec named) and with parameters (;charset=…),
+# as grpcio takes them. Route and metadata matchers match the whole value.
+GRPC_CONTENT_TYPE = r"(?i)^application/grpc(\+proto)?\s*(;.*)?$"
 
 
 def arrival_filter() -> Config:
@@ -72,7 +91,7 @@ def arrival_filter() -> Config:
     }
 
 
-def _size(limit: int) -> str:
+def size_text(limit: int) -> str:
     return f"{limit // KIB} KiB" if limit % KIB == 0 else f"{limit} bytes"
 
 
@@ -115,14 +134,44 @@ def local_reply_mappers(site: EnvoySite) -> list[Config]:
     grpc-message say what the JSON body would), one with the JSON body for
     everybody else."""
     values = {
-        "rest_limit": _size(site.rest_body_limit_bytes),
-        "grpc_limit": _size(site.grpc_message_limit_bytes),
+        "rest_limit": size_text(site.rest_body_limit_bytes),
+        "grpc_limit": size_text(site.grpc_message_limit_bytes),
         "header_limit": f"{site.max_request_headers_kb} KiB",
         "retry_after": site.retry_after_seconds,
     }
     grpc_caller = _arrived_as_grpc()
+    # Too many headers, not too large ones: the codec's 431 says which in its details.
+    too_many: Config = {
+        "filter": cel_filter(
+            "response.code == 431 && response.code_details.endsWith('too_many_headers')"
+        ),
+        "body_format_override": {
+            "json_format": {
+                "code": LOCAL_REPLIES[431][0],
+                "message": TOO_MANY_HEADERS.format(count=site.max_request_headers_count),
+                "details": [],
+            }
+        },
+    }
     retry_after = Named("retry_after", set_header("retry-after", str(site.retry_after_seconds)))
-    mappers = []
+    mappers = [too_many]
+    for number, (who, template) in enumerate(QUOTA_REPLIES.items(), 1):
+        quota = Named(f"quota_{number}", cel_filter(f"{RATE_LIMITED} && {who}"))
+        message = template.format(**values)
+        mappers += [
+            {
+                "filter": {"and_filter": {"filters": [quota, grpc_caller]}},
+                "headers_to_add": [retry_after, set_header("grpc-status", "8")],
+                "body": {"inline_string": message},
+            },
+            {
+                "filter": quota,
+                "headers_to_add": [retry_after],
+                "body_format_override": {
+                    "json_format": {"code": 8, "message": message, "details": []}
+                },
+            },
+        ]
     for status, (code, template) in LOCAL_REPLIES.items():
         message = template.format(**values) if template else None
         grpc_message = GRPC_MESSAGES.get(status, template)

@@ -3,8 +3,8 @@
 Each RPC's route is its gRPC method path (``/polyglot.inventory.v1.InventoryService/
 DecreaseStock``): native gRPC calls match it directly, REST calls once the
 transcoder has rewritten them. Per route: the timeout of the RPC's kind, the
-retries that are safe for it, the mutation rate limit (mesh.edge.admission) and,
-with tracing, the span's name.
+retries that are safe for it, the mutation rate limit (mesh.edge.admission), the
+native gRPC check (mesh.edge.grpc_input) and, with tracing, the span's name.
 """
 
 from dataclasses import dataclass
@@ -14,6 +14,7 @@ from mesh.contracts import load_contracts
 from mesh.edge.admission import BUFFER, BUFFER_DISABLED, RATE_LIMIT, mutation_rate_limit
 from mesh.edge.blocks import Config, Named, seconds, typed
 from mesh.edge.clusters import ANY_BACKEND
+from mesh.edge.grpc_input import PER_ROUTE as GRPC_INPUT_CHECK
 from mesh.edge.settings import RPC_KINDS, EnvoySite
 from mesh.edge.tracing import span_name
 
@@ -111,8 +112,8 @@ def upstream_route(
 
 
 def rpc_routes(rpcs: list[RoutedRpc], site: EnvoySite) -> list[Config]:
-    """A route per RPC; the mutations share one rate limit block (a bucket per client
-    address and route)."""
+    """A route per RPC; the mutations share one quota block (a bucket per token
+    subject and route: mesh.edge.admission)."""
     limit = Named("mutation_rate_limit", mutation_rate_limit(site))
     return [_rpc_route(rpc, site, limit) for rpc in rpcs]
 
@@ -126,8 +127,13 @@ def _rpc_route(rpc: RoutedRpc, site: EnvoySite, limit: Config) -> Config:
         site,
         retry_policy(rpc.retry_safe, site, timeout),
     )
+    per_filter: Config = {}
+    if site.grpc_input_check:
+        per_filter |= GRPC_INPUT_CHECK
     if rpc.http_method not in (None, "GET") and site.mutation_rate_per_second > 0:
-        route["typed_per_filter_config"] = {RATE_LIMIT: limit}
+        per_filter[RATE_LIMIT] = limit
+    if per_filter:
+        route["typed_per_filter_config"] = per_filter
     if site.tracing:
         route["decorator"] = span_name(rpc.service, rpc.name)
     return route
@@ -152,4 +158,6 @@ def grpc_service_routes(site: EnvoySite, front_door: str) -> list[Config]:
     health = upstream_route(
         {"prefix": "/grpc.health.v1."}, front_door, meta, site, retry_policy(True, site, meta)
     )
+    if site.grpc_input_check:
+        health["typed_per_filter_config"] = GRPC_INPUT_CHECK
     return [reflection, health]

@@ -1,14 +1,15 @@
 """What a deployment tunes at the edge: one ``EnvoySite`` per place Envoy runs.
 
 Every limit, timeout and retry Envoy applies is a field of ``EnvoySite`` below,
-with its default and why (README "Limits" and "Replicas" list them); whose
+with its default and why (README "Limits and quotas" and "Replicas"); whose
 tokens Envoy accepts is ``EdgeAuth``, where it sends its spans ``EdgeTracing``.
 The checked-in configs are rendered from the sites in ``mesh.edge.render``; the
 test sandboxes and the benchmarks pass their own (``render(EnvoySite(...))``).
 
-From the environment: ``EdgeAuth.from_env`` (AUTH_*), ``EdgeTracing.from_env``
-(OTEL_*) and ``with_environment`` (CORS_ALLOWED_ORIGINS and the OTEL_* ones),
-which ``make up`` applies when any of them is set.
+The defaults are the development profile's. From the environment:
+``EdgeAuth.from_env`` (AUTH_*), ``EdgeTracing.from_env`` (OTEL_*) and the knobs a
+deployment tunes (EDGE_*, mesh.edge.knobs, which also holds the production
+profile's defaults); ``mesh.edge.knobs.with_environment`` applies all three.
 """
 
 import os
@@ -19,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 from mesh.access import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE
 from mesh.contracts import DESCRIPTOR_SET
 from mesh.topology import DOCS_SITE, GRPC_PORTS, ROOT
-from meshkit.telemetry import ENDPOINT_VARIABLES, traces_endpoint
+from meshkit.telemetry import traces_endpoint
 
 KIB = 1024
 
@@ -195,19 +196,54 @@ class EnvoySite:
     timeouts: dict[str, float] = field(
         default_factory=lambda: {"read": 8.0, "write": 10.0, "report": 20.0, "meta": 10.0}
     )
-    # Mutations (RPCs bound to POST) per client address: a token bucket refilled
-    # with `mutation_rate_per_second` tokens every second, at most `mutation_burst`.
-    # 0 turns the limit off.
-    mutation_rate_per_second: int = 20
-    mutation_burst: int = 40
+    # Quotas: token buckets refilled with `…_per_second` tokens every second, at most
+    # `…_burst`; 0 turns one off. These defaults are development's: an order of
+    # magnitude above what one machine sends (≈ 1 400 orders/s, ≈ 2 000 reads/s via
+    # Envoy here), so a local load test never meets them; production's are in
+    # mesh.edge.knobs. Mutations (RPCs bound to POST) per token subject, each RPC
+    # its own bucket (a token without `sub`: per client address):
+    mutation_rate_per_second: int = 10_000
+    mutation_burst: int = 20_000
+    # Calls without a bearer token (public reads, docs, health) per client address,
+    # counted before the token check.
+    anonymous_rate_per_second: int = 10_000
+    anonymous_burst: int = 20_000
     # Circuit breakers per backend: calls in flight, calls waiting for a connection.
     # Beyond them Envoy answers 503 at once instead of queueing.
     max_requests_per_backend: int = 256
     max_pending_per_backend: int = 64
-    # Client connections Envoy holds at once (overload manager).
-    max_downstream_connections: int = 10_000
     # What a shed request is told (retry-after, seconds).
     retry_after_seconds: int = 1
+
+    # --- client connections (envoy/README.md "Connections") ----------------------
+    # Envoy has no cap per client address (none of its filters counts connections
+    # by peer); these bound how long any connection may hold a slot without work.
+    # Client connections Envoy holds at once (overload manager); beyond them a new
+    # connection is closed at once.
+    max_downstream_connections: int = 10_000
+    # A new connection must send its request line (HTTP/1) or preface (HTTP/2)
+    # within this long of being accepted, or it is closed: one that sends nothing
+    # holds a slot at most this long, so holding 10 000 for a second takes 10 000
+    # new connections a second. Production (mesh.edge.knobs): 1 s; clients send
+    # their request with the handshake's last packet, and a second covers a lost
+    # packet's retransmission. Development: 5 s, because a test harness or load tool
+    # on a busy machine can stall a second between connecting and sending (seen:
+    # 200 simultaneous orders from one httpx client on 2 loaded cores).
+    request_start_timeout_seconds: float = 5.0
+    # Then the request headers within this long of their first byte (slowloris): a
+    # request's headers are complete at most start + this after accept (408).
+    request_headers_timeout_seconds: float = 5.0
+    # A connection without a call in flight this long is closed (keep-alive, an
+    # HTTP/2 client between calls; both reconnect by themselves).
+    idle_timeout_seconds: float = 60.0
+    # Envoy's memory budget (overload manager, fixed_heap): from 70 % of it the idle
+    # timeout shrinks, to nothing at 90 % (the longest idle connections go first);
+    # from 95 % new requests get 503. Measured: 10 000 idle keep-alive connections
+    # take about 150 MiB, so the connection cap is met before shedding starts.
+    memory_budget_mib: int = 256
+    # Native gRPC requests checked at the edge (mesh/edge/grpc_input.lua): framing,
+    # compression flag, grpc-encoding, -bin metadata. Off only to measure its cost.
+    grpc_input_check: bool = True
 
     # --- replicas: retries and ejection (README "Replicas") -----------------------
     # Retries of an RPC that is safe to repeat (reads, health and the idempotent
@@ -226,20 +262,3 @@ class EnvoySite:
     # is ejected for a while, before its health check notices anything.
     outlier_consecutive_errors: int = 3
     outlier_ejection_seconds: float = 10.0
-
-
-# Settings the launcher takes from the environment (README "Limits", envoy/README.md
-# "Tracing"): any of them set, and `make up` renders Envoy's config with them.
-EDGE_ENV = ("CORS_ALLOWED_ORIGINS", *ENDPOINT_VARIABLES)
-
-
-def with_environment(site: EnvoySite, env: Mapping[str, str] | None = None) -> EnvoySite:
-    """``site`` with the edge settings given in the environment: CORS_ALLOWED_ORIGINS,
-    a comma-separated list of origins (https://shop.example) browsers may call from,
-    and the OpenTelemetry variables (EdgeTracing.from_env)."""
-    env = os.environ if env is None else env
-    if origins := env.get("CORS_ALLOWED_ORIGINS", "").strip():
-        site = replace(
-            site, cors_allowed_origins=tuple(o.strip() for o in origins.split(",") if o.strip())
-        )
-    return replace(site, tracing=EdgeTracing.from_env(env))

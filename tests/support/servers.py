@@ -22,7 +22,6 @@ __all__ = [
     "FAST",
     "PG_SERVER_URL",
     "RABBIT_SERVER_URL",
-    "TEST_EDGE",
     "migrated_database",
     "own_mesh",
     "start_test_mesh",
@@ -37,13 +36,13 @@ FAST = {
     "DRAIN_SECONDS": "0",
     "METRICS_SAMPLE_SECONDS": "0.5",
 }
-# The suite sells hundreds of orders from one address in a burst: the per-client
-# mutation limit is raised (tests/e2e/test_edge_limits.py checks it on its own Envoy).
-TEST_EDGE = {"mutation_rate_per_second": 10_000, "mutation_burst": 10_000}
 
 
 def start_test_mesh(run_dir: Path, env: dict[str, str], only: list[str] | None = None) -> Mesh:
-    return start_mesh(run_dir, {**FAST, **env}, only, edge=TEST_EDGE)
+    """A mesh with the development profile's quotas, which the suite's bursts of
+    hundreds of calls from one address and one token fit in (the quotas themselves:
+    tests/e2e/test_edge_quotas.py, on Envoys of their own)."""
+    return start_mesh(run_dir, {**FAST, **env}, only)
 
 
 @asynccontextmanager

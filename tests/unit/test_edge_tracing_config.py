@@ -9,9 +9,10 @@ import yaml
 
 from devtools.launcher import edge_auth
 from devtools.plan import native_plan
+from mesh.edge.knobs import EDGE_ENV, with_environment
 from mesh.edge.listener import ACCESS_LOG_FORMAT
 from mesh.edge.render import envoy_config
-from mesh.edge.settings import AUTH_ENV, EDGE_ENV, EdgeTracing, EnvoySite, with_environment
+from mesh.edge.settings import AUTH_ENV, EdgeTracing, EnvoySite
 from mesh.edge.tracing import OTLP_CLUSTER
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector.example:4317"}

@@ -7,9 +7,10 @@ import yaml
 
 from devtools.launcher import edge_auth
 from devtools.plan import native_plan
+from mesh.edge.knobs import EDGE_ENV
 from mesh.edge.render import envoy_config
 from mesh.edge.routes import SAFE_RETRY_ON, UNSAFE_RETRY_ON
-from mesh.edge.settings import AUTH_ENV, EDGE_ENV, EnvoySite
+from mesh.edge.settings import AUTH_ENV, EnvoySite
 from mesh.topology import (
     api_replicas,
     backends,
