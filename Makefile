@@ -130,13 +130,13 @@ generate: venv tools
 	$(BUF) build --as-file-descriptor-set -o gen/python/polyglot/mesh.binpb
 	$(BIN)/faststream docs gen devtools.asyncapi:docs --yaml --out docs/asyncapi.yaml >/dev/null
 	@$(MAKE) --no-print-directory docs
-	$(BIN)/python -m mesh.prometheus_config
+	$(BIN)/python -m blueprint.prometheus
 
 # The docs site (docs/site, served by Envoy at /docs/) from the descriptor set,
 # docs/asyncapi.yaml and node_modules; then Envoy's config, which lists its files.
 docs: venv tools
 	$(BIN)/python -m devtools.docs_site
-	$(BIN)/python -m mesh.envoy_config
+	$(BIN)/python -m blueprint.edge
 
 # Fails when the committed generated files differ from a fresh `make generate`.
 drift: generate

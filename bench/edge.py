@@ -33,12 +33,12 @@ import grpc
 import httpx
 
 from bench.replicas import TICKS, proc_stat
+from blueprint.edge.knobs import EdgeKnobs
+from blueprint.edge.settings import EdgeAuth
+from blueprint.topology import ROOT
 from devtools import sandbox
 from devtools.plan import MeshPlan
 from devtools.tokens import JWKS
-from mesh.edge.knobs import EdgeKnobs
-from mesh.edge.settings import EdgeAuth
-from mesh.topology import ROOT
 from tests.support.flood import Counters, hold_connections, raise_open_files
 from tests.support.raw_grpc import EDGE_REFUSED, GET_STOCK, h2_call
 
@@ -649,7 +649,7 @@ def render_attacks(rows: list[AttackRow]) -> list[str]:
 
 
 def render_check_cost(cost: dict[bool, list[float]]) -> list[str]:
-    """What the native gRPC input check (mesh/edge/grpc_input.lua) costs Envoy."""
+    """What the native gRPC input check (blueprint/edge/grpc_input.lua) costs Envoy."""
     if not cost:
         return []
     with_check, without = statistics.median(cost[True]), statistics.median(cost[False])

@@ -65,7 +65,7 @@ PGBENCH = "pgbench (same SQL), database alone"
 BENCH_APPLICATION = "polyglot-bench"
 SAMPLE_SECONDS = 0.1
 CONSUMED_WITHIN = 180.0  # seconds after a run for every order to reach both consumers
-# The mesh's processes, as mesh/topology.py names them, in the order of an order's path.
+# The mesh's processes, as blueprint/topology.py names them, in the order of an order's path.
 MESH_PROCESSES = {
     "envoy": "Envoy",
     "inventory_svc": "inventory_svc",

@@ -52,10 +52,10 @@ from bench.procstat import machine_cpu, process_cpu_seconds
 from bench.replicas import measure_replicas, render_replicas
 from bench.report import load_average
 from bench.tracing import measure_tracing, render_tracing
+from blueprint.edge.settings import EnvoySite
+from blueprint.topology import ROOT, backends
 from devtools import sandbox
 from devtools.processes import ManagedProcess
-from mesh.edge.settings import EnvoySite
-from mesh.topology import ROOT, backends
 from meshkit.events import SUBSCRIPTIONS
 
 # Its own variables, else the tests' servers (TEST_POSTGRES_URL, TEST_AMQP_URL).

@@ -21,7 +21,7 @@ from meshkit.lifecycle import serve_until_stopped
 from meshkit.metrics import MetricsEndpoint, outbox_gauges, watch_pool
 from meshkit.telemetry import start_tracing
 
-# Trace service names (service.name) by default, as mesh/topology.py names the
+# Trace service names (service.name) by default, as blueprint/topology.py names the
 # processes; OTEL_SERVICE_NAME overrides.
 SERVICE_NAME = "inventory_svc"
 RELAY_SERVICE_NAME = "inventory_relay"

@@ -1,7 +1,7 @@
 """Prometheus metrics of every process: what they count, and the endpoint that serves them.
 
 Each process serves its own ``/metrics`` on METRICS_HOST:METRICS_PORT (port 0:
-none); mesh/prometheus_config.py makes Prometheus's scrape config from the same
+none); blueprint/prometheus.py makes Prometheus's scrape config from the same
 topology, prometheus/alerts.yml says what is worth waking someone for. The
 metrics, by who records them (prometheus/README.md has the table with labels):
 

@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import pytest
 
-from mesh.contracts import DESCRIPTOR_SET
-from mesh.edge.render import K8S_DIR, K8S_PROD_CONFIG, K8S_PROD_SITE, K8S_SITE, main, render
-from mesh.edge.settings import EdgeAuth
-from mesh.topology import GRPC_PORTS, ROOT
+from blueprint.contracts import DESCRIPTOR_SET
+from blueprint.edge.render import K8S_DIR, K8S_PROD_CONFIG, K8S_PROD_SITE, K8S_SITE, main, render
+from blueprint.edge.settings import EdgeAuth
+from blueprint.topology import GRPC_PORTS, ROOT
 from meshkit.grpc_server import LIVENESS
 from tests.support import k8s_check as k8s
 

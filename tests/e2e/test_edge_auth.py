@@ -2,7 +2,7 @@
 real Envoy of the test mesh, for REST and native gRPC alike.
 
 The matrix is built from the descriptor set and the one scope table
-(mesh/access.py): every RPC by every kind of token, both ways in.
+(blueprint/access.py): every RPC by every kind of token, both ways in.
 """
 
 import http.server
@@ -15,11 +15,11 @@ import grpc
 import httpx
 import pytest
 
+from blueprint.access import MethodAccess, all_scopes, method_access
+from blueprint.contracts import load_contracts
+from blueprint.edge.settings import EdgeAuth
 from devtools.sandbox import free_port, start_envoy
 from devtools.tokens import new_key
-from mesh.access import MethodAccess, all_scopes, method_access
-from mesh.contracts import load_contracts
-from mesh.edge.settings import EdgeAuth
 from tests.support.waiting import eventually
 
 METHODS = method_access()

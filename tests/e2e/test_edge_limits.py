@@ -28,11 +28,11 @@ from grpclib.exceptions import GRPCError
 
 import polyglot.analytics.v1 as analytics_pb
 import polyglot.inventory.v1 as pb
+from blueprint.edge.render import envoy_config
+from blueprint.edge.settings import EdgeAuth, EnvoySite
 from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
 from devtools.tokens import JWKS
-from mesh.edge.render import envoy_config
-from mesh.edge.settings import EdgeAuth, EnvoySite
 from tests.support.inventory import inventory_state, order, stock_of
 from tests.support.net import Tarpit
 from tests.support.waiting import eventually

@@ -20,11 +20,11 @@ import httpx
 import pytest
 
 import polyglot.inventory.v1 as pb
+from blueprint.edge.knobs import EdgeKnobs
 from devtools.launcher import edge_config
 from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
 from devtools.tokens import JWKS
-from mesh.edge.knobs import EdgeKnobs
 from tests.e2e.test_edge_limits import INTERNALS, assert_error, mesh_auth
 from tests.support.inventory import order, stock_of
 

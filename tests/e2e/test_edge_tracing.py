@@ -18,9 +18,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpclib.const import Cardinality
 
 import polyglot.inventory.v1 as pb
+from blueprint.edge.settings import EdgeTracing
 from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
-from mesh.edge.settings import EdgeTracing
 from tests.e2e.test_edge_limits import mesh_auth
 from tests.support.inventory import order
 from tests.support.otlp import OtlpReceiver, ReceivedSpan

@@ -1,6 +1,6 @@
 """The mesh's metrics as an operator sees them: a real Prometheus (Debian's binary)
 scrapes every process's /metrics and Envoy's admin with the config rendered from
-the topology (mesh/prometheus_config.py) and loads the alert rules; the test's own
+the topology (blueprint/prometheus.py) and loads the alert rules; the test's own
 calls (and a broker outage of the test mesh alone) move the counters and gauges it
 then queries through Prometheus's HTTP API."""
 
@@ -14,9 +14,9 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from blueprint.topology import METRICS_PORTS
 from devtools.preflight import PROMETHEUS_INSTALL, prometheus_tool
 from devtools.sandbox import Mesh
-from mesh.topology import METRICS_PORTS
 from meshkit.events import EXCHANGE, PRODUCT_SOLD, SUBSCRIPTIONS
 from tests.support.inventory import order
 from tests.support.rabbit import take_messages

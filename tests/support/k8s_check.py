@@ -36,9 +36,9 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from blueprint.topology import DOCS_SITE, GRPC_PORTS, ROOT
 from devtools import tokens
 from devtools.processes import run
-from mesh.topology import DOCS_SITE, GRPC_PORTS, ROOT
 from tests.support.compose_check import ENVOY_FILE, envoy_endpoints, validate_envoy
 
 K8S_DIR = ROOT / "deploy" / "k8s"
