@@ -11,8 +11,9 @@ keeps per-product order, see store.CLAIM_OUTBOX).
 import asyncio
 
 from inventory_svc.batching import SaleBatcher
-from inventory_svc.events import OutboxRelay, router
+from inventory_svc.events import router
 from inventory_svc.grpc_api import InventoryApi
+from inventory_svc.relay import OutboxRelay
 from inventory_svc.settings import InventorySettings
 from inventory_svc.store import PostgresInventory, PostgresOutbox
 from meshkit.broker import rabbit_broker

@@ -15,7 +15,8 @@ import pytest
 import polyglot.events.v1 as events_pb
 from inventory_svc import use_cases
 from inventory_svc.domain import InsufficientStock, SaleRequest
-from inventory_svc.store import MIGRATIONS, OutboxEntry, PostgresInventory, PostgresOutbox
+from inventory_svc.relay import OutboxEntry
+from inventory_svc.store import MIGRATIONS, PostgresInventory, PostgresOutbox
 from meshkit.events import PRODUCT_SOLD
 from tests.support.inventory import order
 from tests.support.servers import migrated_database

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from faststream.rabbit import RabbitMessage, TestRabbitBroker
 from opentelemetry.trace import SpanKind
 
-from inventory_svc.events import OutboxRelay, router
-from inventory_svc.store import OutboxBacklog, OutboxEntry
+from inventory_svc.events import router
+from inventory_svc.relay import OutboxBacklog, OutboxEntry, OutboxRelay
 from meshkit.broker import rabbit_broker
 from meshkit.events import EXCHANGE, PRODUCT_SOLD, SUBSCRIPTIONS, subscriber_queue
 from tests.support.tracing import in_memory_tracing
