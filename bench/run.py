@@ -56,7 +56,7 @@ from blueprint.edge.settings import EnvoySite
 from blueprint.topology import ROOT, backends
 from devtools import sandbox
 from devtools.processes import ManagedProcess
-from meshkit.events import SUBSCRIPTIONS
+from meshkit.broker_topology import SUBSCRIPTIONS
 
 # Its own variables, else the tests' servers (TEST_POSTGRES_URL, TEST_AMQP_URL).
 PG_SERVER_URL = os.environ.get("BENCH_POSTGRES_URL", sandbox.PG_SERVER_URL)

@@ -8,7 +8,8 @@ an unroutable message is an error, not a silent drop.
 from faststream.rabbit import RabbitRouter
 from faststream.rabbit.publisher import RabbitPublisher
 
-from meshkit.events import EXCHANGE, PRODUCT_SOLD, ProductSold
+from meshkit.broker_topology import EXCHANGE
+from meshkit.events import PRODUCT_SOLD, ProductSold
 
 router = RabbitRouter()
 product_sold = router.publisher(

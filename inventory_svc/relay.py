@@ -35,7 +35,8 @@ from faststream.rabbit import RabbitBroker
 
 from inventory_svc.events import PUBLISHERS
 from meshkit.broker import broker_reachable, connect_when_reachable
-from meshkit.events import EVENT_TYPES, EXCHANGE
+from meshkit.broker_topology import EXCHANGE
+from meshkit.events import EVENT_TYPES
 from meshkit.resilience import retrying
 from meshkit.telemetry import producer_span, untraced
 

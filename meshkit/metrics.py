@@ -36,7 +36,7 @@ from faststream.rabbit import RabbitBroker
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
-from meshkit.events import Subscription, dead_letter_queue
+from meshkit.broker_topology import Subscription, dead_letter_queue
 from meshkit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ import pytest
 
 from devtools.processes import grpc_health
 from devtools.sandbox import rabbitmqctl
-from meshkit.events import EXCHANGE, PRODUCT_SOLD, SUBSCRIPTIONS
+from meshkit.broker_topology import EXCHANGE, SUBSCRIPTIONS
+from meshkit.events import PRODUCT_SOLD
 from tests.support.inventory import order
 from tests.support.pipeline import PipelineView
 from tests.support.rabbit import take_messages

@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from blueprint.topology import METRICS_PORTS
 from devtools.preflight import PROMETHEUS_INSTALL, prometheus_tool
 from devtools.sandbox import Mesh
-from meshkit.events import EXCHANGE, PRODUCT_SOLD, SUBSCRIPTIONS
+from meshkit.broker_topology import EXCHANGE, SUBSCRIPTIONS
+from meshkit.events import PRODUCT_SOLD
 from tests.support.inventory import order
 from tests.support.rabbit import take_messages
 from tests.support.waiting import eventually

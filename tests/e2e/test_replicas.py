@@ -33,7 +33,8 @@ from devtools.sandbox import (
     drop_database,
     start_mesh,
 )
-from meshkit.events import EXCHANGE, PRODUCT_SOLD
+from meshkit.broker_topology import EXCHANGE
+from meshkit.events import PRODUCT_SOLD
 from tests.support.inventory import order
 from tests.support.pipeline import PipelineView
 from tests.support.servers import FAST, PG_SERVER_URL, RABBIT_SERVER_URL

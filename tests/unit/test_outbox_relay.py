@@ -18,7 +18,8 @@ from opentelemetry.trace import SpanKind
 from inventory_svc.events import router
 from inventory_svc.relay import OutboxBacklog, OutboxEntry, OutboxRelay
 from meshkit.broker import rabbit_broker
-from meshkit.events import EXCHANGE, PRODUCT_SOLD, SUBSCRIPTIONS, subscriber_queue
+from meshkit.broker_topology import EXCHANGE, SUBSCRIPTIONS, subscriber_queue
+from meshkit.events import PRODUCT_SOLD
 from tests.support.tracing import in_memory_tracing
 from tests.support.waiting import eventually
 
