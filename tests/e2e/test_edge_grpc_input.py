@@ -20,7 +20,6 @@ import pytest
 
 import polyglot.inventory.v1 as pb
 from tests.e2e.test_edge_limits import INTERNALS, upstream_calls
-from tests.support.inventory import order
 from tests.support.raw_grpc import (
     EDGE_REFUSED as REFUSED,
 )
@@ -33,6 +32,7 @@ from tests.support.raw_grpc import (
     frame,
     h2_call,
 )
+from tests.support.sales import order
 
 DECREASE = "/polyglot.inventory.v1.InventoryService/DecreaseStock"
 HEALTH = "/grpc.health.v1.Health/Check"

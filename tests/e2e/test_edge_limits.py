@@ -33,8 +33,9 @@ from blueprint.edge.settings import EdgeAuth, EnvoySite
 from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
 from devtools.tokens import JWKS
-from tests.support.inventory import inventory_state, order, stock_of
+from tests.support.inventory import inventory_state, stock_of
 from tests.support.net import Tarpit
+from tests.support.sales import decrease_body
 from tests.support.waiting import eventually
 
 # What an answer must never show: Envoy's and the backends' internals.
@@ -281,7 +282,7 @@ async def test_the_csrf_form_and_the_grpc_content_type_trick_change_nothing(
     """A page on another site can POST a form or text/plain without a preflight; a
     gRPC content-type on a REST path once came back as an empty 200."""
     product = await new_product(stock=10)
-    sale = {"product_id": product, "quantity": 1, "order_id": order()}
+    sale = decrease_body(product)
     calls_before = upstream_calls(mesh.plan, "inventory_svc")
     before = await inventory_state(inventory_db)
     for content_type, body in (
@@ -465,7 +466,7 @@ async def test_overload_is_shed_with_json_503_or_429_and_the_mesh_recovers(
         async def sell() -> httpx.Response:
             return await client.post(
                 "/inventory/decrease",
-                json={"product_id": product, "quantity": 1, "order_id": order()},
+                json=decrease_body(product),
             )
 
         replies: list[httpx.Response] = []

@@ -14,8 +14,9 @@ import polyglot.analytics.v1 as analytics_pb
 import polyglot.inventory.v1 as pb
 from devtools.processes import grpc_serving
 from tests.e2e.test_inventory_faults import lone_inventory
-from tests.support.inventory import inventory_state, order, stock_of
+from tests.support.inventory import inventory_state, stock_of
 from tests.support.raw_grpc import call_raw
+from tests.support.sales import order
 from tests.support.waiting import eventually
 
 DECREASE = "/polyglot.inventory.v1.InventoryService/DecreaseStock"
