@@ -4,6 +4,7 @@ Also both versions of server reflection."""
 
 import asyncio
 import contextlib
+import gzip
 import random
 
 import grpc
@@ -16,9 +17,11 @@ from devtools.processes import grpc_serving
 from tests.e2e.test_inventory_faults import lone_inventory
 from tests.support.inventory import inventory_state, order, stock_of
 from tests.support.raw_grpc import call_raw
+from tests.support.raw_h2 import RawGrpcConnection
 from tests.support.waiting import eventually
 
 DECREASE = "/polyglot.inventory.v1.InventoryService/DecreaseStock"
+GET_STOCK = "/polyglot.inventory.v1.InventoryService/GetStock"
 SUMMARY = "/polyglot.analytics.v1.AnalyticsService/GetSalesSummary"
 NOTIFICATIONS = "/polyglot.notify.v1.NotificationService/ListNotifications"
 
@@ -81,6 +84,162 @@ async def test_malformed_protobuf_is_invalid_argument_with_a_readable_message(
         assert "Traceback" not in new
         refused = [line for line in new.splitlines() if "refused a malformed request" in line]
         assert len(refused) == sum(_backend_of(m) == name for m, _, _ in MALFORMED)
+
+
+# Streams that end (or never end) without one complete request message, as gRPC
+# framing goes: a 1-byte flag and a 4-byte length, then the message.
+TRUNCATED = b"\x00\x00\x00\x00\x64\x08"  # declares 100 bytes, sends 1 (the issue's)
+INCOMPLETE = {
+    "truncated message": (TRUNCATED, True),
+    "header-only prefix": (b"\x00\x00\x00", True),
+    "empty body": (b"", True),
+    "held open": (TRUNCATED, False),
+}
+# "Answered, not hung": an ended stream is answered in milliseconds, a held-open one
+# after GRPC_REQUEST_READ_SECONDS (2 s) or, through Envoy, its route timeout (8 s);
+# before, none was answered until the caller gave up.
+ANSWERED_WITHIN = 15.0
+
+
+@pytest.mark.parametrize("via_envoy", [False, True], ids=["direct", "envoy"])
+@pytest.mark.parametrize("case", INCOMPLETE)
+async def test_a_call_without_a_complete_request_message_is_answered_invalid_argument(
+    mesh, case, via_envoy
+):
+    body, end_stream = INCOMPLETE[case]
+    target = mesh.envoy_target if via_envoy else mesh.grpc_target("inventory_svc")
+    logged = _log_size(mesh, "inventory_svc")
+    async with await RawGrpcConnection.open(target) as connection:
+        answer = await asyncio.wait_for(
+            connection.call(GET_STOCK, body, end_stream=end_stream), ANSWERED_WITHIN
+        )
+    refused = [
+        line
+        for line in _log_since(mesh, "inventory_svc", logged).splitlines()
+        if "refused a call" in line or "Traceback" in line
+    ]
+    if via_envoy and not end_stream:
+        # Envoy buffers a request whole before it goes upstream (its message
+        # limit), so a stream held open never reaches the service: Envoy answers
+        # it itself at the route's timeout.
+        assert answer.code is not None, answer
+        assert refused == []
+        return
+    assert answer.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], answer
+    if end_stream:
+        assert answer.message == "the request stream ended without a complete GetStockRequest"
+    else:
+        assert answer.message == "no complete GetStockRequest arrived within 2s of the call"
+    assert len(refused) == 1 and f"{GET_STOCK}: refused a call ({answer.message})" in refused[0]
+
+
+def _framed(message: bytes, compressed: bool = False) -> bytes:
+    return bytes([compressed]) + len(message).to_bytes(4, "big") + message
+
+
+_STOCK_OF_1 = bytes(pb.GetStockRequest(product_id=1))
+# What grpcio's core refuses before any Python runs, with its own code and text
+# (README, "Errors": no option of grpcio 1.85 changes them; through Envoy the edge
+# answers these itself): (body, metadata, code, message).
+CORE_REFUSALS = {
+    "gzip, corrupt": (
+        _framed(b"abc", compressed=True),
+        {"grpc-encoding": "gzip"},
+        grpc.StatusCode.UNIMPLEMENTED,
+        "Compression algorithm 'gzip' is disabled.",
+    ),
+    "gzip, valid": (
+        _framed(gzip.compress(_STOCK_OF_1), compressed=True),
+        {"grpc-encoding": "gzip"},
+        grpc.StatusCode.UNIMPLEMENTED,
+        "Compression algorithm 'gzip' is disabled.",
+    ),
+    "compression flag without an encoding": (
+        _framed(_STOCK_OF_1, compressed=True),
+        {},
+        grpc.StatusCode.INTERNAL,
+        "Compression bit set but no encoding configured",
+    ),
+    "unknown encoding": (
+        _framed(b"abc", compressed=True),
+        {"grpc-encoding": "zstdx"},
+        grpc.StatusCode.INTERNAL,
+        "Error parsing 'grpc-encoding' metadata",
+    ),
+    "bad base64 in -bin metadata": (
+        _framed(_STOCK_OF_1),
+        {"x-note-bin": "!!!*"},
+        grpc.StatusCode.INTERNAL,
+        "Error parsing 'x-note-bin' metadata: illegal base64 encoding",
+    ),
+    "declared length over the limit": (
+        b"\x00\x00\x10\x00\x00" + _STOCK_OF_1,
+        {},
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "SERVER: Received message larger than max (1048576 vs. 65536)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CORE_REFUSALS)
+async def test_what_grpcio_refuses_itself_is_answered_with_its_code(mesh, case):
+    body, metadata, code, says = CORE_REFUSALS[case]
+    address = mesh.grpc_target("inventory_svc")
+    async with await RawGrpcConnection.open(address) as connection:
+        answer = await asyncio.wait_for(
+            connection.call(GET_STOCK, body, metadata=metadata), ANSWERED_WITHIN
+        )
+        assert (answer.code, answer.message) == (code.value[0], says), answer
+        # The service is none the worse: the same connection serves the next call.
+        honest = await connection.call(GET_STOCK, _framed(_STOCK_OF_1))
+    assert honest.code == grpc.StatusCode.OK.value[0], honest
+
+
+async def test_truncated_streams_leave_honest_reads_and_sales_unharmed(
+    mesh, http, anonymous_http, inventory_db, new_product
+):
+    """The issue's attack: 320 anonymous truncated streams on the public GetStock,
+    through Envoy, made inventory refuse every call and Envoy eject the replica
+    (each hung, so they piled up). Now each is answered at once, and the honest
+    calls beside them all succeed. Sent at about 150 a second, three times the
+    issue's sustained rate: a burst of 320 calls of any kind at once from one
+    client is the edge's admission matter (Envoy's per-backend limit), not this."""
+    product = await new_product(stock=10_000)
+    attacked = asyncio.Event()
+
+    async def attack() -> list:
+        connections = [await RawGrpcConnection.open(mesh.envoy_target) for _ in range(8)]
+        try:
+            calls = []
+            for n in range(320):
+                calls.append(asyncio.ensure_future(connections[n % 8].call(GET_STOCK, TRUNCATED)))
+                await asyncio.sleep(1 / 150)  # the attack's pace, not a wait for anything
+            answers = await asyncio.gather(*calls)
+        finally:
+            for connection in connections:
+                await connection.close()
+        attacked.set()
+        return answers
+
+    async def honest() -> list[int]:
+        statuses = []
+        while not attacked.is_set() or len(statuses) < 40:
+            read, sale = await asyncio.gather(
+                anonymous_http.get(f"/inventory/{product}"),
+                http.post(
+                    "/inventory/decrease",
+                    json={"product_id": product, "quantity": 1, "order_id": order()},
+                ),
+            )
+            statuses += [read.status_code, sale.status_code]
+        return statuses
+
+    honest_calls = asyncio.create_task(honest())
+    answers = await asyncio.wait_for(attack(), ANSWERED_WITHIN)
+    statuses = await honest_calls
+    assert set(statuses) == {200}, sorted(statuses)
+    assert {a.code for a in answers} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
+    assert await stock_of(inventory_db, product) == 10_000 - len(statuses) // 2
 
 
 async def test_unknown_fields_are_ignored_as_proto3_says(mesh, new_product, inventory_db):
@@ -150,6 +309,40 @@ async def test_calls_beyond_the_concurrency_cap_are_refused_not_queued(
     finally:
         process.stop()
     assert [await stock_of(inventory_db, p) for p in products] == [9, 9]
+    assert "Traceback" not in process.log_path.read_text()
+
+
+async def test_streams_held_open_take_no_place_of_honest_calls(
+    tmp_path, inventory_db_url, new_product, mesh_env
+):
+    """A call counts against GRPC_MAX_CONCURRENT_RPCS only once its request message
+    is complete: twenty streams held open without one leave both places of a
+    service capped at 2 to honest calls, and are answered once their time is up."""
+    product = await new_product(stock=10)
+    process, address = lone_inventory(
+        tmp_path, inventory_db_url, {**mesh_env, "GRPC_MAX_CONCURRENT_RPCS": "2"}
+    )
+    try:
+        await asyncio.to_thread(process.wait_until, lambda: grpc_serving(address), "SERVING")
+        async with (
+            await RawGrpcConnection.open(address) as attacker,
+            grpc.aio.insecure_channel(address) as channel,
+        ):
+            held = [
+                asyncio.ensure_future(attacker.call(GET_STOCK, TRUNCATED, end_stream=False))
+                for _ in range(20)
+            ]
+            get_stock = channel.unary_unary(
+                GET_STOCK, response_deserializer=pb.GetStockResponse.FromString
+            )
+            request = bytes(pb.GetStockRequest(product_id=product))
+            while not any(call.done() for call in held):  # while all twenty are held
+                replies = await asyncio.gather(*(get_stock(request, timeout=5) for _ in range(2)))
+                assert [r.stock for r in replies] == [10, 10]
+            answers = await asyncio.wait_for(asyncio.gather(*held), ANSWERED_WITHIN)
+    finally:
+        process.stop()
+    assert {a.code for a in answers} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
     assert "Traceback" not in process.log_path.read_text()
 
 
