@@ -23,6 +23,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import betterproto
 import grpc
@@ -149,26 +150,60 @@ class CallBudget:
         return f"the service has {self.limit} calls in progress, its limit; retry shortly"
 
 
-async def _read_request(context: grpc.aio.ServicerContext, within: float) -> object:
-    """The call's request (decoded by the method's deserializer), grpc.aio.EOF when
-    the stream ended without a complete message, None when none came ``within``
-    seconds. grpcio does not give up on a receive by itself; cancelling one here
-    is what grpc.aio itself does when a caller cancels."""
-    try:
-        async with asyncio.timeout(within):
+class RequestReads:
+    """Reads of the calls' request messages, each bounded (GRPC_REQUEST_READ_SECONDS).
+
+    grpcio waits for a message as long as the stream stays open. One sweep every
+    quarter of the bound cancels the reads past it (what grpc.aio itself does
+    when a caller cancels), so a held-open stream is answered within 1 to 1.25
+    times the bound. A sweep instead of a timer per call: asyncio.timeout cost
+    about 27 000 instructions per call (callgrind; 8 % of a minimal call under
+    uvloop), a deadline in a dict about a fifth of that.
+    """
+
+    def __init__(self, within: float) -> None:
+        self.within = within
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+
+    async def read(self, context: grpc.aio.ServicerContext) -> object:
+        """The call's request (decoded by the method's deserializer), grpc.aio.EOF
+        when the stream ended without a complete message, None when none came
+        within the bound. Call it from the call's own task."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._deadlines[task] = asyncio.get_running_loop().time() + self.within
+        try:
             return await context.read()
-    except TimeoutError:
-        return None
+        except asyncio.CancelledError:
+            # Ours, unless someone else cancelled the call too (the caller left).
+            if task not in self._expired or task.uncancel() > 0:
+                raise
+            return None
+        finally:
+            del self._deadlines[task]
+            self._expired.discard(task)
+
+    async def sweep(self) -> None:
+        """Cancel the reads past their bound, forever (GrpcServer runs it)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.within / 4)
+            now = loop.time()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
 
 
 def _unary_handler(
-    path: str, call: Unary, decoder: RequestDecoder, budget: CallBudget, read_seconds: float
+    path: str, call: Unary, decoder: RequestDecoder, budget: CallBudget, reads: RequestReads
 ) -> grpc.RpcMethodHandler:
     incomplete = f"the request stream ended without a complete {decoder.message_name}"
-    late = f"no complete {decoder.message_name} arrived within {read_seconds:g}s of the call"
+    late = f"no complete {decoder.message_name} arrived within {reads.within:g}s of the call"
 
     async def handle(_: object, context: grpc.aio.ServicerContext) -> object:
-        request = await _read_request(context, read_seconds)
+        request = await reads.read(context)
         if request is grpc.aio.EOF or request is None:
             # One line, no traceback. Also the end of a call grpcio's core refused
             # itself (a compressed message without an encoding): the caller already
@@ -203,10 +238,10 @@ def _unary_handler(
 
 
 def api_handlers(
-    servicer: ServiceBase, budget: CallBudget, read_seconds: float
+    servicer: ServiceBase, budget: CallBudget, reads: RequestReads
 ) -> list[grpc.GenericRpcHandler]:
-    """grpcio handlers for the RPCs of a betterproto servicer, grouped by service;
-    ``budget`` and ``read_seconds`` as in ``_unary_handler``."""
+    """grpcio handlers for the RPCs of a betterproto servicer, grouped by service,
+    admitted by ``budget`` and reading their request through ``reads``."""
     methods: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
     for path, rpc in servicer.__mapping__().items():
         _, service, method = path.split("/")
@@ -215,9 +250,7 @@ def api_handlers(
         call = getattr(servicer, snake_case(method))
         descriptor = mesh_pool().FindMethodByName(f"{service}.{method}").input_type
         decoder = RequestDecoder(rpc.request_type, descriptor)
-        methods.setdefault(service, {})[method] = _unary_handler(
-            path, call, decoder, budget, read_seconds
-        )
+        methods.setdefault(service, {})[method] = _unary_handler(path, call, decoder, budget, reads)
     return [grpc.method_handlers_generic_handler(name, m) for name, m in methods.items()]
 
 
@@ -257,8 +290,10 @@ class GrpcServer:
         self._health = health.aio.HealthServicer()
         self._api_names: list[str] = []
         budget = CallBudget(settings.grpc_max_concurrent_rpcs)
+        self._reads = RequestReads(settings.grpc_request_read_seconds)
+        self._sweeping: asyncio.Task[None] | None = None
         for servicer in servicers:
-            for handler in api_handlers(servicer, budget, settings.grpc_request_read_seconds):
+            for handler in api_handlers(servicer, budget, self._reads):
                 self._api_names.append(handler.service_name())
                 self._server.add_generic_rpc_handlers((handler,))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -276,6 +311,7 @@ class GrpcServer:
         # a replica unready, never restarted.
         await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         self._server.add_insecure_port(self.address)
+        self._sweeping = asyncio.create_task(self._reads.sweep(), name="request read sweep")
         await self._server.start()
         log.info("gRPC listening on %s (%s)", self.address, ", ".join(self._api_names))
 
@@ -338,4 +374,6 @@ class GrpcServer:
             log.info("NOT_SERVING: draining for %gs", self._settings.drain_seconds)
             await asyncio.sleep(self._settings.drain_seconds)
         await self._server.stop(self._settings.shutdown_grace_seconds)
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         log.info("gRPC server stopped")

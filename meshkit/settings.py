@@ -50,7 +50,8 @@ class ServiceSettings(BaseSettings):
     # How long a call's request message may take to arrive once the call started.
     # Honest callers send it with the headers and Envoy forwards whole buffered
     # bodies, so it arrives in a millisecond; a stream held open without it is
-    # answered INVALID_ARGUMENT after this, and frees its place.
+    # answered INVALID_ARGUMENT after this (and at most a quarter more), and frees
+    # its place.
     grpc_request_read_seconds: float = Field(default=2.0, ge=0.05, le=60)
     # Prometheus metrics (meshkit/metrics.py) over HTTP at /metrics; port 0 (the
     # default) serves none. Whoever starts the process picks the port (`make up`
