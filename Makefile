@@ -1,7 +1,7 @@
 # PolyglotMicro — everything a developer runs goes through these targets.
 #   make up      run the whole mesh natively (background), wait until healthy
 #   make down    stop it
-#   make test    run the test suite (starts its own mesh on free ports)
+#   make test    run the test suite (starts its own mesh on free ports; needs Node/npm)
 #   make lock    re-pin the whole environment (requirements.lock) after editing pyproject.toml
 #   make check   the static checks CI runs (lint, codegen drift, Envoy config, alert rules)
 
@@ -82,21 +82,25 @@ mongo-ui:
 
 ## Benchmarks (need pgbench and wrk: sudo apt-get install -y postgresql-client wrk) ---
 
-# The full run (≈ 15 min, then ≈ 3 min of tracing cost) rewrites BENCHMARKS.md; BENCH_ARGS passes options,
+# The full run (≈ 15 min, then ≈ 3 min of tracing cost, ≈ 8 min of whole mesh) rewrites BENCHMARKS.md; BENCH_ARGS passes options,
 # e.g. BENCH_ARGS="--clients 32 --service-env WORKERS=2".
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.run --only tracing $(BENCH_ARGS)
+	$(BIN)/python -m bench.run --only mesh $(BENCH_ARGS)
 
 # A few minutes (every section once, tiny): proves the harness works (CI); report in test-artifacts/.
 bench-smoke: venv
 	$(BIN)/python -m bench.run --smoke
 	$(BIN)/python -m bench.run --smoke --only tracing
+	$(BIN)/python -m bench.run --smoke --only mesh
 
 ## Tests and checks --------------------------------------------------------
 
 # First checks PostgreSQL and RabbitMQ (reachable, login, rights) and says what to fix.
-test: venv
+# Needs the npm tools too: newman replays the Postman collection, whose JSON schema
+# comes from node_modules (tests/e2e/test_postman_newman.py, tests/unit/test_postman_collection.py).
+test: venv tools
 	@$(BIN)/python -m devtools.preflight
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -136,8 +140,8 @@ docs: venv tools
 
 # Fails when the committed generated files differ from a fresh `make generate`.
 drift: generate
-	@git add -N gen envoy docs deploy/k8s/base/envoy prometheus/prometheus.compose.yml >/dev/null 2>&1 || true
-	@git diff --exit-code --stat -- gen envoy docs deploy/k8s/base/envoy prometheus/prometheus.compose.yml || \
+	@git add -N gen envoy docs deploy/k8s/base/envoy deploy/k8s/overlays/prod/envoy prometheus/prometheus.compose.yml >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- gen envoy docs deploy/k8s/base/envoy deploy/k8s/overlays/prod/envoy prometheus/prometheus.compose.yml || \
 	  { echo "Generated files are stale: run 'make generate' and commit the result."; exit 1; }
 
 # The compose config names other hosts and container paths; it is checked

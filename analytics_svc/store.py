@@ -7,16 +7,17 @@ MongoDB aggregation pipelines.
 
 Events arriving together (the consumer handles up to its prefetch at once) are
 written together: while one insert_many is in flight, the next events gather
-for the following one (group commit). Each caller still learns its own
-outcome, so a message is acknowledged only after its document was written.
+for the following one (group commit, meshkit/group_commit.py). Each caller still
+learns its own outcome, so a message is acknowledged only after its document was
+written.
 """
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 from beanie import Document, init_beanie
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
@@ -24,13 +25,10 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from analytics_svc.domain import EventsPage, ProductSales, Sale, SalesSummary, SummaryWindow
 from meshkit.errors import Unavailable
-from meshkit.telemetry import in_trace_of, trace_headers
+from meshkit.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
-# A sale waiting for the next insert: its document, its caller's answer, and the
-# caller's trace context (meshkit.telemetry).
-Waiting = tuple["SaleEvent", asyncio.Future[bool], dict[str, str]]
 NEWEST_FIRST = [("occurred_at", DESCENDING), ("event_id", DESCENDING)]
 MAX_BATCH = 500
 DUPLICATE_KEY = 11000
@@ -66,6 +64,20 @@ class SaleEvent(Document):
             occurred_at=self.occurred_at,
             sold_by=self.sold_by,
         )
+
+
+SALE_FIELDS = [field.name for field in dataclasses.fields(Sale)]
+
+
+def _document(sale: Sale, recorded_at: datetime) -> dict[str, Any]:
+    """A SaleEvent document as MongoDB stores it, made without Beanie: building and
+    validating the Document and Beanie's insert path (copies, encoders) was about a
+    tenth of analytics_svc's CPU per event (bench/findings.md). Its values are the
+    checked event's, already of the fields' types, and the read path still goes
+    through SaleEvent (tests/integration/test_analytics_store.py)."""
+    document = {name: getattr(sale, name) for name in SALE_FIELDS}
+    document["recorded_at"] = recorded_at
+    return document
 
 
 def _product_totals(limit: int | None = None) -> list[dict]:
@@ -129,8 +141,7 @@ class MongoSales:
         self._timeout_seconds = timeout_seconds
         self._timeout_ms = int(timeout_seconds * 1000)
         self._client: AsyncMongoClient | None = None
-        self._waiting: list[Waiting] = []
-        self._writer: asyncio.Task | None = None
+        self._inserts = GroupCommit(self._insert, max_batch=MAX_BATCH)
 
     async def ready(self) -> None:
         """Connect and create the indexes on first use, then prove MongoDB answers."""
@@ -153,10 +164,7 @@ class MongoSales:
 
     async def close(self) -> None:
         """Let the batch in flight finish first (bounded), so its callers learn their outcome."""
-        if self._writer is not None:
-            _, pending = await asyncio.wait({self._writer}, timeout=self._timeout_seconds)
-            if pending:  # closing the client fails the batch: its callers see an error
-                log.warning("closing the analytics database with sale writes still in flight")
+        await self._inserts.close(self._timeout_seconds, "sale writes to the analytics database")
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -174,40 +182,24 @@ class MongoSales:
             raise Unavailable("the analytics database is unavailable; try again later") from exc
 
     async def record(self, sale: Sale) -> bool:
-        """Store the sale; False when it was already recorded (a redelivered event)."""
-        document = SaleEvent(**dataclasses.asdict(sale), recorded_at=datetime.now(UTC))
-        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((document, outcome, trace_headers()))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_waiting())
-        return await outcome
+        """Store the sale; False when it was already recorded (a redelivered event).
 
-    async def _write_waiting(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+        Sales recorded at the same time share one insert_many (meshkit.group_commit)."""
+        return await self._inserts.submit(_document(sale, datetime.now(UTC)))
+
+    async def _insert(self, documents: list[dict[str, Any]]) -> list[bool]:
+        """insert_many, unordered: a duplicate (redelivered event) does not stop the rest."""
+        async with self._mongo():
             try:
-                # The insert's span joins the first caller's trace: this task is
-                # the one some earlier caller started.
-                with in_trace_of(batch[0][2]):
-                    async with self._mongo():
-                        outcomes = await self._insert(batch)
-            except Exception as exc:  # every caller of this batch learns it failed
-                for _, future, _ in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future, _), new in zip(batch, outcomes, strict=True):
-                if not future.done():
-                    future.set_result(new)
+                await self._insert_documents(documents)
+                return [True] * len(documents)
+            except BulkWriteError as exc:
+                return _bulk_outcomes(exc, len(documents))
 
     @staticmethod
-    async def _insert(batch: list[Waiting]) -> list[bool]:
-        """insert_many, unordered: a duplicate (redelivered event) does not stop the rest."""
-        try:
-            await SaleEvent.insert_many([document for document, _, _ in batch], ordered=False)
-            return [True] * len(batch)
-        except BulkWriteError as exc:
-            return _bulk_outcomes(exc, len(batch))
+    async def _insert_documents(documents: list[dict[str, Any]]) -> None:
+        # The collection Beanie set up (client, database, name), without its Document layer.
+        await SaleEvent.get_pymongo_collection().insert_many(documents, ordered=False)
 
     async def product_sales(self, product_id: int) -> ProductSales:
         async with self._mongo():

@@ -9,7 +9,10 @@ in BENCHMARKS.md.
   on other connections: the ratio of the two latencies;
 - overload: many more closed-loop callers than an Envoy with small circuit
   breakers admits; latency of the refused (503) and of the served calls, and the
-  first call after the load stops.
+  first call after the load stops;
+- attacks (``ATTACKS``, one function each): an honest customer's orders, alone and
+  beside each attack, on an Envoy with the production profile's quotas: its p50,
+  p99 and error rate as ratios to alone, and how much of the attack was refused.
 """
 
 import asyncio
@@ -19,7 +22,9 @@ import multiprocessing
 import select
 import socket
 import statistics
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +32,15 @@ from typing import Any
 import grpc
 import httpx
 
+from bench.replicas import TICKS, proc_stat
 from devtools import sandbox
+from devtools.plan import MeshPlan
 from devtools.tokens import JWKS
-from mesh.envoy_config import EdgeAuth
+from mesh.edge.knobs import EdgeKnobs
+from mesh.edge.settings import EdgeAuth
 from mesh.topology import ROOT
+from tests.support.flood import Counters, hold_connections, raise_open_files
+from tests.support.raw_grpc import EDGE_REFUSED, GET_STOCK, h2_call
 
 REST_BODY = 10_000_000
 GRPC_MESSAGE = 100_000
@@ -58,6 +68,9 @@ class EdgeResult:
     wrk_errors: int = 0
     first_after_ms: float = float("nan")
     first_after_status: int = 0
+    attacks: list["AttackRow"] = field(default_factory=list)
+    # Envoy's CPU per native gRPC call (µs), with and without the gRPC input check.
+    check_cpu_us: dict[bool, list[float]] = field(default_factory=dict)
 
 
 def pct(values: list[float], fraction: float) -> float:
@@ -206,6 +219,266 @@ async def overload(
         result.first_after_status = reply.status_code
 
 
+# --- attacks beside an honest customer ---------------------------------------------------
+#
+# An attack is a function that runs in ATTACK_PROCESSES processes of its own until
+# ``stop`` is set, counting its calls and how many were refused (a quota: 429; the
+# others say what in ATTACKS): it competes with the honest customer for Envoy and
+# the machine, not for this interpreter. To add one, write it and list it in ATTACKS.
+
+ATTACK_PROCESSES = 2
+# The honest customer's pace: within one subject's production quota.
+HONEST_ORDERS_PER_SECOND = 20.0
+HONEST_SUBJECT, GREEDY_SUBJECT = "honest-shop", "greedy-shop"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an attack process gets (picklable): Envoy's port, a product, a token."""
+
+    port: int
+    product: int
+    token: str
+
+
+@dataclass(frozen=True)
+class Tally:
+    """One attack's counters, shared by its processes."""
+
+    calls: Any = field(default_factory=lambda: multiprocessing.Value("i", 0))
+    refused: Any = field(default_factory=lambda: multiprocessing.Value("i", 0))
+
+    def count(self, status: int) -> None:
+        with self.calls.get_lock():
+            self.calls.value += 1
+        if status == 429:
+            with self.refused.get_lock():
+                self.refused.value += 1
+
+
+def _decrease(product: int) -> dict:
+    return {"product_id": product, "quantity": 1, "order_id": f"ORD-{time.time_ns():x}"}
+
+
+def flood_subject(target: Target, stop: Any, tally: Tally) -> None:
+    """Orders in a closed loop with another customer's token, from the honest one's
+    address: that subject's quota throttles it, not the address."""
+    headers = {"authorization": f"Bearer {target.token}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{target.port}", headers=headers) as client:
+        while not stop.is_set():
+            tally.count(
+                client.post("/inventory/decrease", json=_decrease(target.product)).status_code
+            )
+
+
+def flood_anonymous(target: Target, stop: Any, tally: Tally) -> None:
+    """GetStock without a token in a closed loop, from the honest customer's address:
+    the address's quota for calls without a token throttles it, nobody with one."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{target.port}") as client:
+        while not stop.is_set():
+            tally.count(client.get(f"/inventory/{target.product}").status_code)
+
+
+# The issue's idle-connection flood: 50 more than the edge's 10 000 connections.
+IDLE_FLOOD = 10_050
+
+
+def flood_idle_connections(target: Target, stop: Any, tally: Tally) -> None:
+    """Its share of IDLE_FLOOD silent connections from another address (127.0.0.2),
+    each reopened as soon as Envoy closes it; counts the connections opened."""
+    counters = Counters()
+    hold_connections(target.port, IDLE_FLOOD // ATTACK_PROCESSES, b"", stop, counters)
+    with tally.calls.get_lock():
+        tally.calls.value += counters.opened.value
+
+
+def flood_malformed_grpc(target: Target, stop: Any, tally: Tally) -> None:
+    """Every kind of malformed native gRPC call the edge refuses (EDGE_REFUSED), in
+    turn, in a closed loop, each on a connection of its own; a refusal is counted
+    as refused (it is not a 429: the edge answers it at once, no quota spent)."""
+    kinds = list(EDGE_REFUSED.values())
+    number = 0
+    while not stop.is_set():
+        body, headers, code, _ = kinds[number % len(kinds)]
+        number += 1
+        answer = h2_call(target.port, GET_STOCK, body, headers)
+        tally.count(429 if answer.grpc_status == code else 0)
+
+
+Attack = Callable[[Target, Any, Tally], None]
+ATTACKS: dict[str, tuple[Attack, str]] = {
+    "a throttled subject": (
+        flood_subject,
+        f"orders in a closed loop with another customer's token (`{GREEDY_SUBJECT}`)",
+    ),
+    "an anonymous flooder": (flood_anonymous, "GetStock without a token in a closed loop"),
+    "an idle-connection flood": (
+        flood_idle_connections,
+        f"{IDLE_FLOOD} silent connections held from 127.0.0.2, each reopened when closed"
+        " (its calls: connections opened)",
+    ),
+    "a malformed gRPC flood": (
+        flood_malformed_grpc,
+        "malformed native gRPC calls (truncated, bad compression flag or encoding, bad"
+        " -bin metadata, …) in a closed loop (refused: answered by the edge itself)",
+    ),
+}
+
+
+@dataclass
+class AttackRow:
+    name: str  # "alone", or a key of ATTACKS
+    honest_ms: list[float]
+    honest_errors: int
+    attack_calls: int = 0
+    attack_refused: int = 0
+
+
+async def honest_orders(base_url: str, token: str, product: int, count: int) -> AttackRow:
+    """An honest customer: ``count`` orders, one at a time, paced at
+    HONEST_ORDERS_PER_SECOND; every call timed, anything but a 200 an error."""
+    row = AttackRow("alone", [], 0)
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
+        start = time.perf_counter()
+        for i in range(count):
+            await asyncio.sleep(
+                max(0.0, start + i / HONEST_ORDERS_PER_SECOND - time.perf_counter())
+            )
+            began = time.perf_counter()
+            try:
+                reply = await client.post("/inventory/decrease", json=_decrease(product))
+                failed = reply.status_code != 200
+            except httpx.HTTPError:
+                failed = True
+            row.honest_ms.append((time.perf_counter() - began) * 1000)
+            row.honest_errors += failed
+    return row
+
+
+async def beside(name: str, target: Target, base_url: str, honest: str, count: int) -> AttackRow:
+    """The honest customer while the attack ``name`` runs."""
+    attack, _ = ATTACKS[name]
+    stop, tally = multiprocessing.Event(), Tally()
+    processes = [
+        multiprocessing.Process(target=attack, args=(target, stop, tally), daemon=True)
+        for _ in range(ATTACK_PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        await asyncio.sleep(0.5)  # the attack under way
+        row = await honest_orders(base_url, honest, target.product, count)
+    finally:
+        stop.set()
+        for process in processes:
+            process.join(30)
+    row.name, row.attack_calls, row.attack_refused = name, tally.calls.value, tally.refused.value
+    return row
+
+
+async def until_serving(base_url: str, product: int) -> None:
+    """Until a new Envoy has seen inventory_svc healthy (the others may be absent)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await normal_calls(base_url, product, 1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+# The Envoy of the attacks: the production profile's quotas.
+PRODUCTION = EdgeKnobs.from_env({"EDGE_PROFILE": "production"})
+
+
+async def measure_attacks(
+    mesh: sandbox.Mesh, work: Path, product: int, *, smoke: bool
+) -> list[AttackRow]:
+    raise_open_files(IDLE_FLOOD + 2_000)  # the Envoy started here inherits it
+    plan = sandbox.start_envoy(
+        work / "quota-edge",
+        mesh.plan.grpc_ports,
+        EdgeAuth(jwks_file=str(mesh.plan.run_dir / "auth" / JWKS)),
+        wait_healthy=False,
+        **PRODUCTION.site_fields(),
+    )
+    try:
+        base_url = f"http://127.0.0.1:{plan.http_port}"
+        await until_serving(base_url, product)
+        honest = mesh.token(["orders:write"], subject=HONEST_SUBJECT)
+        target = Target(
+            plan.http_port, product, mesh.token(["orders:write"], subject=GREEDY_SUBJECT)
+        )
+        count = 10 if smoke else 100
+        await honest_orders(base_url, honest, product, 5)  # warm
+        alone = await honest_orders(base_url, honest, product, count)
+        rows = [alone]
+        for name in ATTACKS:
+            rows.append(await beside(name, target, base_url, honest, count))
+        # Alone again after the attacks, pooled with the first: one stall of a shared
+        # machine in one alone run would otherwise be every ratio's p99.
+        again = await honest_orders(base_url, honest, product, count)
+        alone.honest_ms += again.honest_ms
+        alone.honest_errors += again.honest_errors
+        return rows
+    finally:
+        plan.envoy().stop()
+
+
+async def _envoy_cpu_per_call(plan: MeshPlan, product: int, seconds: float) -> float:
+    """µs of Envoy CPU per native gRPC GetStock call, over ``seconds`` of
+    bench.grpc_load (8 callers) through ``plan``'s Envoy."""
+    pid = str(plan.envoy().pid)
+
+    def cpu() -> float:
+        fields = proc_stat(pid) or []
+        return (int(fields[12]) + int(fields[13])) / TICKS
+
+    before = cpu()
+    load = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "bench.grpc_load", "--target", f"127.0.0.1:{plan.http_port}"],
+        *["--rpc", "get", "--clients", "8", "--seconds", f"{seconds:g}", "--processes", "1"],
+        *["--first-product", str(product), "--products", "1"],
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, _ = await load.communicate()
+    calls = json.loads(out.decode().strip().splitlines()[-1])["requests"]
+    return (cpu() - before) / calls * 1e6
+
+
+async def grpc_check_cost(
+    mesh: sandbox.Mesh, work: Path, product: int, *, smoke: bool
+) -> dict[bool, list[float]]:
+    """Envoy's CPU per native gRPC call with and without the gRPC input check
+    (EnvoySite.grpc_input_check): two Envoys in front of the same backends, driven
+    in turn, same run."""
+    plans = {
+        check: sandbox.start_envoy(
+            work / f"grpc-check-{check}",
+            mesh.plan.grpc_ports,
+            EdgeAuth(jwks_file=str(mesh.plan.run_dir / "auth" / JWKS)),
+            wait_healthy=False,
+            grpc_input_check=check,
+        )
+        for check in (True, False)
+    }
+    try:
+        for plan in plans.values():
+            await until_serving(f"http://127.0.0.1:{plan.http_port}", product)
+        cost: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(1 if smoke else 3):
+            for check, plan in plans.items():
+                cost[check].append(await _envoy_cpu_per_call(plan, product, 2 if smoke else 6))
+        return cost
+    finally:
+        for plan in plans.values():
+            plan.envoy().stop()
+
+
 async def measure_edge(mesh: sandbox.Mesh, work: Path, product: int, *, smoke: bool) -> EdgeResult:
     result = EdgeResult()
     port = mesh.plan.http_port
@@ -250,20 +523,14 @@ async def measure_edge(mesh: sandbox.Mesh, work: Path, product: int, *, smoke: b
     )
     try:
         base_url = f"http://127.0.0.1:{plan.http_port}"
-        deadline = time.monotonic() + 30
-        while True:  # until this Envoy has seen inventory_svc healthy
-            try:
-                await normal_calls(base_url, product, 1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+        await until_serving(base_url, product)
         result.callers = 16 if smoke else 64
         result.seconds = 2.0 if smoke else 10.0
         await overload(base_url, product, result.callers, result.seconds, result)
     finally:
         plan.envoy().stop()
+    result.attacks = await measure_attacks(mesh, work, product, smoke=smoke)
+    result.check_cpu_us = await grpc_check_cost(mesh, work, product, smoke=smoke)
     return result
 
 
@@ -295,6 +562,11 @@ def render_edge(result: EdgeResult) -> list[str]:
             "right after the overload the next call is served",
             f"HTTP {result.first_after_status} in {result.first_after_ms:.1f} ms",
             result.first_after_status == 200,
+        ),
+        (
+            "an honest customer gets no error beside any attack",
+            ", ".join(f"{r.name}: {r.honest_errors}" for r in result.attacks),
+            not any(r.honest_errors for r in result.attacks),
         ),
     ]
     return [
@@ -328,12 +600,66 @@ def render_edge(result: EdgeResult) -> list[str]:
         f" {result.other_statuses or 'none'}; the first call after it: HTTP"
         f" {result.first_after_status} in {result.first_after_ms:.1f} ms",
         "",
+        *render_attacks(result.attacks),
+        *render_check_cost(result.check_cpu_us),
         "| target | measured | |",
         "|---|---|---|",
         *[
             f"| {name} | {measured} | {'met' if ok else '**missed**'} |"
             for name, measured, ok in checks
         ],
+        "",
+    ]
+
+
+def render_attacks(rows: list[AttackRow]) -> list[str]:
+    """The honest customer alone and beside each attack, as ratios to alone."""
+    alone = rows[0]
+    p50, p99 = pct(alone.honest_ms, 0.5), pct(alone.honest_ms, 0.99)
+
+    def line(row: AttackRow) -> str:
+        attack = (
+            f"{row.attack_calls} ({row.attack_refused / row.attack_calls:.0%} refused)"
+            if row.attack_calls
+            else "—"
+        )
+        return (
+            f"| {row.name} | {pct(row.honest_ms, 0.5):.1f} | {pct(row.honest_ms, 0.5) / p50:.2f}"
+            f" | {pct(row.honest_ms, 0.99):.1f} | {pct(row.honest_ms, 0.99) / p99:.2f}"
+            f" | {row.honest_errors / len(row.honest_ms):.1%} | {attack} |"
+        )
+
+    return [
+        f"An honest customer beside each attack: {len(rows[-1].honest_ms)} REST orders (one at"
+        f" a time, {HONEST_ORDERS_PER_SECOND:g}/s) with its own token, alone (before and after"
+        " the attacks, pooled) and while an attack"
+        f" runs in {ATTACK_PROCESSES} processes from the same address (unless its line below"
+        " says otherwise), through an Envoy with"
+        f" the production profile's quotas ({PRODUCTION.mutations_per_second}/s per subject,"
+        f" {PRODUCTION.anonymous_per_second}/s per address without a token). Ratios to alone,"
+        " same run; the attackers share the machine's cores with Envoy, inventory_svc and the"
+        " customer, so the ratios include their CPU.",
+        "",
+        "| honest customer | p50 ms | x alone | p99 ms | x alone | errors | attack's calls |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        *[line(row) for row in rows],
+        *[f"- {name}: {what}" for name, (_, what) in ATTACKS.items()],
+        "",
+    ]
+
+
+def render_check_cost(cost: dict[bool, list[float]]) -> list[str]:
+    """What the native gRPC input check (mesh/edge/grpc_input.lua) costs Envoy."""
+    if not cost:
+        return []
+    with_check, without = statistics.median(cost[True]), statistics.median(cost[False])
+    return [
+        f"The native gRPC input check (Lua, on gRPC method routes only; REST calls never"
+        f" run it): Envoy's CPU per native gRPC GetStock, median of {len(cost[True])} runs"
+        f" of 8 callers each, two Envoys driven in turn: {with_check:.0f} µs with it,"
+        f" {without:.0f} µs without — ratio {with_check / without:.2f}"
+        f" (runs: {', '.join(f'{v:.0f}' for v in cost[True])} vs"
+        f" {', '.join(f'{v:.0f}' for v in cost[False])}).",
         "",
     ]
 

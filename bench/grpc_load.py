@@ -74,15 +74,24 @@ async def drive(args: argparse.Namespace, worker: int, clients: int) -> dict:
         await asyncio.sleep(max(0.0, args.start_at - time.time()))
         stop_at = time.perf_counter() + args.seconds
 
-        async def caller() -> None:
+        # --rate: each client sends on its own schedule (clients ÷ rate apart), so
+        # meshes of different speed get the same orders per second to handle.
+        interval = clients / args.rate if args.rate else 0.0
+
+        async def caller(offset: float) -> None:
+            next_at = time.perf_counter() + offset * interval
             while (started := time.perf_counter()) < stop_at:
+                if interval:
+                    next_at += interval
                 try:
                     await call(next_request(), timeout=30, metadata=metadata)
                     latencies.append(time.perf_counter() - started)
                 except grpc.aio.AioRpcError as error:
                     errors[error.code().name] = errors.get(error.code().name, 0) + 1
+                if interval:
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
 
-        await asyncio.gather(*(caller() for _ in range(clients)))
+        await asyncio.gather(*(caller(i / clients) for i in range(clients)))
     return {"latencies": latencies, "errors": errors}
 
 
@@ -107,12 +116,14 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=1)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--token", default="", help="bearer token sent as authorization metadata")
+    parser.add_argument("--rate", type=float, default=0.0, help="calls per second (0: as fast)")
     args = parser.parse_args()
     args.run_id = uuid.uuid4().hex[:8]
     args.start_at = time.time() + 1.0  # every process starts its clock together
 
     processes = max(1, min(args.processes, args.clients))
     shares = [args.clients // processes + (i < args.clients % processes) for i in range(processes)]
+    args.rate /= processes  # each process its share
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         results = pool.map(run_worker, [(args, i, n) for i, n in enumerate(shares)])
     latencies = sorted(x for r in results for x in r["latencies"])

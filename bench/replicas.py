@@ -5,7 +5,8 @@ pgbench on the same database, each with its CPU cost per order:
 
 - mesh CPU per order: CPU time of every mesh process (Envoy, the inventory APIs,
   the relays, analytics and notify with their consumers), read from /proc, from
-  the start of the load until every event it caused was consumed, ÷ orders sold;
+  the start of the load until every order it sold reached analytics and notify
+  (bench/mesh.py's ``Sinks.consumed``), ÷ orders sold;
 - PostgreSQL CPU per order: every ``postgres`` process on the machine over the
   same span ÷ orders (machine-wide: on a shared machine it includes other
   users' queries, so it is an upper bound);
@@ -17,17 +18,14 @@ machine would give (orders/s ≈ cores ÷ CPU seconds per order).
 
 import asyncio
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import aio_pika
-import asyncpg
-
+from bench.mesh import now, open_sinks
+from bench.procstat import cpu_seconds
 from devtools import sandbox
 from devtools.processes import ManagedProcess
-from meshkit.events import SUBSCRIPTIONS
 
 if TYPE_CHECKING:
     from bench.run import Measurement
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
 SECTION = "## Replicas and CPU per order"
 CLIENTS = 32
 POOL_CONNECTIONS = 10  # each API's pool with one replica (DB_POOL_SIZE's default)
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -50,60 +47,8 @@ class ReplicaRow:
     postgres_cpu_ms: float  # per order: every postgres process on the machine
 
 
-def proc_stat(pid: str) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm (field 2) may hold spaces: split after its closing parenthesis.
-    name = text[text.index("(") + 1 : text.rindex(")")]
-    return [name, *text[text.rindex(")") + 2 :].split()]
-
-
-def cpu_seconds(groups: set[int] | None = None, command: str | None = None) -> float:
-    """CPU time of every live process in one of the process ``groups`` (each
-    managed process leads its own), or named ``command``, and of their waited-for
-    children."""
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or (fields := proc_stat(pid)) is None:
-            continue
-        # After the name: state, ppid, pgrp, … utime is field 14, stime 15, then
-        # cutime and cstime (1-based): the time of children that exited and were
-        # waited for counts too (PostgreSQL's postmaster collects that of every
-        # closed connection's backend, pgbench's included).
-        in_group = groups is not None and int(fields[3]) in groups
-        if in_group or (command is not None and fields[0] == command):
-            total += sum(int(value) for value in fields[12:16])
-    return total / TICKS
-
-
 def mesh_groups(mesh: sandbox.Mesh) -> set[int]:
     return {p.pid for p in mesh.processes.values() if p.pid is not None}
-
-
-async def drained(db_url: str, amqp_url: str, within: float = 180.0) -> bool:
-    """Every event published and consumed (twice in a row, 0.5 s apart)."""
-    deadline = time.monotonic() + within
-    conn = await asyncpg.connect(db_url)
-    broker = await aio_pika.connect(amqp_url)
-    quiet = 0
-    try:
-        channel = await broker.channel()
-        while time.monotonic() < deadline:
-            backlog = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            ready = 0
-            for subscription in SUBSCRIPTIONS.values():
-                queue = await channel.declare_queue(subscription.queue, passive=True)
-                ready += queue.declaration_result.message_count or 0
-            quiet = quiet + 1 if backlog == 0 and ready == 0 else 0
-            if quiet >= 2:
-                return True
-            await asyncio.sleep(0.5)
-        return False
-    finally:
-        await broker.close()
-        await conn.close()
 
 
 async def measure_replicas(
@@ -111,7 +56,6 @@ async def measure_replicas(
     work: Path,
     env: dict[str, str],
     db_url: str,
-    amqp_url: str,
     edge: dict,
     seconds: float,
     warmup: float,
@@ -129,21 +73,26 @@ async def measure_replicas(
         mesh = sandbox.start_mesh(
             work / f"replicas-{replicas}", {**env, **pools}, edge=edge, replicas=replicas
         )
+        sinks = await open_sinks(env)
         try:
             bench = bench_type(work, db_url, mesh, fastapi_port)
             load = bench.wrk(mesh.http_url, bench.token)
+            warmed = await now(sinks.inventory)
             await asyncio.to_thread(load, "decrease", "spread", CLIENTS, warmup)
-            await drained(db_url, amqp_url)
+            await sinks.consumed(warmed)
+            since = await now(sinks.inventory)
             groups = mesh_groups(mesh)
             own, postgres = cpu_seconds(groups), cpu_seconds(command="postgres")
             measured = await asyncio.to_thread(load, "decrease", "spread", CLIENTS, seconds)
-            if not await drained(db_url, amqp_url):
-                raise RuntimeError("the mesh did not consume the run's events within 3 minutes")
+            _, missing = await sinks.consumed(since)
+            if missing:
+                raise RuntimeError(f"{missing} orders did not reach analytics and notify")
             own = cpu_seconds(groups) - own
             postgres = cpu_seconds(command="postgres") - postgres
             label = f"REST via Envoy, {replicas} replica{'s' if replicas > 1 else ''}"
             rows.append(_row(f"{label} (whole mesh)", measured, seconds, own, postgres))
         finally:
+            await sinks.close()
             mesh.stop()
     # (the last mesh's bench: its generators need no running mesh)
     baselines = {
@@ -194,11 +143,11 @@ def render_replicas(rows: list[ReplicaRow], seconds: float, cores: int) -> list[
         " notify consuming every event) with 1 and 2 processes of each (each replica's"
         f" PostgreSQL pool {POOL_CONNECTIONS} ÷ replicas: the same connections in total)."
         " CPU per order: the"
-        " processes' CPU time (/proc) from the start of the load until every event it"
-        " caused was consumed, ÷ orders. PostgreSQL's is every postgres process on the"
-        " machine (an upper bound here). **This machine is shared with other engineers'"
-        f" test runs and has {cores} cores: absolute figures are noisy, and 2 replicas"
-        " cannot show more throughput than the cores allow.**",
+        " processes' CPU time (/proc) from the start of the load until every order it"
+        " sold reached analytics and notify, ÷ orders. PostgreSQL's is every postgres"
+        " process on the machine (an upper bound here). **This machine is shared with"
+        f" other engineers' test runs and has {cores} cores: absolute figures are noisy,"
+        " and 2 replicas cannot show more throughput than the cores allow.**",
         "",
         "| scenario | TPS | p50 ms | p99 ms | errors | orders | own CPU ms/order"
         " | PostgreSQL CPU ms/order |",

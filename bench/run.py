@@ -6,6 +6,7 @@
     python -m bench.run --replicas-only  # only 1 vs 2 replicas and CPU per order (≈ 3 min)
     python -m bench.run --only hot  # only the hot-product section (≈ 7 min)
     python -m bench.run --only tracing  # only the tracing cost, off / 10 % / 100 % (≈ 3 min)
+    python -m bench.run --only mesh  # only the whole mesh: cost per order (≈ 8 min)
 
 Everything runs in a private sandbox (own databases, RabbitMQ vhost, MongoDB
 wire server, mesh on free ports). Each scenario is warmed up, then measured
@@ -44,13 +45,16 @@ import asyncpg
 from bench.connections import ConnectionWatch, check_room
 from bench.edge import measure_edge, render_edge, splice
 from bench.fastapi_baseline import POOL_SIZE
+from bench.mesh import Section, measure_mesh, profile_mesh, render_mesh
 from bench.pgbench_script import decrease_stock_script, get_stock_script
 from bench.pipeline import run_pipeline
-from bench.replicas import TICKS, measure_replicas, proc_stat, render_replicas
+from bench.procstat import machine_cpu, process_cpu_seconds
+from bench.replicas import measure_replicas, render_replicas
 from bench.report import load_average
 from bench.tracing import measure_tracing, render_tracing
 from devtools import sandbox
 from devtools.processes import ManagedProcess
+from mesh.edge.settings import EnvoySite
 from mesh.topology import ROOT, backends
 from meshkit.events import SUBSCRIPTIONS
 
@@ -60,8 +64,15 @@ AMQP_SERVER_URL = os.environ.get("BENCH_AMQP_URL", sandbox.RABBIT_SERVER_URL)
 HOT_PRODUCT = 100_000  # one product every client fights over
 SPREAD = (100_001, 1_000)  # first id, count: contention spread over 1000 products
 BIG_STOCK = 2_000_000_000
-BENCH_EDGE = {"mutation_rate_per_second": 0, "max_requests_per_backend": 4096}
+BENCH_EDGE = {
+    "mutation_rate_per_second": 0,
+    "anonymous_rate_per_second": 0,
+    "max_requests_per_backend": 4096,
+}
+# The whole-mesh section: Envoy health-checks as `make up`'s does, not every 0.5 s (sandbox).
+MESH_EDGE = {**BENCH_EDGE, "health_check_seconds": EnvoySite.health_check_seconds}
 HOT_CLIENTS = [1, 8, 32, 96]  # PostgreSQL's default max_connections is 100
+MESH_CLIENTS = [1, 32]  # one customer's latency; the whole mesh loaded
 RELAY_STOPPED = "pgbench, relay stopped"
 RELAY = "inventory_relay"  # the outbox relay's process in the sandbox mesh
 FASTAPI = "FastAPI + asyncpg"
@@ -214,7 +225,7 @@ class Bench:
         )
         return Measurement(tps, _pct(latencies, 0.5), _pct(latencies, 0.99), 0)
 
-    def grpc(self, target: str, token: str = "") -> Generator:
+    def grpc(self, target: str, token: str = "", rate: float = 0.0) -> Generator:
         def run(rpc: str, products: str, clients: int, seconds: float) -> Measurement:
             first, count = products_of(products)
             out, self.cpu_share = timed_child(
@@ -235,6 +246,7 @@ class Bench:
                     "--products",
                     str(count),
                     *(["--token", token] if token else []),
+                    *(["--rate", str(rate)] if rate else []),
                 ],
                 seconds,
             )
@@ -405,21 +417,6 @@ def add_ratios(rows: list[Row]) -> list[Row]:
     return rows
 
 
-def machine_cpu() -> tuple[int, int]:
-    """(busy, total) clock ticks of all cores so far (/proc/stat's first line)."""
-    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return sum(ticks) - idle, sum(ticks)
-
-
-def process_cpu_seconds(pid: int | None) -> float:
-    """User + system CPU a running process has used so far (utime and stime)."""
-    fields = proc_stat(str(pid)) if pid is not None else None
-    if fields is None:  # not running
-        return float("nan")
-    return (int(fields[12]) + int(fields[13])) / TICKS
-
-
 async def hot_sales_between(
     conn: asyncpg.Connection, since: datetime, until: datetime
 ) -> tuple[int, int, int, int]:
@@ -559,10 +556,27 @@ def main() -> None:
     parser.add_argument("--pipeline-only", action="store_true", help="skip the throughput rows")
     parser.add_argument(
         "--only",
-        choices=["hot", "tracing"],
-        help="only that section (hot products, tracing cost), spliced into the existing report",
+        choices=["hot", "tracing", "mesh"],
+        help="only that section (hot products, tracing cost, whole mesh), spliced into the"
+        " existing report",
     )
     parser.add_argument("--hot-clients", type=int, nargs="+", help="override 1 8 32 96")
+    parser.add_argument(
+        "--profile",
+        choices=["python", "native"],
+        help="with --only mesh: record py-spy flame graphs of every Python process under"
+        " the mesh's loads into bench/profiles/ instead of measuring (native: with C frames)",
+    )
+    parser.add_argument(
+        "--mesh-rate",
+        type=float,
+        default=0.0,
+        help="with --only mesh: only the whole-mesh rows, each client paced so the mesh gets"
+        " this many orders/s (gRPC via Envoy): the same work for two builds to compare",
+    )
+    parser.add_argument(
+        "--mesh-clients", type=int, nargs="+", help="whole mesh: override 1 32 (smoke: 8)"
+    )
     parser.add_argument(
         "--rate",
         dest="rate_override",
@@ -608,6 +622,7 @@ def main() -> None:
         args.rate, args.pipeline_seconds = 300.0, 20.0
     args.clients = chosen_clients or args.clients
     args.hot_clients = args.hot_clients or (args.clients if args.smoke else HOT_CLIENTS)
+    args.mesh_clients = args.mesh_clients or (args.clients if args.smoke else MESH_CLIENTS)
     args.rate = args.rate_override or args.rate
     output = args.output or (
         ROOT / ("test-artifacts/bench-smoke.md" if args.smoke else "BENCHMARKS.md")
@@ -619,6 +634,9 @@ def main() -> None:
     args.load_at_start = load_average()
     try:
         report = asyncio.run(run(args))
+        if args.profile:
+            print(f"flame graphs:\n{report}")
+            return
     except asyncio.CancelledError:  # SIGTERM, after the clean-up in run()
         sys.exit("bench: stopped (SIGTERM); every process it started is stopped")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -628,6 +646,8 @@ def main() -> None:
     # (its note says "failed: …") fails it, as a broken pgbench script once did not.
     if args.smoke and "| failed: " in report:
         sys.exit("bench smoke: a row failed to run (its note in the report says why)")
+    if args.smoke and getattr(args, "failure", None):
+        sys.exit(f"bench smoke: {args.failure}")
 
 
 async def run(args: argparse.Namespace) -> str:
@@ -638,30 +658,33 @@ async def run(args: argparse.Namespace) -> str:
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    hot_rows = not (args.pipeline_only or args.edge_only or args.replicas_only)
-    if hot_rows:  # before anything starts: a server too small for the rows says so
+    hot_rows = not (args.pipeline_only or args.edge_only or args.replicas_only or args.only)
+    if (
+        hot_rows or args.only == "hot"
+    ):  # before anything starts: a server too small for the rows says so
         check_room(await max_connections(PG_SERVER_URL), max(args.hot_clients))
     work = Path(tempfile.mkdtemp(prefix="polyglot-bench-"))
     db_url = await sandbox.create_database(PG_SERVER_URL, "polyglot_bench_inventory")
     notify_url = await sandbox.create_database(PG_SERVER_URL, "polyglot_bench_notify")
     amqp_url = sandbox.create_vhost(AMQP_SERVER_URL, "polyglot_bench")
     mongo, mongo_url = sandbox.start_mongo(work / "mongo")
-    env = {
+    servers = {
         "INVENTORY_DATABASE_URL": db_url,
         "NOTIFY_DATABASE_URL": notify_url,
         "AMQP_URL": amqp_url,
         "MONGO_URL": mongo_url,
-        "LOG_LEVEL": "WARNING",
-        **BENCH_SERVICE_ENV,
-        **dict(setting.split("=", 1) for setting in args.service_env),
     }
+    service_env = dict(setting.split("=", 1) for setting in args.service_env)
+    env = {**servers, "LOG_LEVEL": "WARNING", **BENCH_SERVICE_ENV, **service_env}
     databases = [db_url, notify_url]  # the bench's connections: to these
     mesh = None
     fastapi = None
     bench = None
     try:
-        # Load from one address is what the bench is: no per-client mutation limit,
-        # and room for its clients in the circuit breakers.
+        # Load from one address and one token is what the bench is: no quotas, and
+        # room for its clients in the circuit breakers.
+        if args.only == "mesh":  # the services' defaults, as `make up` runs them
+            return await whole_mesh(args, work, {**servers, **service_env}, mongo, databases)
         if args.replicas_only or args.only == "tracing":  # meshes of their own: databases now
             sandbox.migrate(env, backends())
         else:
@@ -701,7 +724,6 @@ async def run(args: argparse.Namespace) -> str:
                 work,
                 env,
                 db_url,
-                amqp_url,
                 BENCH_EDGE,
                 args.seconds,
                 args.warmup,
@@ -755,9 +777,64 @@ async def run(args: argparse.Namespace) -> str:
             mesh.stop()
         mongo.stop()
         sandbox.delete_vhost(amqp_url)
-        await sandbox.drop_database(db_url)
-        await sandbox.drop_database(notify_url)
+        for url in databases:
+            await sandbox.drop_database(url)
         shutil.rmtree(work, ignore_errors=True)
+
+
+async def whole_mesh(
+    args: argparse.Namespace,
+    work: Path,
+    env: dict[str, str],
+    mongo: ManagedProcess,
+    databases: list[str],
+) -> str:
+    """The whole-mesh section (bench/mesh.py), spliced into the existing report. The
+    baselines get a database of their own (dropped at the end with ``databases``)."""
+    baseline_url = await sandbox.create_database(PG_SERVER_URL, "polyglot_bench_baseline")
+    databases.append(baseline_url)
+    sandbox.migrate({**env, "INVENTORY_DATABASE_URL": baseline_url}, ["inventory_svc"])
+    await seed_products(baseline_url)
+    fastapi = FastApiBaseline(work, baseline_url)
+    mesh = None
+    bench = None
+    try:
+        await asyncio.to_thread(fastapi.start)
+        mesh = await asyncio.to_thread(
+            sandbox.start_mesh, work / "whole-mesh", env, None, MESH_EDGE
+        )
+        await seed_products(env["INVENTORY_DATABASE_URL"])
+        bench = Bench(work, baseline_url, mesh, fastapi.port)
+        section = Section(
+            bench,
+            mesh,
+            env,
+            mongo,
+            fastapi.process,
+            f"http://127.0.0.1:{fastapi.port}",
+            args.mesh_rate,
+        )
+        loads = [(products, c) for products in ("hot", "spread") for c in args.mesh_clients]
+        if args.profile:
+            written = await profile_mesh(
+                section, loads, seconds=3 * args.seconds, native=args.profile == "native"
+            )
+            return "\n".join(str(path.relative_to(ROOT)) for path in written)
+        rows, machine = await measure_mesh(
+            section, loads, seconds=args.seconds, warmup=args.warmup, rounds=args.repeats
+        )
+    finally:
+        if bench:
+            bench.stopping.set()
+        stop_generators()
+        if mesh:
+            await asyncio.to_thread(mesh.stop)
+        await asyncio.to_thread(fastapi.stop)
+    lost = sum(run.missing for row in rows for run in row.runs)
+    if lost:  # the smoke run fails on it (main)
+        args.failure = f"{lost} orders never reached analytics and notify (report: not arrived)"
+    existing = args.output_path.read_text() if args.output_path.exists() else ""
+    return splice(existing, render_mesh(rows, machine, args.command, args.seconds, args.repeats))
 
 
 class FastApiBaseline:

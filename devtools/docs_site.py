@@ -1,11 +1,11 @@
 """Builds the docs site Envoy serves at /docs/: ``python -m devtools.docs_site``.
 
 Writes docs/site/ from the contracts' descriptor set (gRPC reference, OpenAPI
-document, landing page), the mesh's AsyncAPI app (devtools.asyncapi) and the
-Swagger UI and AsyncAPI React builds vendored from node_modules, so the site
-needs no network. The output is deterministic (no timestamps), committed and
-checked for drift; Envoy's config lists its files, so build it before
-``python -m mesh.envoy_config`` (``make docs``).
+document, the Postman collection made from it, landing page), the mesh's
+AsyncAPI app (devtools.asyncapi) and the Swagger UI and AsyncAPI React builds
+vendored from node_modules, so the site needs no network. The output is
+deterministic (no timestamps), committed and checked for drift; Envoy's config
+lists its files, so build it before ``python -m mesh.envoy_config`` (``make docs``).
 """
 
 import json
@@ -19,6 +19,7 @@ from faststream.specification.asyncapi.site import get_asyncapi_html
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
+from devtools import postman
 from devtools.asyncapi import docs as asyncapi_app  # the app `faststream docs gen` reads
 from devtools.openapi import WELL_KNOWN, openapi, swagger_anchor
 from mesh.access import required_scope
@@ -100,6 +101,7 @@ def _environment(contracts: Contracts) -> Environment:
         rest_anchor=swagger_anchor,
         field_type=_field_type(contracts),
         required_scope=required_scope,
+        postman_collection=postman.FILE_NAME,
     )
     return env
 
@@ -133,6 +135,10 @@ def _insert_after(html: str, tag: str, addition: str) -> str:
     return html.replace(tag, f"{tag}\n{addition}", 1)
 
 
+def _json(document: dict) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False)
+
+
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
@@ -146,7 +152,9 @@ def build(out: Path = DOCS_SITE, descriptor_set: Path = DESCRIPTOR_SET) -> None:
     for name, html in render_pages(contracts).items():
         _write(out / name, html)
     shutil.copyfile(TEMPLATES / "site.css", out / "site.css")
-    _write(out / "openapi.json", json.dumps(openapi(contracts), indent=2, ensure_ascii=False))
+    spec = openapi(contracts)
+    _write(out / "openapi.json", _json(spec))
+    _write(out / postman.FILE_NAME, _json(postman.collection(spec)))
     shutil.copyfile(ASYNCAPI_YAML, out / "asyncapi.yaml")
     for target, source in VENDORED.items():
         (out / target).parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 from devtools.plan import MeshPlan, migrate, mongo_answers, native_plan
@@ -27,14 +27,9 @@ from devtools.preflight import (
 from devtools.processes import ManagedProcess, StartupFailed, run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from inventory_svc.settings import InventorySettings
-from mesh.envoy_config import (
-    AUTH_ENV,
-    EDGE_ENV,
-    EdgeAuth,
-    EdgeTracing,
-    render,
-    with_environment,
-)
+from mesh.edge.knobs import EDGE_ENV, with_environment
+from mesh.edge.render import render
+from mesh.edge.settings import AUTH_ENV, EdgeAuth, EdgeTracing, EnvoySite
 from mesh.topology import backends, base_name, native_ports
 from meshkit.settings import load_settings, without_credentials
 from notify_svc.settings import NotifySettings
@@ -152,7 +147,8 @@ def traces_summary() -> str:
 
 def edge_auth(plan: MeshPlan) -> tuple[MeshPlan, str]:
     """The development key pair Envoy trusts (created once under .run/auth/), or, with
-    AUTH_ISSUER/AUTH_AUDIENCES/AUTH_JWKS_URI set, an Envoy config of their own.
+    AUTH_ISSUER/AUTH_AUDIENCES/AUTH_JWKS_URI set, the provider's; Envoy's config
+    rendered from the environment when it says anything about the edge (edge_config).
 
     Returns the plan to run and what the summary says about tokens.
     """
@@ -160,19 +156,24 @@ def edge_auth(plan: MeshPlan) -> tuple[MeshPlan, str]:
     if not auth.jwks_uri:
         ensure_keys(DEV_KEYS_DIR)
     dev_tokens = 'TOKEN=$(make -s token), then -H "authorization: Bearer $TOKEN"'
-    # Edge settings (CORS_ALLOWED_ORIGINS, an OTLP endpoint), OIDC settings or REPLICAS in the
-    # environment: an Envoy config rendered with them; otherwise the checked-in
-    # envoy/envoy.yaml (one replica of each).
-    replicated = plan.grpc_ports != native_ports(1)
-    if not replicated and not any(os.environ.get(name) for name in (*AUTH_ENV, *EDGE_ENV)):
-        return plan, dev_tokens
-    config = plan.run_dir / "envoy.yaml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(render(with_environment(plan.envoy_site(auth))))
-    plan = MeshPlan(**{**plan.__dict__, "envoy_config": config})
+    plan = edge_config(plan)
     if not any(os.environ.get(name) for name in AUTH_ENV):
         return plan, dev_tokens
-    return plan, f"from {auth.issuer} (audiences {', '.join(auth.audiences)}; {config})"
+    return plan, f"from {auth.issuer} (audiences {', '.join(auth.audiences)}; {plan.envoy_config})"
+
+
+def edge_config(plan: MeshPlan, env: Mapping[str, str] = os.environ) -> MeshPlan:
+    """``plan`` with Envoy's config rendered into its run folder (envoy.yaml) from every
+    edge variable of ``env`` (mesh.edge.knobs: the EDGE_* knobs, AUTH_*, OTEL_*) when
+    any is set, or for REPLICAS; otherwise as it is (the checked-in envoy/envoy.yaml).
+    A wrong value raises ValueError naming its variable."""
+    replicated = plan.grpc_ports != native_ports(1)
+    if not replicated and not any(env.get(name) for name in EDGE_ENV):
+        return plan
+    config = plan.run_dir / "envoy.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(render(with_environment(plan.envoy_site(EdgeAuth()), env)))
+    return MeshPlan(**{**plan.__dict__, "envoy_config": config})
 
 
 def _start(process: ManagedProcess, port: int, ready: Callable[[], bool]) -> None:
@@ -195,8 +196,8 @@ def _all(plan: MeshPlan) -> list[ManagedProcess]:
     started = {path.stem for path in pids.glob("*.pid")} if pids.is_dir() else set()
     replicas = max(replicas_of(name) for name in [*started, *plan.processes()])
     plan = MeshPlan(**{**plan.__dict__, "grpc_ports": native_ports(replicas)})
-    # `up` may have run Envoy on a config rendered into .run/ (REPLICAS, AUTH_*,
-    # CORS_ALLOWED_ORIGINS), which `down` may be called without: take the one
+    # `up` may have run Envoy on a config rendered into .run/ (REPLICAS, EDGE_*,
+    # AUTH_*, OTEL_*), which `down` may be called without: take the one
     # whose process is still running.
     rendered = MeshPlan(**{**plan.__dict__, "envoy_config": plan.run_dir / "envoy.yaml"})
     envoy = next((e for e in (rendered.envoy(), plan.envoy()) if e.running()), plan.envoy())
@@ -239,6 +240,14 @@ def main(argv: list[str]) -> int:
             raise ValueError
     except ValueError:
         print(f"REPLICAS must be a whole number ≥ 1, got {os.environ['REPLICAS']!r}")
+        return 2
+    try:
+        # Every edge variable checked before anything starts (a wrong one stops `up`
+        # with its name and bounds, not half-way); `down` and `status` need none.
+        if argv[0] == "up":
+            with_environment(EnvoySite())
+    except ValueError as problem:
+        print(problem, file=sys.stderr)
         return 2
     try:
         commands[argv[0]](native_plan(env={}, replicas=replicas))

@@ -6,8 +6,8 @@ int64 as strings, Timestamps as RFC 3339 strings, enums by name). Error response
 carry the JSON status body Envoy produces. Request fields carry the value limits
 the services enforce (minimum, maximum, maxLength, pattern, required), read from
 each service's ``domain.REQUEST_LIMITS`` (meshkit.limits), so a client generated
-from this document refuses what the services refuse. Built by
-``python -m devtools.docs_site``.
+from this document refuses what the services refuse, and carry example values
+that the services accept (EXAMPLES). Built by ``python -m devtools.docs_site``.
 """
 
 import importlib
@@ -16,6 +16,7 @@ from typing import Any
 
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
 
+from devtools.plan import MeshPlan
 from mesh.access import required_scope
 from mesh.contracts import Contracts, Field, HttpRoute, Message, Rpc, Service, summary
 from mesh.topology import backends
@@ -163,6 +164,24 @@ ALWAYS = (400, 429, 431, 503, 504)
 WITH_BODY = (413, 415)
 BEARER = "bearer"  # the security scheme: Swagger UI's "Authorize" button
 NAMED_IN_COMMENT = {404: "NOT_FOUND", 409: "ALREADY_EXISTS"}
+# Example values of fields, by field name, in every message that has the field
+# (requests and responses alike): Swagger UI's "Try it out" and the Postman
+# collection (devtools.postman) send the requests' ones. The seed's first product
+# and the sale of the README's tour, so sending the example after the tour replays
+# that order (idempotent) instead of conflicting with it. Each must pass the
+# field's limit (checked when the document is built).
+EXAMPLES: dict[str, int | str] = {"product_id": 1, "quantity": 2, "order_id": "ORD-2024-001"}
+# Where a client finds the API: the Envoy of `make up` (and of compose) on this
+# machine first, for clients and generators; then the Envoy that serves the
+# document, relative, which the docs' Swagger UI selects (rest.html) so "Try it
+# out" calls whichever origin serves it.
+SERVERS = [
+    {
+        "url": f"http://localhost:{MeshPlan.http_port}",
+        "description": "The mesh on this machine (`make up` or `docker compose up`)",
+    },
+    {"url": "/", "description": "The Envoy serving this document (same origin)"},
+]
 
 
 def schema_name(full_name: str) -> str:
@@ -239,6 +258,18 @@ def limit_schema(limit: Limit | None) -> Schema:
     return {key: value for key, value in keywords.items() if value is not None}
 
 
+def example_schema(field: Field, schema: Schema, limit: Limit | None) -> Schema:
+    """``{"example": …}`` when EXAMPLES has one for ``field``, else nothing; an
+    example of the wrong JSON type or outside the field's limit fails the build."""
+    if field.name not in EXAMPLES:
+        return {}
+    value = EXAMPLES[field.name]
+    json_type = "integer" if isinstance(value, int) else "string"
+    if schema.get("type") != json_type or (limit and not limit.allows(value)):
+        raise ValueError(f"EXAMPLES[{field.name!r}] = {value!r} does not fit {schema}")
+    return {"example": value}
+
+
 def field_schema(contracts: Contracts, field: Field, limit: Limit | None = None) -> Schema:
     if entry := contracts.map_entry(field):
         key, value = entry.fields
@@ -251,6 +282,7 @@ def field_schema(contracts: Contracts, field: Field, limit: Limit | None = None)
         schema = {"type": "array", "items": _value_schema(contracts, field)}
     else:
         schema = {**_value_schema(contracts, field), **limit_schema(limit)}
+        schema |= example_schema(field, schema, limit)
     description = (schema.pop("description", "") + markdown(field.comment)).strip()
     if "$ref" in schema:  # OpenAPI 3.0 ignores siblings of $ref
         schema = {"allOf": [schema]}
@@ -324,7 +356,8 @@ def _parameter(
 ) -> dict[str, Any]:
     schema = field_schema(contracts, field, limit)
     description = schema.pop("description", "")
-    schema.pop("example", None)  # Swagger UI would pre-fill "Try it out" with it
+    if where == "query":  # optional: Swagger UI would pre-fill "Try it out" with it
+        schema.pop("example", None)
     parameter = {"name": field.name, "in": where, "required": where == "path", "schema": schema}
     return {**parameter, "description": description} if description else parameter
 
@@ -405,8 +438,7 @@ def openapi(contracts: Contracts, limits: Limits | None = None) -> dict[str, Any
                 " document is generated from the contracts (`make docs`)."
             ),
         },
-        # Same origin: "Try it out" calls the Envoy that serves these docs.
-        "servers": [{"url": "/", "description": "the Envoy serving this page"}],
+        "servers": SERVERS,
         "tags": [{"name": s.name, "description": markdown(s.comment)} for s in contracts.services],
         "paths": paths,
         "components": _components(contracts, limits),

@@ -16,7 +16,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from devtools.processes import ManagedProcess, StartupFailed, grpc_serving, python_module, run
-from mesh.envoy_config import EdgeAuth, EnvoySite
+from mesh.edge.settings import EdgeAuth, EnvoySite
 from mesh.prometheus_config import native_site
 from mesh.prometheus_config import render as render_prometheus
 from mesh.topology import (

@@ -21,7 +21,8 @@ import httpx
 from devtools.plan import MeshPlan, migrate, mongo_answers
 from devtools.processes import ManagedProcess
 from devtools.tokens import JWKS, SigningKey, ensure_keys
-from mesh.envoy_config import EdgeAuth, EdgeTracing, render
+from mesh.edge.render import render
+from mesh.edge.settings import EdgeAuth, EdgeTracing
 from mesh.topology import backends, base_name, process_names
 
 # The servers the tests and the benchmarks make their databases and vhost on.

@@ -11,7 +11,7 @@ committed) and a JWKS file with its public half, which Envoy reads
 The test sandbox makes its own key pair the same way and mints tokens with
 chosen scopes, expiry, issuer and audience (``SigningKey.mint``). In production
 an OIDC provider issues the tokens and Envoy fetches its JWKS (``AUTH_JWKS_URI``,
-see ``mesh.envoy_config.EdgeAuth``); nothing here is used then.
+see ``mesh.edge.settings.EdgeAuth``); nothing here is used then.
 """
 
 import argparse

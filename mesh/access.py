@@ -1,6 +1,6 @@
 """Who may call what: the scope each RPC requires, in one table.
 
-Envoy enforces it (``mesh.envoy_config``: jwt_authn + RBAC, keyed by the
+Envoy enforces it (``mesh.edge.auth``: jwt_authn + RBAC, keyed by the
 gRPC method path, so REST and native gRPC follow the same rule), and the docs
 read it (the OpenAPI document's security requirements, the gRPC reference).
 Nothing else lists methods or scopes.
@@ -21,7 +21,7 @@ from mesh.topology import ROOT
 
 PUBLIC = None  # no token needed
 
-# Whose tokens Envoy trusts by default (mesh.envoy_config.EdgeAuth): the development
+# Whose tokens Envoy trusts by default (mesh.edge.settings.EdgeAuth): the development
 # issuer, whose key pair `make up` keeps under .run/auth/ and whose public JWKS Envoy
 # reads from this file (devtools.tokens signs for it). Production names its OIDC
 # provider instead (AUTH_ISSUER, AUTH_AUDIENCES, AUTH_JWKS_URI).

@@ -273,12 +273,6 @@ class GrpcServer:
                 # Refused by grpcio's core (RESOURCE_EXHAUSTED) before any Python
                 # runs: a 3.9 MB request once kept analytics_svc's loop busy for 8 s.
                 ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
-                # Uncompressed requests only: each is well under 1 KiB and nothing
-                # in the mesh compresses. A gzip- or deflate-compressed one is then
-                # refused by grpcio's core at once, UNIMPLEMENTED "Compression
-                # algorithm 'gzip' is disabled.", instead of being inflated (a
-                # corrupt one was INTERNAL "Decompression failed due to zlib error").
-                ("grpc.compression_enabled_algorithms_bitset", 1 << grpc.Compression.NoCompression),
             ],
             # Every open stream counts, from its headers on: a backstop beside
             # the CallBudget of complete calls. Beyond it grpcio refuses at once

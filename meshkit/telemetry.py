@@ -43,7 +43,7 @@ def traces_endpoint(environ: Mapping[str, str] = os.environ) -> str | None:
     """Where the environment asks spans to go: the traces endpoint, else the general
     one; None when neither is set, or the SDK or the trace exporter is switched off
     (OTEL_SDK_DISABLED=true, OTEL_TRACES_EXPORTER=none). Envoy's config reads it too
-    (mesh/envoy_config.py), so the edge and the services trace alike."""
+    (mesh/edge/settings.py), so the edge and the services trace alike."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
     if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":

@@ -6,7 +6,6 @@ so the suite neither needs nor disturbs a mesh started with `make up`.
 """
 
 import itertools
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
@@ -27,7 +26,7 @@ from devtools.sandbox import (
 from inventory_svc.store import MIGRATIONS as INVENTORY_MIGRATIONS
 from meshkit.postgres import apply_migrations
 from tests.support.net import TcpProxy
-from tests.support.servers import PG_SERVER_URL, RABBIT_SERVER_URL, start_test_mesh
+from tests.support.servers import PG_SERVER_URL, RABBIT_SERVER_URL, own_mesh, start_test_mesh
 from tests.support.smtp import MailCatcher
 
 # --- infrastructure of our own -------------------------------------------------
@@ -147,25 +146,9 @@ async def scratch_mesh(tmp_path_factory, mongo_url, mail) -> AsyncIterator[Mesh]
     """A second mesh with databases and a vhost of its own, for tests that send
     whatever a generator makes up (fuzzing, schemathesis): they may sell and
     restock the seed products, which the other tests rely on."""
-    inventory_url = await create_database(PG_SERVER_URL, "polyglot_scratch_inventory")
-    notify_url = await create_database(PG_SERVER_URL, "polyglot_scratch_notify")
-    vhost = create_vhost(RABBIT_SERVER_URL, "polyglot_scratch")
-    env = {
-        "INVENTORY_DATABASE_URL": inventory_url,
-        "NOTIFY_DATABASE_URL": notify_url,
-        "AMQP_URL": vhost,
-        "MONGO_URL": mongo_url,
-        "ANALYTICS_DATABASE": f"scratch_{uuid.uuid4().hex[:8]}",
-        "SMTP_URL": mail.url,
-    }
-    running = start_test_mesh(tmp_path_factory.mktemp("scratch_mesh"), env)
-    try:
+    run_dir = tmp_path_factory.mktemp("scratch_mesh")
+    async with own_mesh(run_dir, "polyglot_scratch", mongo_url, mail.url) as running:
         yield running
-    finally:
-        running.stop()
-        delete_vhost(vhost)
-        await drop_database(inventory_url)
-        await drop_database(notify_url)
 
 
 @pytest_asyncio.fixture(scope="session")

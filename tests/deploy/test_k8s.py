@@ -7,12 +7,13 @@ import base64
 import importlib.util
 import os
 import re
+from dataclasses import replace
 
 import pytest
 
-from mesh import envoy_config
 from mesh.contracts import DESCRIPTOR_SET
-from mesh.envoy_config import K8S_DIR, K8S_SITE, render
+from mesh.edge.render import K8S_DIR, K8S_PROD_CONFIG, K8S_PROD_SITE, K8S_SITE, main, render
+from mesh.edge.settings import EdgeAuth
 from mesh.topology import GRPC_PORTS, ROOT
 from meshkit.grpc_server import LIVENESS
 from tests.support import k8s_check as k8s
@@ -89,7 +90,10 @@ def test_prod_runs_three_of_everything_through_operators():
     assert find(objects, "RabbitmqCluster", "rabbitmq")["spec"]["replicas"] == 3
     assert find(objects, "MongoDBCommunity", "mongo")["spec"]["members"] == 3
     assert not [o for o in objects if o["kind"] == "StatefulSet"]
-    assert find(objects, "Service", "envoy")["spec"]["type"] == "LoadBalancer"
+    envoy = find(objects, "Service", "envoy")["spec"]
+    assert envoy["type"] == "LoadBalancer"
+    # Clients keep their own address: the quota for calls without a token counts by it.
+    assert envoy["externalTrafficPolicy"] == "Local"
 
 
 def test_prod_credentials_come_only_from_secrets_the_repository_does_not_hold():
@@ -140,7 +144,9 @@ def test_envoy_is_the_only_way_in_and_reads_the_generated_config(overlay):
         "envoy"
     ]
     (config,) = [o for o in objects if o["kind"] == "ConfigMap"]  # envoy-config-<hash>
-    assert config["data"]["envoy.yaml"] == (K8S_DIR / "envoy.yaml").read_text()
+    # Development's quotas in dev, production's in prod (README "Limits and quotas").
+    rendered = K8S_PROD_CONFIG if overlay == "prod" else K8S_DIR / "envoy.yaml"
+    assert config["data"]["envoy.yaml"] == rendered.read_text()
     assert (
         base64.b64decode(config["binaryData"]["mesh.binpb"])
         == (K8S_DIR / "mesh.binpb").read_bytes()
@@ -153,16 +159,19 @@ def test_envoy_is_the_only_way_in_and_reads_the_generated_config(overlay):
 def test_the_checked_in_kubernetes_envoy_files_are_the_generators_output():
     # What `make generate` writes (and the drift check compares) for deploy/k8s.
     assert (K8S_DIR / "envoy.yaml").read_text() == render(K8S_SITE)
+    assert K8S_PROD_CONFIG.read_text() == render(K8S_PROD_SITE)
     assert (K8S_DIR / "mesh.binpb").read_bytes() == DESCRIPTOR_SET.read_bytes()
 
 
 def test_an_overlay_for_an_oidc_provider_as_the_readme_shows_it(tmp_path, monkeypatch):
-    # README: render Envoy's k8s config for the provider, merge it into envoy-config.
+    # README: render Envoy's k8s config for the provider (with production's quotas),
+    # merge it into envoy-config.
     issuer = "https://id.example.com/realms/shop"
     monkeypatch.setenv("AUTH_ISSUER", issuer)
     monkeypatch.setenv("AUTH_AUDIENCES", "polyglotmicro-api")
     monkeypatch.setenv("AUTH_JWKS_URI", f"{issuer}/protocol/openid-connect/certs")
-    envoy_config.main(["--auth-from-env", "k8s", "--out", str(tmp_path / "envoy.yaml")])
+    monkeypatch.setenv("EDGE_PROFILE", "production")
+    main(["--from-env", "k8s", "--out", str(tmp_path / "envoy.yaml")])
     prod = os.path.relpath(k8s.K8S_DIR / "overlays" / "prod", tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
         f"resources:\n  - {prod}\n"
@@ -172,6 +181,9 @@ def test_an_overlay_for_an_oidc_provider_as_the_readme_shows_it(tmp_path, monkey
     objects = k8s.render(tmp_path)
     (config,) = [o for o in objects if o["kind"] == "ConfigMap"]
     assert f"issuer: {issuer}" in config["data"]["envoy.yaml"]
+    assert config["data"]["envoy.yaml"] == render(
+        replace(K8S_PROD_SITE, auth=EdgeAuth.from_env(base=K8S_SITE.auth))
+    )
     assert "mesh.binpb" in config["binaryData"]
     assert k8s.reference_problems(objects) == []
     assert k8s.envoy_validate_problems(objects) == []

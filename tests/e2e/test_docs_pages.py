@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from devtools.postman import FILE_NAME as POSTMAN_COLLECTION
 from devtools.sandbox import Mesh
 from mesh.topology import ROOT
 
@@ -113,14 +114,14 @@ async def test_root_redirects_to_the_landing_page(visit: Visit):
 
 async def test_landing_page_links_resolve_behind_docs(visit: Visit):
     await visit.open("/docs/")
-    for view in ("gRPC reference", "REST reference", "Events (AsyncAPI)"):
-        await expect(visit.page.locator(".card").get_by_role("link", name=view)).to_be_visible()
+    for view in ("gRPC reference", "REST reference", "Postman", "Events (AsyncAPI)"):
+        card = visit.page.locator(".card").get_by_role("link", name=view, exact=True)
+        await expect(card).to_be_visible()
     links = visit.page.locator("main a[href]")
     hrefs = {await links.nth(i).get_attribute("href") for i in range(await links.count())}
     local = sorted(h for h in hrefs if h and not h.startswith("http"))
-    assert {"grpc.html", "rest.html", "asyncapi.html", "openapi.json", "asyncapi.yaml"} <= set(
-        local
-    )
+    downloads = {"openapi.json", "asyncapi.yaml", POSTMAN_COLLECTION}
+    assert {"grpc.html", "rest.html", "asyncapi.html", *downloads} <= set(local)
     for href in local:
         response = await visit.page.request.get(f"{visit.origin}/docs/{href.split('#')[0]}")
         assert response.ok, f"{href}: HTTP {response.status}"
@@ -220,6 +221,7 @@ async def test_asyncapi_page_shows_the_event_and_its_queues(visit: Visit):
     ("path", "content_type"),
     [
         ("/docs/openapi.json", "application/json"),
+        (f"/docs/{POSTMAN_COLLECTION}", "application/json"),
         ("/docs/asyncapi.yaml", "application/yaml"),
         ("/docs/vendor/swagger-ui/swagger-ui-bundle.js", "text/javascript"),
     ],

@@ -20,7 +20,7 @@ from grpclib.const import Cardinality
 import polyglot.inventory.v1 as pb
 from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
-from mesh.envoy_config import EdgeTracing
+from mesh.edge.settings import EdgeTracing
 from tests.e2e.test_edge_limits import mesh_auth
 from tests.support.inventory import order
 from tests.support.otlp import OtlpReceiver, ReceivedSpan

@@ -36,7 +36,7 @@ from devtools.sandbox import (
 from meshkit.events import EXCHANGE, PRODUCT_SOLD
 from tests.support.inventory import order
 from tests.support.pipeline import PipelineView
-from tests.support.servers import FAST, PG_SERVER_URL, RABBIT_SERVER_URL, TEST_EDGE
+from tests.support.servers import FAST, PG_SERVER_URL, RABBIT_SERVER_URL
 from tests.support.waiting import eventually
 
 PRODUCTS = {1: 100_000, 2: 100_000, 3: 100_000}
@@ -79,7 +79,7 @@ def replicated_mesh(tmp_path: Path, own_databases, own_vhost, mongo_url, mail) -
         # share (max_connections 100 by default): small pools.
         "DB_POOL_SIZE": "3",
     }
-    mesh = start_mesh(tmp_path, env, edge=TEST_EDGE, replicas=2)
+    mesh = start_mesh(tmp_path, env, replicas=2)
     yield mesh
     mesh.stop()
 

@@ -43,6 +43,19 @@ async def test_a_redelivered_event_is_recorded_once(sales):
     assert (totals.units_sold, totals.orders) == (2, 1)
 
 
+async def test_a_recorded_sale_is_a_saleevent_document_read_back_unchanged(sales):
+    """The insert writes plain documents (no Beanie Document): they hold exactly
+    SaleEvent's fields and read back as the sale that was recorded."""
+    event = sale(90, 3, T0, name="Plain")
+    event = Sale(**{**event.__dict__, "sold_by": "alice"})
+    assert await use_cases.record_sale(sales, event) is True
+    stored = await SaleEvent.get_pymongo_collection().find_one({"event_id": event.event_id})
+    assert set(stored) == {"_id", *(set(SaleEvent.model_fields) - {"id", "revision_id"})}
+    [document] = await SaleEvent.find(SaleEvent.event_id == event.event_id).to_list()
+    assert document.to_sale() == event
+    assert document.recorded_at >= T0
+
+
 async def test_product_totals_and_latest_name(sales):
     for quantity, minutes, name in [(1, 0, "Mouse"), (4, 5, "Mouse"), (2, 10, "Mouse Pro")]:
         await use_cases.record_sale(sales, sale(2, quantity, T0 + timedelta(minutes=minutes), name))
@@ -85,15 +98,15 @@ async def test_recent_events_page_newest_first_without_gaps_or_repeats(sales):
 
 @pytest.fixture
 def insert_many_calls(monkeypatch) -> list[int]:
-    """The size of each SaleEvent.insert_many call, which still reaches MongoDB."""
+    """The size of each insert_many call, which still reaches MongoDB."""
     calls: list[int] = []
-    insert_many = SaleEvent.insert_many
+    insert_many = MongoSales._insert_documents
 
-    async def counted(documents, *args, **kwargs):
+    async def counted(documents):
         calls.append(len(documents))
-        return await insert_many(documents, *args, **kwargs)
+        return await insert_many(documents)
 
-    monkeypatch.setattr(SaleEvent, "insert_many", counted)
+    monkeypatch.setattr(MongoSales, "_insert_documents", staticmethod(counted))
     return calls
 
 
@@ -119,10 +132,10 @@ async def test_concurrent_events_are_written_together_and_each_learns_its_outcom
 async def test_an_unconfirmed_write_is_unavailable_to_every_caller(sales, monkeypatch):
     """writeConcernErrors: the handler must retry, not ack a write MongoDB did not confirm."""
 
-    async def unconfirmed(documents, *args, **kwargs):
+    async def unconfirmed(documents):
         raise BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64}]})
 
-    monkeypatch.setattr(SaleEvent, "insert_many", unconfirmed)
+    monkeypatch.setattr(MongoSales, "_insert_documents", staticmethod(unconfirmed))
     outcomes = await asyncio.gather(
         *(use_cases.record_sale(sales, sale(40, 1, T0)) for _ in range(3)),
         return_exceptions=True,
@@ -145,14 +158,14 @@ async def test_close_waits_for_the_batch_in_flight(mongo_url, monkeypatch):
     store = MongoSales(mongo_url, f"analytics_test_{uuid.uuid4().hex[:8]}", timeout_seconds=5)
     await store.ready()
     writing = asyncio.Event()
-    insert_many = SaleEvent.insert_many
+    insert_many = MongoSales._insert_documents
 
-    async def slow(documents, *args, **kwargs):
+    async def slow(documents):
         writing.set()
         await asyncio.sleep(0.2)  # close() is called meanwhile
-        return await insert_many(documents, *args, **kwargs)
+        return await insert_many(documents)
 
-    monkeypatch.setattr(SaleEvent, "insert_many", slow)
+    monkeypatch.setattr(MongoSales, "_insert_documents", staticmethod(slow))
     recording = [
         asyncio.create_task(store.record(sale(50, 1, T0 + timedelta(seconds=i)))) for i in range(20)
     ]

@@ -43,7 +43,8 @@ from dockerfile_parse import DockerfileParser
 from devtools.plan import ENVOY_OPTIONS
 from devtools.processes import run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
-from mesh.envoy_config import CHECKED_IN, COMPOSE_SITE, OTLP_CLUSTER
+from mesh.edge.render import CHECKED_IN, COMPOSE_SITE
+from mesh.edge.tracing import OTLP_CLUSTER
 from mesh.prometheus_config import CHECKED_IN as PROMETHEUS_CHECKED_IN
 from mesh.prometheus_config import COMPOSE_SITE as PROMETHEUS_COMPOSE_SITE
 from mesh.topology import ROOT, WORKERS

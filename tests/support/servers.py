@@ -1,5 +1,6 @@
 """The servers the suite runs against, and how it starts a mesh of its own."""
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources.abc import Traversable
@@ -10,6 +11,8 @@ from devtools.sandbox import (
     RABBIT_SERVER_URL,
     Mesh,
     create_database,
+    create_vhost,
+    delete_vhost,
     drop_database,
     start_mesh,
 )
@@ -19,8 +22,8 @@ __all__ = [
     "FAST",
     "PG_SERVER_URL",
     "RABBIT_SERVER_URL",
-    "TEST_EDGE",
     "migrated_database",
+    "own_mesh",
     "start_test_mesh",
 ]
 
@@ -33,13 +36,40 @@ FAST = {
     "DRAIN_SECONDS": "0",
     "METRICS_SAMPLE_SECONDS": "0.5",
 }
-# The suite sells hundreds of orders from one address in a burst: the per-client
-# mutation limit is raised (tests/e2e/test_edge_limits.py checks it on its own Envoy).
-TEST_EDGE = {"mutation_rate_per_second": 10_000, "mutation_burst": 10_000}
 
 
 def start_test_mesh(run_dir: Path, env: dict[str, str], only: list[str] | None = None) -> Mesh:
-    return start_mesh(run_dir, {**FAST, **env}, only, edge=TEST_EDGE)
+    """A mesh with the development profile's quotas, which the suite's bursts of
+    hundreds of calls from one address and one token fit in (the quotas themselves:
+    tests/e2e/test_edge_quotas.py, on Envoys of their own)."""
+    return start_mesh(run_dir, {**FAST, **env}, only)
+
+
+@asynccontextmanager
+async def own_mesh(run_dir: Path, name: str, mongo_url: str, smtp_url: str) -> AsyncIterator[Mesh]:
+    """A whole mesh on databases, a vhost and an analytics database of its own,
+    named after ``name``: it starts from the seed, whatever other tests did."""
+    inventory_url = await create_database(PG_SERVER_URL, f"{name}_inventory")
+    notify_url = await create_database(PG_SERVER_URL, f"{name}_notify")
+    vhost = create_vhost(RABBIT_SERVER_URL, name)
+    env = {
+        "INVENTORY_DATABASE_URL": inventory_url,
+        "NOTIFY_DATABASE_URL": notify_url,
+        "AMQP_URL": vhost,
+        "MONGO_URL": mongo_url,
+        "ANALYTICS_DATABASE": f"{name.removeprefix('polyglot_')}_{uuid.uuid4().hex[:8]}",
+        "SMTP_URL": smtp_url,
+    }
+    try:
+        mesh = start_test_mesh(run_dir, env)
+        try:
+            yield mesh
+        finally:
+            mesh.stop()
+    finally:
+        delete_vhost(vhost)
+        await drop_database(inventory_url)
+        await drop_database(notify_url)
 
 
 @asynccontextmanager

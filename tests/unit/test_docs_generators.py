@@ -9,10 +9,11 @@ import re
 
 import pytest
 
+from devtools import openapi as openapi_module
 from devtools.docs_site import doc_html, render_pages
 from devtools.openapi import openapi
 from inventory_svc import domain as inventory_domain
-from mesh.contracts import Contracts, load_contracts
+from mesh.contracts import Contracts
 from mesh.topology import DOCS_SITE, GRPC_PORTS
 from meshkit.limits import Limit
 
@@ -29,16 +30,6 @@ ROUTES = {
     "AnalyticsService-ListSaleEvents": ("get", "/analytics/sales"),
     "NotificationService-ListNotifications": ("get", "/notifications"),
 }
-
-
-@pytest.fixture(scope="module")
-def contracts() -> Contracts:
-    return load_contracts()
-
-
-@pytest.fixture(scope="module")
-def spec(contracts: Contracts) -> dict:
-    return openapi(contracts)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +53,11 @@ def test_every_rpc_of_the_descriptor_set_has_its_http_route(contracts, spec):
     assert {op_id: (m, p) for op_id, (m, p, _) in operations(spec).items()} == ROUTES
 
 
-def test_same_origin_server_and_one_tag_per_service(spec):
+def test_servers_for_clients_and_the_same_origin_and_one_tag_per_service(spec):
     assert spec["openapi"] == "3.0.3"
-    assert spec["servers"] == [{"url": "/", "description": "the Envoy serving this page"}]
+    # Clients and generators take the first; the docs' Swagger UI picks "/" (rest.html).
+    assert [s["url"] for s in spec["servers"]] == ["http://localhost:8080", "/"]
+    assert all(s["description"] for s in spec["servers"])
     tags = [t["name"] for t in spec["tags"]]
     assert tags == ["AnalyticsService", "InventoryService", "NotificationService"]
     for op_id, (_, _, op) in operations(spec).items():
@@ -148,6 +141,7 @@ def test_parameters_follow_the_http_rule(spec):
                 "format": "int32",
                 "minimum": 1,
                 "maximum": inventory_domain.MAX_PRODUCT_ID,
+                "example": 1,
             },
             "description": "Product id (positive).",
         }
@@ -158,6 +152,7 @@ def test_parameters_follow_the_http_rule(spec):
         ("page_token", "query"),
     ]
     summary = ops["AnalyticsService-GetSalesSummary"][2]["parameters"][0]
+    # Optional query parameters carry no example: Swagger UI would pre-fill them.
     assert summary["schema"] == {"type": "string", "format": "date-time"}
 
 
@@ -185,6 +180,23 @@ def test_request_schemas_state_the_limits_the_domain_enforces(spec):
         "maximum"
         not in schemas["inventory.v1.DecreaseStockResponse"]["properties"]["current_stock"]
     )
+
+
+def test_request_examples_are_a_sale_the_services_accept(spec):
+    """Swagger UI's "Try it out" and the Postman collection send these."""
+    decrease = spec["components"]["schemas"]["inventory.v1.DecreaseStockRequest"]
+    example = {name: field["example"] for name, field in decrease["properties"].items()}
+    assert example == {"product_id": 1, "quantity": 2, "order_id": "ORD-2024-001"}
+    assert inventory_domain.sale_request(**example)  # the domain's own check accepts it
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("quantity", 0), ("order_id", "no spaces"), ("quantity", "2")]
+)
+def test_an_example_the_field_refuses_fails_the_build(contracts, monkeypatch, name, value):
+    monkeypatch.setitem(openapi_module.EXAMPLES, name, value)
+    with pytest.raises(ValueError, match=rf"EXAMPLES\['{name}'\]"):
+        openapi(contracts)
 
 
 def test_a_limit_on_a_field_the_contracts_lack_fails_the_build(contracts):

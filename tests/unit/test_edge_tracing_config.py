@@ -9,16 +9,11 @@ import yaml
 
 from devtools.launcher import edge_auth
 from devtools.plan import native_plan
-from mesh.envoy_config import (
-    ACCESS_LOG_FORMAT,
-    AUTH_ENV,
-    EDGE_ENV,
-    OTLP_CLUSTER,
-    EdgeTracing,
-    EnvoySite,
-    envoy_config,
-    with_environment,
-)
+from mesh.edge.knobs import EDGE_ENV, with_environment
+from mesh.edge.listener import ACCESS_LOG_FORMAT
+from mesh.edge.render import envoy_config
+from mesh.edge.settings import AUTH_ENV, EdgeTracing, EnvoySite
+from mesh.edge.tracing import OTLP_CLUSTER
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector.example:4317"}
 SAMPLERS = "envoy.tracers.opentelemetry.samplers."

@@ -1,12 +1,11 @@
 """The edge's limits as rendered into Envoy's config (the behaviour itself is tested
 through a real Envoy in tests/e2e/test_edge_limits.py)."""
 
-from mesh.envoy_config import (
-    LOCAL_REPLIES,
-    EnvoySite,
-    envoy_config,
-    with_environment,
-)
+from mesh.edge.grpc_input import LUA
+from mesh.edge.knobs import with_environment
+from mesh.edge.render import envoy_config
+from mesh.edge.replies import LOCAL_REPLIES, QUOTA_REPLIES
+from mesh.edge.settings import EnvoySite
 
 
 def _manager(config: dict) -> dict:
@@ -32,29 +31,34 @@ def test_every_rpc_has_a_timeout_by_its_kind_that_also_caps_grpc_timeout():
         "/polyglot.notify.v1.NotificationService/ListNotifications": "3s",
     }
     for path, timeout in expected.items():
-        route = routes[path]["route"]
-        assert route["timeout"] == timeout
-        assert route["max_stream_duration"] == {
+        # max_stream_duration is the route's time limit (Envoy ignores a route's
+        # `timeout` once it is set) and caps a caller's grpc-timeout.
+        assert routes[path]["route"]["max_stream_duration"] == {
             "max_stream_duration": timeout,
             "grpc_timeout_header_max": timeout,
         }
-        assert "x-envoy-original-path" in routes[path]["request_headers_to_remove"]
 
 
-def test_only_mutations_are_rate_limited_and_zero_turns_it_off():
-    routes = _rpc_routes(envoy_config(EnvoySite(mutation_rate_per_second=7, mutation_burst=9)))
-    limited = {path for path, r in routes.items() if r.get("typed_per_filter_config")}
-    assert limited == {
-        "/polyglot.inventory.v1.InventoryService/DecreaseStock",
-        "/polyglot.inventory.v1.InventoryService/RestockProduct",
+def test_the_transcoders_copy_of_the_rest_path_is_not_forwarded():
+    route_config = _manager(envoy_config(EnvoySite()))["route_config"]
+    assert "x-envoy-original-path" in route_config["request_headers_to_remove"]
+
+
+def test_every_grpc_method_and_health_runs_the_grpc_input_check_and_no_rest_path_does():
+    config = envoy_config(EnvoySite())
+    routes = _manager(config)["route_config"]["virtual_hosts"][0]["routes"]
+    checked = {
+        r["match"].get("path") or r["match"].get("prefix")
+        for r in routes
+        if LUA in r.get("typed_per_filter_config", {})
     }
-    limit = routes["/polyglot.inventory.v1.InventoryService/DecreaseStock"][
-        "typed_per_filter_config"
-    ]["envoy.filters.http.local_ratelimit"]
-    assert limit["descriptors"][0]["token_bucket"]["tokens_per_fill"] == 7
-    assert limit["descriptors"][0]["token_bucket"]["max_tokens"] == 9
-    routes = _rpc_routes(envoy_config(EnvoySite(mutation_rate_per_second=0)))
-    assert not any(r.get("typed_per_filter_config") for r in routes.values())
+    assert checked == set(_rpc_routes(config)) | {"/grpc.health.v1."}
+    lua = next(f for f in _manager(config)["http_filters"] if f["name"] == LUA)
+    assert "default_source_code" not in lua["typed_config"]  # nowhere else
+    assert not any(
+        LUA in r.get("typed_per_filter_config", {})
+        for r in _rpc_routes(envoy_config(EnvoySite(grpc_input_check=False))).values()
+    )
 
 
 def test_every_local_reply_status_gets_the_json_shape_and_a_grpc_status():
@@ -70,7 +74,7 @@ def test_every_local_reply_status_gets_the_json_shape_and_a_grpc_status():
     }
     assert statuses == set(LOCAL_REPLIES)
     grpc = [m for m in mappers if "and_filter" in m["filter"]]
-    assert len(grpc) == len(LOCAL_REPLIES)
+    assert len(grpc) == len(LOCAL_REPLIES) + len(QUOTA_REPLIES)
     assert all(any(h["header"]["key"] == "grpc-status" for h in m["headers_to_add"]) for m in grpc)
 
 

@@ -7,14 +7,10 @@ import yaml
 
 from devtools.launcher import edge_auth
 from devtools.plan import native_plan
-from mesh.envoy_config import (
-    AUTH_ENV,
-    EDGE_ENV,
-    SAFE_RETRY_ON,
-    UNSAFE_RETRY_ON,
-    EnvoySite,
-    envoy_config,
-)
+from mesh.edge.knobs import EDGE_ENV
+from mesh.edge.render import envoy_config
+from mesh.edge.routes import SAFE_RETRY_ON, UNSAFE_RETRY_ON
+from mesh.edge.settings import AUTH_ENV, EnvoySite
 from mesh.topology import (
     api_replicas,
     backends,
@@ -23,7 +19,7 @@ from mesh.topology import (
     native_ports,
     process_names,
 )
-from tests.unit.test_envoy_limits import _rpc_routes
+from tests.unit.test_envoy_limits import _manager, _rpc_routes
 
 INVENTORY = "/polyglot.inventory.v1.InventoryService"
 
@@ -72,7 +68,10 @@ def test_every_replica_is_an_endpoint_balanced_by_least_request_health_checked_a
 
 
 def test_reads_and_decrease_stock_are_retried_after_a_reset_restock_never():
-    routes = _rpc_routes(envoy_config(EnvoySite(per_try_timeout_seconds=6.0)))
+    config = envoy_config(EnvoySite(per_try_timeout_seconds=6.0))
+    routes = _rpc_routes(config)
+    # A route without a retry policy of its own follows its virtual host's.
+    default = _manager(config)["route_config"]["virtual_hosts"][0]["retry_policy"]
     for path in (
         f"{INVENTORY}/DecreaseStock",
         f"{INVENTORY}/GetStock",
@@ -80,14 +79,24 @@ def test_reads_and_decrease_stock_are_retried_after_a_reset_restock_never():
         "/polyglot.analytics.v1.AnalyticsService/GetSalesSummary",
         "/polyglot.notify.v1.NotificationService/ListNotifications",
     ):
-        policy = routes[path]["route"]["retry_policy"]
+        policy = routes[path]["route"].get("retry_policy", default)
         assert policy["retry_on"] == SAFE_RETRY_ON, path
         assert {"reset", "unavailable"} <= set(policy["retry_on"].split(","))
         assert policy["per_try_timeout"] == "6s"
         assert policy["retry_host_predicate"][0]["name"].endswith("previous_hosts")
-    restock = routes[f"{INVENTORY}/RestockProduct"]["route"]["retry_policy"]
+    restock = routes[f"{INVENTORY}/RestockProduct"]["route"].get("retry_policy", default)
     assert restock["retry_on"] == UNSAFE_RETRY_ON
     assert not {"reset", "unavailable", "5xx"} & set(restock["retry_on"].split(","))
+
+
+def test_a_try_never_outlasts_its_routes_time_limit():
+    site = EnvoySite(per_try_timeout_seconds=6.0, timeouts={**EnvoySite().timeouts, "read": 4.0})
+    config = envoy_config(site)
+    default = _manager(config)["route_config"]["virtual_hosts"][0]["retry_policy"]
+    assert default["per_try_timeout"] == "6s"
+    read = _rpc_routes(config)[f"{INVENTORY}/GetStock"]["route"].get("retry_policy", default)
+    assert read["retry_on"] == SAFE_RETRY_ON
+    assert read["per_try_timeout"] == "4s"
 
 
 def test_replicas_make_up_renders_an_envoy_config_listing_every_replica(tmp_path, monkeypatch):

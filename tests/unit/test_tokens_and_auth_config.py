@@ -6,7 +6,9 @@ import jwt
 import pytest
 
 from devtools import tokens
-from mesh.envoy_config import JWKS_CLUSTER, EdgeAuth, EnvoySite, envoy_config, render
+from mesh.edge.auth import JWKS_CLUSTER
+from mesh.edge.render import envoy_config, render
+from mesh.edge.settings import EdgeAuth, EnvoySite
 from tests.support.compose_check import validate_envoy
 
 
