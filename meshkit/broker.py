@@ -11,9 +11,10 @@ the same way for every service:
 - ``EventConsumer``: a service's subscribers as a lifecycle component.
 """
 
+import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from faststream import AckPolicy
@@ -75,6 +76,46 @@ async def broker_reachable(broker: RabbitBroker) -> None:
         raise ConnectionError("RabbitMQ is unreachable")
 
 
+# Attempts of handlers in this process that are still running, whether or not a
+# message still waits for them (``run_to_its_end``).
+_ATTEMPTS: set[asyncio.Task[Any]] = set()
+
+
+async def run_to_its_end(attempt: Coroutine[Any, Any, None]) -> None:
+    """Await ``attempt``, which goes on to its end even if the waiting is cancelled.
+
+    A broker connection that drops cancels the handlers of the messages in hand
+    (aiormq cancels a closed channel's consumer tasks). Stopped halfway, a
+    handler leaves its work half done: notify_svc once had e-mails accepted by
+    the mail server but never marked sent, and sent them again on redelivery.
+    So each attempt runs in a task of its own and only the waiting stops; the
+    redelivered message then finds the work done (every handler deduplicates by
+    event id). ``finish_attempts`` lets them end before the process exits.
+    """
+    task = asyncio.ensure_future(attempt)
+    _ATTEMPTS.add(task)
+    task.add_done_callback(_attempt_ended)
+    await asyncio.shield(task)
+
+
+def _attempt_ended(task: asyncio.Task[Any]) -> None:
+    _ATTEMPTS.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: whoever still waits has it, no one else needs it
+
+
+async def finish_attempts(within: float) -> None:
+    """Wait up to ``within`` seconds for the handler attempts still running."""
+    if not _ATTEMPTS:
+        return
+    _, unfinished = await asyncio.wait(set(_ATTEMPTS), timeout=within)
+    if unfinished:
+        log.warning(
+            "%d event handler(s) still running at exit: their messages will be redelivered",
+            len(unfinished),
+        )
+
+
 def subscribe(
     router: RabbitRouter, service: str, describe: Callable[..., str]
 ) -> Callable[[Callable[[E], Awaitable[None]]], Callable[..., Awaitable[None]]]:
@@ -85,16 +126,19 @@ def subscribe(
     returned (AckPolicy.NACK_ON_ERROR: an error → nack and redelivery, past the
     limit the DLQ); ``Unavailable`` (its database, its mail server) is waited
     out inside the handler, so an outage delays messages instead of spending
-    their delivery attempts. ``describe(event)`` names the event in retry logs.
-    The handler's annotation is the wire type FastStream validates bodies into
-    and documents in AsyncAPI.
+    their delivery attempts; an attempt once started runs to its end even if
+    the broker connection drops (``run_to_its_end``). ``describe(event)`` names
+    the event in retry logs. The handler's annotation is the wire type
+    FastStream validates bodies into and documents in AsyncAPI.
     """
     subscription: Subscription = SUBSCRIPTIONS[service]
 
     def register(handler: Callable[[E], Awaitable[None]]) -> Callable[..., Awaitable[None]]:
         @functools.wraps(handler)
         async def handle(event: Any) -> None:
-            await retry_while_unavailable(lambda: handler(event), what=describe(event))
+            await retry_while_unavailable(
+                lambda: run_to_its_end(handler(event)), what=describe(event)
+            )
 
         return router.subscriber(
             subscriber_queue(subscription),
@@ -110,7 +154,9 @@ def subscribe(
 class EventConsumer:
     """The subscribers of a service's FastStream broker, as a lifecycle component.
 
-    Stopping waits up to the broker's ``graceful_timeout`` for messages in hand.
+    Stopping waits up to the broker's ``graceful_timeout`` for messages in hand,
+    then as long again for handler attempts that outlived their message (a
+    broker connection dropped while they ran).
     """
 
     def __init__(self, broker: RabbitBroker, *, health_name: str) -> None:
@@ -136,3 +182,4 @@ class EventConsumer:
 
     async def stop(self) -> None:
         await self._broker.stop()
+        await finish_attempts(self._broker.config.graceful_timeout or 0)

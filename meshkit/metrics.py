@@ -71,13 +71,15 @@ DB_POOL = Gauge(
 
 
 class GrpcMetrics(grpc.aio.ServerInterceptor):
-    """Counts and times every unary RPC of the server it is given to.
+    """Counts and times every RPC with one response of the server it is given to:
+    our APIs (grpcio's stream-unary kind, meshkit.grpc_server says why) and
+    grpcio's unary ones (health Check).
 
     The wrapped handler is made once per method and reused (the server's handlers
     never change), with the counter of every status code at hand (each exported,
     0 until used): a call costs a clock read and two updates, about 3-7 µs here
-    (an RPC's own work is a millisecond or more). Streaming RPCs (health Watch,
-    reflection) pass through unmeasured.
+    (an RPC's own work is a millisecond or more). RPCs that stream responses
+    (health Watch, reflection) pass through unmeasured.
     """
 
     def __init__(self) -> None:
@@ -92,19 +94,20 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):
         if (measured := self._measured.get(method)) is not None:
             return measured
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None or handler.response_streaming:
             return handler
         measured = self._measured[method] = measured_handler(handler, method)
         return measured
 
 
 def measured_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    """``handler`` (unary) recording into GRPC_HANDLED / GRPC_HANDLING_SECONDS."""
+    """``handler`` (one response) recording into GRPC_HANDLED / GRPC_HANDLING_SECONDS."""
     service, _, name = method.lstrip("/").partition("/")
     seconds = GRPC_HANDLING_SECONDS.labels(service, name)
     # The counter of each code, looked up once (labels() costs more than inc()).
     handled = {code: GRPC_HANDLED.labels(service, name, code.name) for code in grpc.StatusCode}
-    behaviour = handler.unary_unary
+    kind = "stream_unary" if handler.request_streaming else "unary_unary"
+    behaviour = getattr(handler, kind)
 
     async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
@@ -123,7 +126,7 @@ def measured_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMet
             seconds.observe(time.perf_counter() - started)
             handled[code].inc()
 
-    return handler._replace(unary_unary=measured)
+    return handler._replace(**{kind: measured})
 
 
 def _status(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:

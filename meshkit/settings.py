@@ -4,7 +4,7 @@ import re
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AmqpDsn, Field, ValidationError
+from pydantic import AmqpDsn, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,11 +35,24 @@ class ServiceSettings(BaseSettings):
     # The largest request message a service accepts (bytes). Every request of the
     # contracts fits in well under 1 KiB; Envoy refuses larger bodies before this.
     grpc_max_message_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
-    # Calls in progress at once, per process; more are refused (RESOURCE_EXHAUSTED)
-    # rather than queued. Above Envoy's per-backend limit (its circuit breaker,
-    # 256 in flight), so behind one Envoy that fast 503 answers first; this guards
-    # the process against callers that bypass Envoy, or several Envoys.
+    # Calls in progress at once, per process, counted from when a call's request
+    # message is complete (a stream still waiting for it takes no place here);
+    # more are refused (RESOURCE_EXHAUSTED) rather than queued. Above Envoy's
+    # per-backend limit (its circuit breaker, 256 in flight), so behind one Envoy
+    # that fast 503 answers first; this guards the process against callers that
+    # bypass Envoy, or several Envoys.
     grpc_max_concurrent_rpcs: int = Field(default=300, ge=1, le=10_000)
+    # Streams open at once, per process, whatever they are doing: calls in
+    # progress, calls still waiting for their request message, health checks,
+    # reflection. grpcio's own cap, refused before any Python runs: a memory
+    # backstop (a waiting stream may buffer up to a message, GRPC_MAX_MESSAGE_BYTES).
+    grpc_max_open_streams: int = Field(default=1000, ge=1, le=100_000)
+    # How long a call's request message may take to arrive once the call started.
+    # Honest callers send it with the headers and Envoy forwards whole buffered
+    # bodies, so it arrives in a millisecond; a stream held open without it is
+    # answered INVALID_ARGUMENT after this (and at most a quarter more), and frees
+    # its place.
+    grpc_request_read_seconds: float = Field(default=2.0, ge=0.05, le=60)
     # Prometheus metrics (meshkit/metrics.py) over HTTP at /metrics; port 0 (the
     # default) serves none. Whoever starts the process picks the port (`make up`
     # from blueprint/topology.py METRICS_PORTS, compose, the tests); loopback unless a
@@ -51,6 +64,14 @@ class ServiceSettings(BaseSettings):
     metrics_sample_seconds: float = Field(default=5.0, ge=0.1, le=300)
     # The event backbone (every service publishes or subscribes).
     amqp_url: AmqpDsn = AmqpDsn("amqp://guest:guest@127.0.0.1:5672/")
+
+    @field_validator("grpc_max_open_streams")
+    @classmethod
+    def _room_for_every_call(cls, value: int, info: ValidationInfo) -> int:
+        calls = info.data.get("grpc_max_concurrent_rpcs")
+        if calls is not None and value < calls:
+            raise ValueError(f"must be at least GRPC_MAX_CONCURRENT_RPCS ({calls})")
+        return value
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

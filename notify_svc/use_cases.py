@@ -45,11 +45,16 @@ async def notify_sale(
     is retried like an outage) until the e-mail is marked sent. Once the mail
     server has accepted the e-mail only the mark is retried, never the send.
 
+    A dropped broker connection does not stop this halfway: the subscriber runs
+    each attempt to its end (meshkit.broker.run_to_its_end), and the redelivered
+    copy finds the e-mail sent or waits for the mark.
+
     The one at-least-once step left: a process that dies between the mail
-    server's acceptance and the mark (or a send that outlives its lease) leaves
-    the notification 'sending'; once the lease expires, a redelivery sends it
-    again with the same Message-ID, so receivers can deduplicate (no mail server
-    can be asked whether it already has it).
+    server's acceptance and the mark leaves the notification 'sending'; once the
+    lease expires, a redelivery sends it again with the same Message-ID, so
+    receivers can deduplicate (no mail server can be asked whether it already
+    has it). Likewise a send whose acceptance never arrived (connection lost,
+    timeout) counts as not sent.
     """
     email = domain.order_confirmation(sale, sender=sender, recipient=recipient)
     claim = await store.claim(email, mailer.channel, lease_seconds)

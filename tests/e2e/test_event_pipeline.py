@@ -253,6 +253,63 @@ async def test_cut_broker_connections_delay_sales_events_but_lose_none(
     await sales_through_an_outage(broker.cut, broker.restore)
 
 
+async def test_a_broker_drop_while_emails_are_marked_sent_resends_none(
+    mesh, http, pipeline, new_product, broker, notify_db, mail
+):
+    """The issue's case: the broker connection drops between the mail server's
+    acceptance and the mark 'sent' (made to wait here by a row lock the test
+    holds, no mocks). The dropped channel cancels notify's handlers; the marks
+    still complete, and the redelivered events find the e-mails sent."""
+    product = await new_product(stock=10)
+    orders = [order() for _ in range(4)]
+    notify = mesh.grpc_target("notify_svc")
+    mail.answer.clear()  # the mail server holds its answer: the e-mails stay unsent
+    try:
+        for order_id in orders:
+            await sell(http, product, order_id)
+        await eventually(
+            lambda: _claimed(notify_db, orders), what="the e-mails claimed, at the mail server"
+        )
+        async with notify_db.acquire() as locker, locker.transaction():
+            await locker.execute(
+                "SELECT 1 FROM notifications WHERE order_id = ANY($1) FOR UPDATE", orders
+            )
+            mail.answer.set()  # accepted: now each mark 'sent' waits on its row
+            await eventually(
+                lambda: _marks_waiting(notify_db, len(orders)), what="the marks waiting"
+            )
+            assert pipeline.emails(orders) == {o: 1 for o in orders}
+            await asyncio.to_thread(broker.cut)
+            await eventually(
+                lambda: grpc_health(notify, "notify_svc.consumer") == "NOT_SERVING",
+                what="notify_svc noticing the dropped connection",
+            )
+        # The row locks are gone: the marks complete (or, before, had been cancelled).
+        await asyncio.to_thread(broker.restore)
+        await eventually(lambda: pipeline.complete(orders), within=90, what="all e-mails sent")
+    finally:
+        mail.answer.set()
+        await asyncio.to_thread(broker.restore)
+    assert await pipeline.notifications(orders) == {o: 1 for o in orders}
+    assert pipeline.emails(orders) == {o: 1 for o in orders}
+
+
+async def _claimed(db, orders: list[str]) -> bool:
+    claimed = await db.fetchval(
+        "SELECT count(*) FROM notifications WHERE order_id = ANY($1) AND status = 'sending'",
+        orders,
+    )
+    return claimed == len(orders)
+
+
+async def _marks_waiting(db, count: int) -> bool:
+    waiting = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query LIKE '%UPDATE notifications SET status%'"
+    )
+    return waiting >= count
+
+
 @pytest.mark.broker_outage
 async def test_a_broker_outage_delays_sales_events_but_loses_none(sales_through_an_outage):
     """A real outage: RabbitMQ itself stopped (``rabbitmqctl stop_app``, needs root).

@@ -15,8 +15,8 @@ import polyglot.inventory.v1 as pb
 from devtools.processes import grpc_serving
 from tests.e2e.test_inventory_faults import lone_inventory
 from tests.support.inventory import inventory_state, stock_of
-from tests.support.raw_grpc import call_raw
-from tests.support.sales import order
+from tests.support.raw_grpc import GET_STOCK, LAPTOP, RawGrpcConnection, call_raw, frame
+from tests.support.sales import decrease_body, order
 from tests.support.waiting import eventually
 
 DECREASE = "/polyglot.inventory.v1.InventoryService/DecreaseStock"
@@ -82,6 +82,156 @@ async def test_malformed_protobuf_is_invalid_argument_with_a_readable_message(
         assert "Traceback" not in new
         refused = [line for line in new.splitlines() if "refused a malformed request" in line]
         assert len(refused) == sum(_backend_of(m) == name for m, _, _ in MALFORMED)
+
+
+# Streams that end (or never end) without one complete request message, as gRPC
+# framing goes: a 1-byte flag and a 4-byte length, then the message.
+TRUNCATED = b"\x00\x00\x00\x00\x64\x08"  # declares 100 bytes, sends 1 (the issue's)
+INCOMPLETE = {
+    "truncated message": (TRUNCATED, True),
+    "header-only prefix": (b"\x00\x00\x00", True),
+    "empty body": (b"", True),
+    "held open": (TRUNCATED, False),
+}
+# "Answered, not hung": an ended stream is answered in milliseconds, a held-open one
+# after GRPC_REQUEST_READ_SECONDS (2 s) or, through Envoy, the route's timeout (8 s);
+# before, none was answered until the caller gave up.
+ANSWERED_WITHIN = 15.0
+
+
+@pytest.mark.parametrize("case", INCOMPLETE)
+async def test_a_call_without_a_complete_request_message_is_answered_invalid_argument(mesh, case):
+    body, end_stream = INCOMPLETE[case]
+    logged = _log_size(mesh, "inventory_svc")
+    async with await RawGrpcConnection.open(mesh.grpc_target("inventory_svc")) as connection:
+        answer = await asyncio.wait_for(
+            connection.call(GET_STOCK, body, end_stream=end_stream), ANSWERED_WITHIN
+        )
+    assert answer.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0], answer
+    if end_stream:
+        assert answer.grpc_message == "the request stream ended without a complete GetStockRequest"
+    else:
+        assert answer.grpc_message == "no complete GetStockRequest arrived within 2s of the call"
+    [line] = _refusals_since(mesh, logged)  # one line, no traceback
+    assert f"{GET_STOCK}: refused a call ({answer.grpc_message})" in line
+
+
+@pytest.mark.parametrize("case", INCOMPLETE)
+async def test_through_envoy_such_a_call_is_answered_and_never_reaches_the_service(mesh, case):
+    """The edge checks native gRPC input itself (envoy/README.md, "Native gRPC
+    input") and forwards whole requests only: an ended stream is refused at once,
+    one held open is answered at the route's timeout (8 s for reads)."""
+    body, end_stream = INCOMPLETE[case]
+    logged = _log_size(mesh, "inventory_svc")
+    async with await RawGrpcConnection.open(mesh.envoy_target) as connection:
+        answer = await asyncio.wait_for(
+            connection.call(GET_STOCK, body, end_stream=end_stream), ANSWERED_WITHIN
+        )
+    expected = grpc.StatusCode.INVALID_ARGUMENT if end_stream else grpc.StatusCode.DEADLINE_EXCEEDED
+    assert answer.grpc_status == expected.value[0], answer
+    assert _refusals_since(mesh, logged) == []
+
+
+def _refusals_since(mesh, offset: int) -> list[str]:
+    """inventory_svc's log lines about refused calls (and tracebacks) since ``offset``."""
+    return [
+        line
+        for line in _log_since(mesh, "inventory_svc", offset).splitlines()
+        if "refused a call" in line or "Traceback" in line
+    ]
+
+
+# What grpcio's core refuses before any Python runs, with its own code and text
+# (README, "Errors": no option of grpcio 1.85 changes them; through Envoy the edge
+# answers these itself): (body, metadata, code, message).
+CORE_REFUSALS = {
+    "corrupt gzip": (
+        frame(b"abc", compressed=True),
+        (("grpc-encoding", "gzip"),),
+        grpc.StatusCode.INTERNAL,
+        "Decompression failed due to zlib error",
+    ),
+    "compression flag without an encoding": (
+        frame(LAPTOP, compressed=True),
+        (),
+        grpc.StatusCode.INTERNAL,
+        "Compression bit set but no encoding configured",
+    ),
+    "unknown encoding": (
+        frame(b"abc", compressed=True),
+        (("grpc-encoding", "zstdx"),),
+        grpc.StatusCode.INTERNAL,
+        "Error parsing 'grpc-encoding' metadata",
+    ),
+    "bad base64 in -bin metadata": (
+        frame(LAPTOP),
+        (("x-note-bin", "!!!*"),),
+        grpc.StatusCode.INTERNAL,
+        "Error parsing 'x-note-bin' metadata: illegal base64 encoding",
+    ),
+    "declared length over the limit": (
+        b"\x00\x00\x10\x00\x00" + LAPTOP,
+        (),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "SERVER: Received message larger than max (1048576 vs. 65536)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CORE_REFUSALS)
+async def test_what_grpcio_refuses_itself_is_answered_with_its_code(mesh, case):
+    body, metadata, code, says = CORE_REFUSALS[case]
+    address = mesh.grpc_target("inventory_svc")
+    async with await RawGrpcConnection.open(address) as connection:
+        answer = await asyncio.wait_for(connection.call(GET_STOCK, body, metadata), ANSWERED_WITHIN)
+        assert (answer.grpc_status, answer.grpc_message) == (code.value[0], says), answer
+        # The service is none the worse: the same connection serves the next call.
+        honest = await connection.call(GET_STOCK, frame(LAPTOP))
+    assert honest.grpc_status == grpc.StatusCode.OK.value[0], honest
+
+
+async def test_truncated_streams_leave_honest_reads_and_sales_unharmed(
+    mesh, http, anonymous_http, inventory_db, new_product
+):
+    """The issue's attack, 320 truncated streams on GetStock, once made inventory
+    refuse every call (each hung, so they piled up past its concurrency cap).
+    Sent here straight at the service, all at once (through Envoy the edge now
+    refuses them itself: tests/e2e/test_edge_grpc_input.py): each is answered at
+    once, and honest reads and sales through Envoy beside them all succeed."""
+    product = await new_product(stock=10_000)
+    attacked, honest_started = asyncio.Event(), asyncio.Event()
+
+    async def attack() -> list:
+        await honest_started.wait()
+        target = mesh.grpc_target("inventory_svc")
+        connections = [await RawGrpcConnection.open(target) for _ in range(8)]
+        try:
+            answers = await asyncio.gather(
+                *(connections[n % 8].call(GET_STOCK, TRUNCATED) for n in range(320))
+            )
+        finally:
+            for connection in connections:
+                await connection.close()
+        attacked.set()
+        return answers
+
+    async def honest() -> list[int]:
+        statuses = []
+        while not attacked.is_set() or len(statuses) < 40:
+            read, sale = await asyncio.gather(
+                anonymous_http.get(f"/inventory/{product}"),
+                http.post("/inventory/decrease", json=decrease_body(product)),
+            )
+            statuses += [read.status_code, sale.status_code]
+            honest_started.set()
+        return statuses
+
+    honest_calls = asyncio.create_task(honest())
+    answers = await asyncio.wait_for(attack(), ANSWERED_WITHIN)
+    statuses = await honest_calls
+    assert set(statuses) == {200}, sorted(statuses)
+    assert {a.grpc_status for a in answers} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
+    assert await stock_of(inventory_db, product) == 10_000 - len(statuses) // 2
 
 
 async def test_unknown_fields_are_ignored_as_proto3_says(mesh, new_product, inventory_db):
@@ -151,6 +301,40 @@ async def test_calls_beyond_the_concurrency_cap_are_refused_not_queued(
     finally:
         process.stop()
     assert [await stock_of(inventory_db, p) for p in products] == [9, 9]
+    assert "Traceback" not in process.log_path.read_text()
+
+
+async def test_streams_held_open_take_no_place_of_honest_calls(
+    tmp_path, inventory_db_url, new_product, mesh_env
+):
+    """A call counts against GRPC_MAX_CONCURRENT_RPCS only once its request message
+    is complete: twenty streams held open without one leave both places of a
+    service capped at 2 to honest calls, and are answered once their time is up."""
+    product = await new_product(stock=10)
+    process, address = lone_inventory(
+        tmp_path, inventory_db_url, {**mesh_env, "GRPC_MAX_CONCURRENT_RPCS": "2"}
+    )
+    try:
+        await asyncio.to_thread(process.wait_until, lambda: grpc_serving(address), "SERVING")
+        async with (
+            await RawGrpcConnection.open(address) as attacker,
+            grpc.aio.insecure_channel(address) as channel,
+        ):
+            held = [
+                asyncio.ensure_future(attacker.call(GET_STOCK, TRUNCATED, end_stream=False))
+                for _ in range(20)
+            ]
+            get_stock = channel.unary_unary(
+                GET_STOCK, response_deserializer=pb.GetStockResponse.FromString
+            )
+            request = bytes(pb.GetStockRequest(product_id=product))
+            while not any(call.done() for call in held):  # while all twenty are held
+                replies = await asyncio.gather(*(get_stock(request, timeout=5) for _ in range(2)))
+                assert [r.stock for r in replies] == [10, 10]
+            answers = await asyncio.wait_for(asyncio.gather(*held), ANSWERED_WITHIN)
+    finally:
+        process.stop()
+    assert {a.grpc_status for a in answers} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
     assert "Traceback" not in process.log_path.read_text()
 
 

@@ -1,5 +1,6 @@
 """Raw gRPC calls: bytes in, bytes out, so tests can send what no client would."""
 
+import asyncio
 import socket
 import struct
 import time
@@ -116,6 +117,104 @@ def _ended(connection: h2.connection.H2Connection, data: bytes, answer: H2Answer
         elif isinstance(event, h2.events.ConnectionTerminated):
             raise ConnectionError(f"GOAWAY {event.error_code}")
     return False
+
+
+class RawGrpcConnection:
+    """An HTTP/2 connection (h2c, prior knowledge) carrying any number of raw gRPC
+    calls at once, each answered on its own: a flood of broken calls beside honest
+    ones, or a stream held open (``end_stream=False``) while others go on."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+        self._h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        self._answers: dict[int, tuple[H2Answer, asyncio.Future[H2Answer]]] = {}
+        self._reading: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, target: str) -> "RawGrpcConnection":
+        """A connection to ``target`` ("host:port")."""
+        host, port = target.rsplit(":", 1)
+        connection = cls(*await asyncio.open_connection(host, int(port)))
+        connection._h2.initiate_connection()
+        connection._flush()
+        connection._reading = asyncio.create_task(connection._read())
+        return connection
+
+    async def __aenter__(self) -> "RawGrpcConnection":
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+        self._writer.close()
+
+    async def call(
+        self,
+        path: str,
+        body: bytes,
+        headers: tuple[tuple[str, str], ...] = (),
+        *,
+        end_stream: bool = True,
+    ) -> H2Answer:
+        """Send ``body`` as it is (gRPC framing included) to ``path``; with
+        ``end_stream=False`` the stream stays open after it. Returns once the
+        answer ended (or the stream was reset)."""
+        stream = self._h2.get_next_available_stream_id()
+        answer = H2Answer({}, b"", None, 0.0)
+        ended = asyncio.get_running_loop().create_future()
+        self._answers[stream] = (answer, ended)
+        request = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "mesh"),
+            (":path", path),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *headers,
+        ]
+        started = time.monotonic()
+        self._h2.send_headers(stream, request, end_stream=end_stream and not body)
+        if body:
+            self._h2.send_data(stream, body, end_stream=end_stream)
+        self._flush()
+        await ended
+        answer.seconds = time.monotonic() - started
+        return answer
+
+    def _flush(self) -> None:
+        if data := self._h2.data_to_send():
+            self._writer.write(data)
+
+    async def _read(self) -> None:
+        while data := await self._reader.read(65536):
+            for event in self._h2.receive_data(data):
+                self._on(event)
+            self._flush()
+        for _, ended in self._answers.values():
+            if not ended.done():
+                ended.set_exception(ConnectionError("closed before the stream ended"))
+
+    def _on(self, event: h2.events.Event) -> None:
+        stream = getattr(event, "stream_id", None)
+        if stream not in self._answers:
+            return
+        answer, ended = self._answers[stream]
+        if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+            answer.headers.update(dict(event.headers))
+        elif isinstance(event, h2.events.DataReceived):
+            answer.body += event.data
+            self._h2.acknowledge_received_data(event.flow_controlled_length, stream)
+        elif isinstance(event, h2.events.StreamReset | h2.events.StreamEnded):
+            if isinstance(event, h2.events.StreamReset):
+                answer.reset = event.error_code
+            del self._answers[stream]
+            if not ended.done():
+                ended.set_result(answer)
 
 
 GET_STOCK = "/polyglot.inventory.v1.InventoryService/GetStock"

@@ -48,20 +48,24 @@ async def set_code(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b""
 
 
-HANDLERS = {"Ok": ok, "NotFound": not_found, "Crash": crash, "SetCode": set_code}
+async def read_once(requests: object, context: grpc.aio.ServicerContext) -> bytes:
+    """The kind meshkit.grpc_server serves every API RPC as: stream-unary, one read."""
+    request = await context.read()
+    if request is grpc.aio.EOF:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request")
+    return request
+
+
+HANDLERS = {
+    name: grpc.unary_unary_rpc_method_handler(h)
+    for name, h in {"Ok": ok, "NotFound": not_found, "Crash": crash, "SetCode": set_code}.items()
+} | {"ReadOnce": grpc.stream_unary_rpc_method_handler(read_once)}
 
 
 @pytest_asyncio.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
     server = grpc.aio.server(interceptors=[GrpcMetrics()])
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                SERVICE,
-                {name: grpc.unary_unary_rpc_method_handler(h) for name, h in HANDLERS.items()},
-            ),
-        )
-    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, HANDLERS),))
     address = f"127.0.0.1:{free_port()}"
     server.add_insecure_port(address)
     await server.start()
@@ -82,7 +86,13 @@ def timed(method: str) -> float:
 
 @pytest.mark.parametrize(
     ("method", "code"),
-    [("Ok", "OK"), ("NotFound", "NOT_FOUND"), ("Crash", "UNKNOWN"), ("SetCode", "ALREADY_EXISTS")],
+    [
+        ("Ok", "OK"),
+        ("NotFound", "NOT_FOUND"),
+        ("Crash", "UNKNOWN"),
+        ("SetCode", "ALREADY_EXISTS"),
+        ("ReadOnce", "OK"),
+    ],
 )
 async def test_each_call_is_counted_by_method_and_status_and_timed(channel, method, code):
     before, before_timed = handled(method, code), timed(method)
@@ -92,8 +102,25 @@ async def test_each_call_is_counted_by_method_and_status_and_timed(channel, meth
             await call(b"x", timeout=5)
         except grpc.aio.AioRpcError as error:
             assert error.code().name == code
-    assert handled(method, code) == before + 2
-    assert timed(method) == before_timed + 2
+    # The client has its answer before the interceptor's `finally` has counted it.
+    await eventually(
+        lambda: handled(method, code) == before + 2 and timed(method) == before_timed + 2,
+        within=5,
+        what=f"two {method} calls counted as {code} and timed",
+    )
+
+
+async def test_a_call_without_a_request_message_is_counted_with_its_code(channel):
+    before = handled("ReadOnce", "INVALID_ARGUMENT")
+    call = channel.stream_unary(f"/{SERVICE}/ReadOnce")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call(iter(()), timeout=5)  # the request stream ends with no message
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await eventually(
+        lambda: handled("ReadOnce", "INVALID_ARGUMENT") == before + 1,
+        within=5,
+        what="the call counted as INVALID_ARGUMENT",
+    )
 
 
 async def test_an_unknown_method_is_not_counted(channel):
