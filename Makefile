@@ -168,8 +168,8 @@ compose-check: venv
 
 # deploy/k8s, checked without a cluster: both overlays rendered by kubectl's
 # kustomize, Kubernetes and CRD schemas, cross-references, NetworkPolicy paths,
-# Envoy's config: tests in tests/deploy/test_k8s.py (checks in tests/support/k8s_check.py),
-# also part of make test.
+# Envoy's config: tests in tests/deploy/test_k8s.py (checks in tests/support/k8s_check.py,
+# the NetworkPolicy paths in k8s_network.py), also part of make test.
 k8s-check: venv
 	$(BIN)/pytest -q tests/deploy/test_k8s.py
 
