@@ -130,13 +130,13 @@ generate: venv tools
 	$(BUF) build --as-file-descriptor-set -o gen/python/polyglot/mesh.binpb
 	$(BIN)/faststream docs gen devtools.asyncapi:docs --yaml --out docs/asyncapi.yaml >/dev/null
 	@$(MAKE) --no-print-directory docs
-	$(BIN)/python -m mesh.prometheus_config
+	$(BIN)/python -m blueprint.prometheus
 
 # The docs site (docs/site, served by Envoy at /docs/) from the descriptor set,
 # docs/asyncapi.yaml and node_modules; then Envoy's config, which lists its files.
 docs: venv tools
 	$(BIN)/python -m devtools.docs_site
-	$(BIN)/python -m mesh.envoy_config
+	$(BIN)/python -m blueprint.edge
 
 # Fails when the committed generated files differ from a fresh `make generate`.
 drift: generate
@@ -168,8 +168,8 @@ compose-check: venv
 
 # deploy/k8s, checked without a cluster: both overlays rendered by kubectl's
 # kustomize, Kubernetes and CRD schemas, cross-references, NetworkPolicy paths,
-# Envoy's config: tests in tests/deploy/test_k8s.py (checks in tests/support/k8s_check.py),
-# also part of make test.
+# Envoy's config: tests in tests/deploy/test_k8s.py (checks in tests/support/k8s_check.py,
+# the NetworkPolicy paths in k8s_network.py), also part of make test.
 k8s-check: venv
 	$(BIN)/pytest -q tests/deploy/test_k8s.py
 

@@ -7,7 +7,7 @@ from analytics_svc.grpc_api import AnalyticsApi
 from analytics_svc.settings import AnalyticsSettings
 from analytics_svc.store import MongoSales
 from meshkit.broker import EventConsumer, rabbit_broker
-from meshkit.events import SUBSCRIPTIONS
+from meshkit.broker_topology import SUBSCRIPTIONS
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
 from meshkit.metrics import MetricsEndpoint, dead_letter_depth

@@ -10,9 +10,8 @@ in BENCHMARKS.md.
 - overload: many more closed-loop callers than an Envoy with small circuit
   breakers admits; latency of the refused (503) and of the served calls, and the
   first call after the load stops;
-- attacks (``ATTACKS``, one function each): an honest customer's orders, alone and
-  beside each attack, on an Envoy with the production profile's quotas: its p50,
-  p99 and error rate as ratios to alone, and how much of the attack was refused.
+- attacks beside an honest customer (bench/attacks.py);
+- what the native gRPC input check costs Envoy per call.
 """
 
 import asyncio
@@ -24,7 +23,6 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,15 +30,14 @@ from typing import Any
 import grpc
 import httpx
 
-from bench.replicas import TICKS, proc_stat
+from bench.attacks import AttackRow, measure_attacks, render_attacks
+from bench.harness import normal_calls, percentile, until_serving
+from bench.procstat import process_cpu_seconds
+from blueprint.edge.settings import EdgeAuth
+from blueprint.topology import ROOT
 from devtools import sandbox
 from devtools.plan import MeshPlan
 from devtools.tokens import JWKS
-from mesh.edge.knobs import EdgeKnobs
-from mesh.edge.settings import EdgeAuth
-from mesh.topology import ROOT
-from tests.support.flood import Counters, hold_connections, raise_open_files
-from tests.support.raw_grpc import EDGE_REFUSED, GET_STOCK, h2_call
 
 REST_BODY = 10_000_000
 GRPC_MESSAGE = 100_000
@@ -68,16 +65,9 @@ class EdgeResult:
     wrk_errors: int = 0
     first_after_ms: float = float("nan")
     first_after_status: int = 0
-    attacks: list["AttackRow"] = field(default_factory=list)
+    attacks: list[AttackRow] = field(default_factory=list)
     # Envoy's CPU per native gRPC call (µs), with and without the gRPC input check.
     check_cpu_us: dict[bool, list[float]] = field(default_factory=dict)
-
-
-def pct(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 @functools.cache
@@ -155,17 +145,6 @@ async def refuse_grpc(target: str, count: int, metadata: dict[str, str]) -> list
     return timings
 
 
-async def normal_calls(base_url: str, product: int, count: int) -> list[float]:
-    timings = []
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        for _ in range(count):
-            started = time.perf_counter()
-            reply = await client.get(f"/inventory/{product}")
-            timings.append((time.perf_counter() - started) * 1000)
-            reply.raise_for_status()
-    return timings
-
-
 async def overload(
     base_url: str, product: int, callers: int, seconds: float, result: EdgeResult
 ) -> None:
@@ -219,225 +198,11 @@ async def overload(
         result.first_after_status = reply.status_code
 
 
-# --- attacks beside an honest customer ---------------------------------------------------
-#
-# An attack is a function that runs in ATTACK_PROCESSES processes of its own until
-# ``stop`` is set, counting its calls and how many were refused (a quota: 429; the
-# others say what in ATTACKS): it competes with the honest customer for Envoy and
-# the machine, not for this interpreter. To add one, write it and list it in ATTACKS.
-
-ATTACK_PROCESSES = 2
-# The honest customer's pace: within one subject's production quota.
-HONEST_ORDERS_PER_SECOND = 20.0
-HONEST_SUBJECT, GREEDY_SUBJECT = "honest-shop", "greedy-shop"
-
-
-@dataclass(frozen=True)
-class Target:
-    """What an attack process gets (picklable): Envoy's port, a product, a token."""
-
-    port: int
-    product: int
-    token: str
-
-
-@dataclass(frozen=True)
-class Tally:
-    """One attack's counters, shared by its processes."""
-
-    calls: Any = field(default_factory=lambda: multiprocessing.Value("i", 0))
-    refused: Any = field(default_factory=lambda: multiprocessing.Value("i", 0))
-
-    def count(self, status: int) -> None:
-        with self.calls.get_lock():
-            self.calls.value += 1
-        if status == 429:
-            with self.refused.get_lock():
-                self.refused.value += 1
-
-
-def _decrease(product: int) -> dict:
-    return {"product_id": product, "quantity": 1, "order_id": f"ORD-{time.time_ns():x}"}
-
-
-def flood_subject(target: Target, stop: Any, tally: Tally) -> None:
-    """Orders in a closed loop with another customer's token, from the honest one's
-    address: that subject's quota throttles it, not the address."""
-    headers = {"authorization": f"Bearer {target.token}"}
-    with httpx.Client(base_url=f"http://127.0.0.1:{target.port}", headers=headers) as client:
-        while not stop.is_set():
-            tally.count(
-                client.post("/inventory/decrease", json=_decrease(target.product)).status_code
-            )
-
-
-def flood_anonymous(target: Target, stop: Any, tally: Tally) -> None:
-    """GetStock without a token in a closed loop, from the honest customer's address:
-    the address's quota for calls without a token throttles it, nobody with one."""
-    with httpx.Client(base_url=f"http://127.0.0.1:{target.port}") as client:
-        while not stop.is_set():
-            tally.count(client.get(f"/inventory/{target.product}").status_code)
-
-
-# The issue's idle-connection flood: 50 more than the edge's 10 000 connections.
-IDLE_FLOOD = 10_050
-
-
-def flood_idle_connections(target: Target, stop: Any, tally: Tally) -> None:
-    """Its share of IDLE_FLOOD silent connections from another address (127.0.0.2),
-    each reopened as soon as Envoy closes it; counts the connections opened."""
-    counters = Counters()
-    hold_connections(target.port, IDLE_FLOOD // ATTACK_PROCESSES, b"", stop, counters)
-    with tally.calls.get_lock():
-        tally.calls.value += counters.opened.value
-
-
-def flood_malformed_grpc(target: Target, stop: Any, tally: Tally) -> None:
-    """Every kind of malformed native gRPC call the edge refuses (EDGE_REFUSED), in
-    turn, in a closed loop, each on a connection of its own; a refusal is counted
-    as refused (it is not a 429: the edge answers it at once, no quota spent)."""
-    kinds = list(EDGE_REFUSED.values())
-    number = 0
-    while not stop.is_set():
-        body, headers, code, _ = kinds[number % len(kinds)]
-        number += 1
-        answer = h2_call(target.port, GET_STOCK, body, headers)
-        tally.count(429 if answer.grpc_status == code else 0)
-
-
-Attack = Callable[[Target, Any, Tally], None]
-ATTACKS: dict[str, tuple[Attack, str]] = {
-    "a throttled subject": (
-        flood_subject,
-        f"orders in a closed loop with another customer's token (`{GREEDY_SUBJECT}`)",
-    ),
-    "an anonymous flooder": (flood_anonymous, "GetStock without a token in a closed loop"),
-    "an idle-connection flood": (
-        flood_idle_connections,
-        f"{IDLE_FLOOD} silent connections held from 127.0.0.2, each reopened when closed"
-        " (its calls: connections opened)",
-    ),
-    "a malformed gRPC flood": (
-        flood_malformed_grpc,
-        "malformed native gRPC calls (truncated, bad compression flag or encoding, bad"
-        " -bin metadata, …) in a closed loop (refused: answered by the edge itself)",
-    ),
-}
-
-
-@dataclass
-class AttackRow:
-    name: str  # "alone", or a key of ATTACKS
-    honest_ms: list[float]
-    honest_errors: int
-    attack_calls: int = 0
-    attack_refused: int = 0
-
-
-async def honest_orders(base_url: str, token: str, product: int, count: int) -> AttackRow:
-    """An honest customer: ``count`` orders, one at a time, paced at
-    HONEST_ORDERS_PER_SECOND; every call timed, anything but a 200 an error."""
-    row = AttackRow("alone", [], 0)
-    headers = {"authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
-        start = time.perf_counter()
-        for i in range(count):
-            await asyncio.sleep(
-                max(0.0, start + i / HONEST_ORDERS_PER_SECOND - time.perf_counter())
-            )
-            began = time.perf_counter()
-            try:
-                reply = await client.post("/inventory/decrease", json=_decrease(product))
-                failed = reply.status_code != 200
-            except httpx.HTTPError:
-                failed = True
-            row.honest_ms.append((time.perf_counter() - began) * 1000)
-            row.honest_errors += failed
-    return row
-
-
-async def beside(name: str, target: Target, base_url: str, honest: str, count: int) -> AttackRow:
-    """The honest customer while the attack ``name`` runs."""
-    attack, _ = ATTACKS[name]
-    stop, tally = multiprocessing.Event(), Tally()
-    processes = [
-        multiprocessing.Process(target=attack, args=(target, stop, tally), daemon=True)
-        for _ in range(ATTACK_PROCESSES)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        await asyncio.sleep(0.5)  # the attack under way
-        row = await honest_orders(base_url, honest, target.product, count)
-    finally:
-        stop.set()
-        for process in processes:
-            process.join(30)
-    row.name, row.attack_calls, row.attack_refused = name, tally.calls.value, tally.refused.value
-    return row
-
-
-async def until_serving(base_url: str, product: int) -> None:
-    """Until a new Envoy has seen inventory_svc healthy (the others may be absent)."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            await normal_calls(base_url, product, 1)
-            return
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-
-
-# The Envoy of the attacks: the production profile's quotas.
-PRODUCTION = EdgeKnobs.from_env({"EDGE_PROFILE": "production"})
-
-
-async def measure_attacks(
-    mesh: sandbox.Mesh, work: Path, product: int, *, smoke: bool
-) -> list[AttackRow]:
-    raise_open_files(IDLE_FLOOD + 2_000)  # the Envoy started here inherits it
-    plan = sandbox.start_envoy(
-        work / "quota-edge",
-        mesh.plan.grpc_ports,
-        EdgeAuth(jwks_file=str(mesh.plan.run_dir / "auth" / JWKS)),
-        wait_healthy=False,
-        **PRODUCTION.site_fields(),
-    )
-    try:
-        base_url = f"http://127.0.0.1:{plan.http_port}"
-        await until_serving(base_url, product)
-        honest = mesh.token(["orders:write"], subject=HONEST_SUBJECT)
-        target = Target(
-            plan.http_port, product, mesh.token(["orders:write"], subject=GREEDY_SUBJECT)
-        )
-        count = 10 if smoke else 100
-        await honest_orders(base_url, honest, product, 5)  # warm
-        alone = await honest_orders(base_url, honest, product, count)
-        rows = [alone]
-        for name in ATTACKS:
-            rows.append(await beside(name, target, base_url, honest, count))
-        # Alone again after the attacks, pooled with the first: one stall of a shared
-        # machine in one alone run would otherwise be every ratio's p99.
-        again = await honest_orders(base_url, honest, product, count)
-        alone.honest_ms += again.honest_ms
-        alone.honest_errors += again.honest_errors
-        return rows
-    finally:
-        plan.envoy().stop()
-
-
 async def _envoy_cpu_per_call(plan: MeshPlan, product: int, seconds: float) -> float:
     """µs of Envoy CPU per native gRPC GetStock call, over ``seconds`` of
     bench.grpc_load (8 callers) through ``plan``'s Envoy."""
-    pid = str(plan.envoy().pid)
-
-    def cpu() -> float:
-        fields = proc_stat(pid) or []
-        return (int(fields[12]) + int(fields[13])) / TICKS
-
-    before = cpu()
+    pid = plan.envoy().pid
+    before = process_cpu_seconds(pid)
     load = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "bench.grpc_load", "--target", f"127.0.0.1:{plan.http_port}"],
         *["--rpc", "get", "--clients", "8", "--seconds", f"{seconds:g}", "--processes", "1"],
@@ -447,7 +212,7 @@ async def _envoy_cpu_per_call(plan: MeshPlan, product: int, seconds: float) -> f
     )
     out, _ = await load.communicate()
     calls = json.loads(out.decode().strip().splitlines()[-1])["requests"]
-    return (cpu() - before) / calls * 1e6
+    return (process_cpu_seconds(pid) - before) / calls * 1e6
 
 
 async def grpc_check_cost(
@@ -541,7 +306,9 @@ def render_edge(result: EdgeResult) -> list[str]:
     alone, beside = statistics.median(result.alone_ms), statistics.median(result.beside_flood_ms)
     ratio = beside / alone
     refusals = result.rest_refusal_ms + result.grpc_refusal_ms
-    refused_p99 = pct(result.refused_ms, 0.99)
+    refused_p99 = percentile(result.refused_ms, 0.99)
+    rest_refusals, grpc_refusals = result.rest_refusal_ms, result.grpc_refusal_ms
+    served = result.served_ms
     checks = [
         (
             "an oversized request is refused within a second (slowest of all)",
@@ -577,15 +344,15 @@ def render_edge(result: EdgeResult) -> list[str]:
         " message), from Python clients on the same machine.",
         "",
         f"- refusal of a 10 MB REST body (413, measured from the first byte sent to the"
-        f" status line), {len(result.rest_refusal_ms)} times: p50"
-        f" {pct(result.rest_refusal_ms, 0.5):.1f} ms, max {max(result.rest_refusal_ms):.1f} ms",
+        f" status line), {len(rest_refusals)} times: p50"
+        f" {percentile(rest_refusals, 0.5):.1f} ms, max {max(rest_refusals):.1f} ms",
         f"- refusal of a 100 KB native gRPC message (INVALID_ARGUMENT), "
-        f"{len(result.grpc_refusal_ms)} times: p50 {pct(result.grpc_refusal_ms, 0.5):.1f} ms,"
-        f" max {max(result.grpc_refusal_ms):.1f} ms",
+        f"{len(grpc_refusals)} times: p50 {percentile(grpc_refusals, 0.5):.1f} ms,"
+        f" max {max(grpc_refusals):.1f} ms",
         f"- REST GetStock, {len(result.alone_ms)} calls one after another: alone p50"
-        f" {alone:.2f} ms / p99 {pct(result.alone_ms, 0.99):.2f} ms; while two other"
+        f" {alone:.2f} ms / p99 {percentile(result.alone_ms, 0.99):.2f} ms; while two other"
         f" connections kept sending 10 MB bodies ({result.flood_refusals} refused meanwhile):"
-        f" p50 {beside:.2f} ms / p99 {pct(result.beside_flood_ms, 0.99):.2f} ms"
+        f" p50 {beside:.2f} ms / p99 {percentile(result.beside_flood_ms, 0.99):.2f} ms"
         f" — ratio {ratio:.2f}. The two flooding processes (each a new connection and up to"
         " a few hundred KB per refusal, as fast as Envoy answers) share the machine's cores"
         " with Envoy, inventory_svc and the timed client, so the ratio includes their CPU",
@@ -593,10 +360,10 @@ def render_edge(result: EdgeResult) -> list[str]:
         f" {result.seconds:g} s against an Envoy admitting {result.admitted} calls in flight"
         f" to inventory_svc: {result.wrk_requests} answers, {result.wrk_non_2xx} of them"
         f" refused (503), {result.wrk_errors} socket errors. Meanwhile a probe, one call"
-        f" after another: {len(result.served_ms)} served (p50"
-        f" {pct(result.served_ms, 0.5):.1f} ms, p99 {pct(result.served_ms, 0.99):.1f} ms),"
+        f" after another: {len(served)} served (p50"
+        f" {percentile(served, 0.5):.1f} ms, p99 {percentile(served, 0.99):.1f} ms),"
         f" {len(result.refused_ms)} refused with a JSON 503 + retry-after (p50"
-        f" {pct(result.refused_ms, 0.5):.1f} ms, p99 {refused_p99:.1f} ms), other answers:"
+        f" {percentile(result.refused_ms, 0.5):.1f} ms, p99 {refused_p99:.1f} ms), other answers:"
         f" {result.other_statuses or 'none'}; the first call after it: HTTP"
         f" {result.first_after_status} in {result.first_after_ms:.1f} ms",
         "",
@@ -612,44 +379,8 @@ def render_edge(result: EdgeResult) -> list[str]:
     ]
 
 
-def render_attacks(rows: list[AttackRow]) -> list[str]:
-    """The honest customer alone and beside each attack, as ratios to alone."""
-    alone = rows[0]
-    p50, p99 = pct(alone.honest_ms, 0.5), pct(alone.honest_ms, 0.99)
-
-    def line(row: AttackRow) -> str:
-        attack = (
-            f"{row.attack_calls} ({row.attack_refused / row.attack_calls:.0%} refused)"
-            if row.attack_calls
-            else "—"
-        )
-        return (
-            f"| {row.name} | {pct(row.honest_ms, 0.5):.1f} | {pct(row.honest_ms, 0.5) / p50:.2f}"
-            f" | {pct(row.honest_ms, 0.99):.1f} | {pct(row.honest_ms, 0.99) / p99:.2f}"
-            f" | {row.honest_errors / len(row.honest_ms):.1%} | {attack} |"
-        )
-
-    return [
-        f"An honest customer beside each attack: {len(rows[-1].honest_ms)} REST orders (one at"
-        f" a time, {HONEST_ORDERS_PER_SECOND:g}/s) with its own token, alone (before and after"
-        " the attacks, pooled) and while an attack"
-        f" runs in {ATTACK_PROCESSES} processes from the same address (unless its line below"
-        " says otherwise), through an Envoy with"
-        f" the production profile's quotas ({PRODUCTION.mutations_per_second}/s per subject,"
-        f" {PRODUCTION.anonymous_per_second}/s per address without a token). Ratios to alone,"
-        " same run; the attackers share the machine's cores with Envoy, inventory_svc and the"
-        " customer, so the ratios include their CPU.",
-        "",
-        "| honest customer | p50 ms | x alone | p99 ms | x alone | errors | attack's calls |",
-        "|---|---:|---:|---:|---:|---:|---|",
-        *[line(row) for row in rows],
-        *[f"- {name}: {what}" for name, (_, what) in ATTACKS.items()],
-        "",
-    ]
-
-
 def render_check_cost(cost: dict[bool, list[float]]) -> list[str]:
-    """What the native gRPC input check (mesh/edge/grpc_input.lua) costs Envoy."""
+    """What the native gRPC input check (blueprint/edge/grpc_input.lua) costs Envoy."""
     if not cost:
         return []
     with_check, without = statistics.median(cost[True]), statistics.median(cost[False])
@@ -662,18 +393,3 @@ def render_check_cost(cost: dict[bool, list[float]]) -> list[str]:
         f" {', '.join(f'{v:.0f}' for v in cost[False])}).",
         "",
     ]
-
-
-def splice(document: str, section: list[str]) -> str:
-    """``document`` with the section headed ``section[0]`` (edge, replicas) replaced,
-    or added before ## Targets."""
-    text = "\n".join(section).rstrip("\n") + "\n"  # one blank line before the next
-    heading = section[0]
-    if heading in document:
-        start = document.index(heading)
-        end = document.find("\n## ", start + len(heading))
-        return document[:start] + text + ("\n" + document[end + 1 :] if end != -1 else "")
-    anchor = document.find("## Targets")
-    if anchor == -1:
-        return document.rstrip("\n") + "\n\n" + text
-    return document[:anchor].rstrip("\n") + "\n\n" + text + "\n" + document[anchor:]

@@ -33,39 +33,28 @@ the machine's state; the table shows medians over rounds.
 """
 
 import asyncio
-import contextlib
 import os
 import statistics
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import DEVNULL
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import asyncpg
-from pymongo import AsyncMongoClient
 
-from bench.procstat import cpu_seconds, process_cpu_seconds
-from bench.report import load_average
+from bench.harness import Bench, Generator, Measurement, load_average
+from bench.procstat import BackendCpu, ProcessCpu
+from bench.sinks import Sinks, bench_connection, now, open_sinks, sold_since
 from devtools import sandbox
 from devtools.processes import ManagedProcess
-
-if TYPE_CHECKING:
-    from bench.run import Bench, Generator, Measurement
 
 SECTION = "## Whole mesh: cost per order"
 MESH = "REST via Envoy, whole mesh"
 FASTAPI = "FastAPI + asyncpg (no events)"
 PGBENCH = "pgbench (same SQL), database alone"
-# The bench's own PostgreSQL connections say so, and are left out of the CPU.
-BENCH_APPLICATION = "polyglot-bench"
-SAMPLE_SECONDS = 0.1
-CONSUMED_WITHIN = 180.0  # seconds after a run for every order to reach both consumers
-# The mesh's processes, as mesh/topology.py names them, in the order of an order's path.
+# The mesh's processes, as blueprint/topology.py names them, in the order of an order's path.
 MESH_PROCESSES = {
     "envoy": "Envoy",
     "inventory_svc": "inventory_svc",
@@ -85,120 +74,11 @@ PG_OTHER = "PG other"
 COLUMNS = [*MESH_PROCESSES.values(), MONGO, *PG.values(), PG_OTHER, RABBIT]
 
 
-async def bench_connection(url: str) -> asyncpg.Connection:
-    return await asyncpg.connect(url, server_settings={"application_name": BENCH_APPLICATION})
-
-
-class BackendCpu:
-    """CPU of the PostgreSQL backends serving some databases over a span, by the
-    process each backend serves (its client socket's owner), else ``other``.
-
-    Backends come and go (pgbench's clients, pools opening), so the backends of the
-    databases are looked up every ``SAMPLE_SECONDS`` and each one's CPU kept as last
-    seen; one that exits between two samples loses at most that much of its time.
-    """
-
-    _BACKENDS = (
-        "SELECT pid, client_port FROM pg_stat_activity WHERE datname = ANY($1::text[])"
-        " AND application_name <> $2"
-    )
-
-    def __init__(
-        self,
-        conn: asyncpg.Connection,
-        databases: list[str],
-        clients: dict[str, int],
-        other: str,
-    ) -> None:
-        self._conn = conn
-        self._databases = [urlsplit(url).path.lstrip("/") for url in databases]
-        self._clients = clients  # label → pid of a client process
-        self._other = other
-        self._owner: dict[int, str] = {}  # backend pid → label
-        self._start: dict[int, float] = {}
-        self._last: dict[int, float] = {}
-
-    async def _sample(self) -> None:
-        for row in await self._conn.fetch(self._BACKENDS, self._databases, BENCH_APPLICATION):
-            pid = row["pid"]
-            seconds = process_cpu_seconds(pid)
-            if seconds == seconds:  # not NaN: still running
-                self._last[pid] = seconds
-                if pid not in self._owner:
-                    self._owner[pid] = self._owner_of(row["client_port"])
-
-    def _owner_of(self, port: int | None) -> str:
-        """The client process whose socket has local port ``port`` (/proc)."""
-        if not port or port < 0:
-            return self._other  # autovacuum and other server-side workers
-        sockets = set()
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with contextlib.suppress(OSError):
-                for line in Path(table).read_text().splitlines()[1:]:
-                    fields = line.split()
-                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        sockets.add(f"socket:[{fields[9]}]")
-        for label, pid in self._clients.items():
-            with contextlib.suppress(OSError):
-                fds = Path(f"/proc/{pid}/fd")
-                if any(os.readlink(fd) in sockets for fd in fds.iterdir()):
-                    return label
-        return self._other
-
-    @contextlib.asynccontextmanager
-    async def measuring(self) -> AsyncIterator["BackendCpu"]:
-        self._last = {}
-        await self._sample()
-        self._start = dict(self._last)
-
-        async def sample() -> None:
-            while True:
-                await asyncio.sleep(SAMPLE_SECONDS)
-                await self._sample()
-
-        sampler = asyncio.create_task(sample())
-        try:
-            yield self
-        finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
-            await self._sample()
-
-    def seconds(self) -> dict[str, float]:
-        """CPU seconds per label since ``measuring`` began."""
-        used = dict.fromkeys([*self._clients, self._other], 0.0)
-        for pid, seconds in self._last.items():
-            used[self._owner[pid]] += seconds - self._start.get(pid, 0.0)
-        return used
-
-
-@dataclass
-class ProcessCpu:
-    """CPU seconds of named processes (each leads its own process group) over a span."""
-
-    groups: dict[str, int]  # label → process group
-    commands: dict[str, str] = field(default_factory=dict)  # label → command name (shared)
-    _start: dict[str, float] = field(default_factory=dict)
-
-    def read(self) -> dict[str, float]:
-        used = {label: cpu_seconds({group}) for label, group in self.groups.items()}
-        return used | {label: cpu_seconds(command=c) for label, c in self.commands.items()}
-
-    @contextlib.contextmanager
-    def measuring(self) -> Iterator["ProcessCpu"]:
-        self._start = self.read()
-        yield self
-
-    def seconds(self) -> dict[str, float]:
-        return {label: now - self._start[label] for label, now in self.read().items()}
-
-
 @dataclass
 class Run:
     """One measured run of a row."""
 
-    measured: "Measurement"
+    measured: Measurement
     orders: int  # sales committed in the run (the database's count)
     cpu_ms: dict[str, float]  # column → CPU ms per order
     generator_ms: float  # the load generator's CPU per order
@@ -237,115 +117,10 @@ class MeshRow:
 
 
 @dataclass
-class Sinks:
-    """The bench's connections to where an order ends up: the mesh's inventory and
-    notify databases and analytics' MongoDB."""
-
-    inventory: asyncpg.Connection
-    notify: asyncpg.Connection
-    mongo: Any  # pymongo AsyncMongoClient
-
-    @property
-    def sales_events(self) -> Any:
-        return self.mongo["analytics_db"]["sales_events"]
-
-    async def close(self) -> None:
-        await self.inventory.close()
-        await self.notify.close()
-        await self.mongo.close()
-
-    async def consumed(self, since: datetime, within: float = CONSUMED_WITHIN) -> tuple[int, int]:
-        """Wait (polling: the consumers' state is in their stores) until every order
-        sold since ``since`` reached both consumers; (sold, not arrived) then."""
-        sold = await sold_since(self.inventory, since)
-        deadline = time.monotonic() + within
-        missing = sold
-        while time.monotonic() < deadline:
-            # notify first: it is the slower one, and MongoDB (a Python server here)
-            # is asked only when it may be done, so the polling costs it little.
-            notified = await self.notify.fetchval(
-                "SELECT count(*) FROM notifications WHERE status = 'sent' AND created_at >= $1",
-                since,
-            )
-            if notified >= sold:
-                recorded = await self.sales_events.count_documents(
-                    {"occurred_at": {"$gte": _mongo_time(since)}}
-                )
-                missing = max(0, sold - recorded)
-                if not missing:
-                    return sold, 0
-            else:
-                missing = sold - notified
-            await asyncio.sleep(SAMPLE_SECONDS)
-        return sold, missing
-
-    async def lags(self, since: datetime, load_ended: datetime) -> tuple[float, float, float]:
-        """(p50, p99 of the per-order lag in ms; seconds from the load's end to the
-        last arrival)."""
-        sold = {
-            row["order_id"]: row["sold_at"]
-            for row in await self.inventory.fetch(
-                "SELECT order_id, sold_at FROM sales WHERE sold_at >= $1", since
-            )
-        }
-        notified = {
-            row["order_id"]: row["sent_at"]
-            for row in await self.notify.fetch(
-                "SELECT order_id, sent_at FROM notifications WHERE created_at >= $1"
-                " AND status = 'sent'",
-                since,
-            )
-        }
-        recorded = {
-            doc["order_id"]: doc["recorded_at"]
-            async for doc in self.sales_events.find(
-                {"occurred_at": {"$gte": _mongo_time(since)}}, {"order_id": 1, "recorded_at": 1}
-            )
-        }
-        arrivals = {
-            order: max(notified[order], recorded[order])
-            for order in sold
-            if order in notified and order in recorded
-        }
-        if not arrivals:
-            return float("nan"), float("nan"), float("nan")
-        lags = sorted((arrivals[o] - sold[o]).total_seconds() * 1000 for o in arrivals)
-        last = max(arrivals.values())
-        return (
-            statistics.median(lags),
-            lags[min(len(lags) - 1, int(0.99 * len(lags)))],
-            (last - load_ended).total_seconds(),
-        )
-
-
-async def open_sinks(env: dict[str, str]) -> Sinks:
-    """The bench's connections to a mesh's inventory and notify databases and MongoDB."""
-    return Sinks(
-        await bench_connection(env["INVENTORY_DATABASE_URL"]),
-        await bench_connection(env["NOTIFY_DATABASE_URL"]),
-        AsyncMongoClient(env["MONGO_URL"], tz_aware=True),
-    )
-
-
-def _mongo_time(moment: datetime) -> datetime:
-    """MongoDB keeps milliseconds: a bound from PostgreSQL's microseconds, floored."""
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-async def sold_since(conn: asyncpg.Connection, since: datetime) -> int:
-    return await conn.fetchval("SELECT count(*) FROM sales WHERE sold_at >= $1", since)
-
-
-async def now(conn: asyncpg.Connection) -> datetime:
-    """The database's clock (what sold_at, created_at and sent_at are stamped with)."""
-    return await conn.fetchval("SELECT clock_timestamp()")
-
-
-@dataclass
 class Section:
     """What the section's rows run against, set up by bench.run."""
 
-    bench: "Bench"  # its pgbench on the baselines' own database
+    bench: Bench  # its pgbench on the baselines' own database
     mesh: sandbox.Mesh  # the whole mesh, started
     env: dict[str, str]  # the mesh's settings (databases, broker, MongoDB)
     mongo: ManagedProcess
@@ -359,7 +134,7 @@ class Section:
     def scenarios(self) -> tuple[str, ...]:
         return (MESH,) if self.rate else (PGBENCH, FASTAPI, MESH)
 
-    def generator(self, scenario: str) -> "Generator":
+    def generator(self, scenario: str) -> Generator:
         if scenario == MESH and self.rate:
             return self.bench.grpc(self.mesh.envoy_target, self.bench.token, self.rate)
         if scenario == PGBENCH:

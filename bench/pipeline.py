@@ -19,7 +19,7 @@ import grpc
 from pymongo import AsyncMongoClient
 
 from bench.grpc_load import METHODS, request_type
-from meshkit.events import SUBSCRIPTIONS
+from meshkit.broker_topology import SUBSCRIPTIONS
 
 
 @dataclass

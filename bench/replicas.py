@@ -6,7 +6,7 @@ pgbench on the same database, each with its CPU cost per order:
 - mesh CPU per order: CPU time of every mesh process (Envoy, the inventory APIs,
   the relays, analytics and notify with their consumers), read from /proc, from
   the start of the load until every order it sold reached analytics and notify
-  (bench/mesh.py's ``Sinks.consumed``), ÷ orders sold;
+  (bench/sinks.py's ``Sinks.consumed``), ÷ orders sold;
 - PostgreSQL CPU per order: every ``postgres`` process on the machine over the
   same span ÷ orders (machine-wide: on a shared machine it includes other
   users' queries, so it is an upper bound);
@@ -20,15 +20,12 @@ import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from bench.mesh import now, open_sinks
+from bench.harness import Bench, Measurement
 from bench.procstat import cpu_seconds
+from bench.sinks import now, open_sinks
 from devtools import sandbox
 from devtools.processes import ManagedProcess
-
-if TYPE_CHECKING:
-    from bench.run import Measurement
 
 SECTION = "## Replicas and CPU per order"
 CLIENTS = 32
@@ -52,7 +49,6 @@ def mesh_groups(mesh: sandbox.Mesh) -> set[int]:
 
 
 async def measure_replicas(
-    bench_type: type,
     work: Path,
     env: dict[str, str],
     db_url: str,
@@ -75,7 +71,7 @@ async def measure_replicas(
         )
         sinks = await open_sinks(env)
         try:
-            bench = bench_type(work, db_url, mesh, fastapi_port)
+            bench = Bench(work, db_url, mesh, fastapi_port)
             load = bench.wrk(mesh.http_url, bench.token)
             warmed = await now(sinks.inventory)
             await asyncio.to_thread(load, "decrease", "spread", CLIENTS, warmup)
@@ -116,7 +112,7 @@ async def measure_replicas(
 
 
 def _row(
-    label: str, measured: "Measurement", seconds: float, own: float, postgres: float
+    label: str, measured: Measurement, seconds: float, own: float, postgres: float
 ) -> ReplicaRow:
     orders = max(1, round(measured.tps * seconds))
     return ReplicaRow(

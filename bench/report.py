@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bench.connections import DEFAULT_MAX_CONNECTIONS, SAMPLE_SECONDS
 from bench.edge import EdgeResult, render_edge
+from bench.harness import load_average
 from bench.pipeline import PipelineResult
 
 FINDINGS = Path(__file__).with_name("findings.md")
@@ -13,11 +14,6 @@ HOT_SECTION = "## Hot product: sale batching"
 # The issue's goals for the hot product (REST via Envoy): x pgbench at a client count,
 # x the FastAPI baseline at 32 clients.
 HOT_GOALS = {32: 1.3, 96: 1.5}
-
-
-def load_average() -> str:
-    """The machine's load average (1 / 5 / 15 min), as the reports print it."""
-    return " / ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 def _row(rows: list, scenario: str, rpc: str, products: str, clients: int):  # noqa: ANN202
@@ -252,3 +248,18 @@ def render(
     if FINDINGS.exists():
         lines += [FINDINGS.read_text().strip(), ""]
     return "\n".join(lines)
+
+
+def splice(document: str, section: list[str]) -> str:
+    """``document`` with the section headed ``section[0]`` (edge, replicas) replaced,
+    or added before ## Targets."""
+    text = "\n".join(section).rstrip("\n") + "\n"  # one blank line before the next
+    heading = section[0]
+    if heading in document:
+        start = document.index(heading)
+        end = document.find("\n## ", start + len(heading))
+        return document[:start] + text + ("\n" + document[end + 1 :] if end != -1 else "")
+    anchor = document.find("## Targets")
+    if anchor == -1:
+        return document.rstrip("\n") + "\n\n" + text
+    return document[:anchor].rstrip("\n") + "\n\n" + text + "\n" + document[anchor:]

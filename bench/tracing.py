@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.harness import load_average
 from bench.procstat import cpu_seconds
 from bench.replicas import mesh_groups
-from bench.report import load_average
 from devtools import sandbox
 from tests.support.otlp import OtlpReceiver
 

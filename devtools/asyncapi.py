@@ -15,6 +15,7 @@ from faststream.specification import AsyncAPI
 
 from analytics_svc.events import event_router as analytics_router
 from inventory_svc.events import router as inventory_router
+from meshkit.broker_topology import DEAD_LETTERS, EXCHANGE
 from notify_svc.events import event_router as notify_router
 
 
@@ -23,7 +24,7 @@ def mesh_asyncapi() -> FastStream:
     broker = RabbitBroker(
         "amqp://guest:guest@localhost:5672/",
         description="RabbitMQ of the mesh (AMQP_URL); events travel on the topic"
-        " exchange polyglot.events, dead letters on polyglot.events.dlx.",
+        f" exchange {EXCHANGE.name}, dead letters on {DEAD_LETTERS.name}.",
     )
     never_called: Any = None  # the handlers' dependencies: this app is never run
     broker.include_routers(

@@ -5,7 +5,7 @@ document, the Postman collection made from it, landing page), the mesh's
 AsyncAPI app (devtools.asyncapi) and the Swagger UI and AsyncAPI React builds
 vendored from node_modules, so the site needs no network. The output is
 deterministic (no timestamps), committed and checked for drift; Envoy's config
-lists its files, so build it before ``python -m mesh.envoy_config`` (``make docs``).
+lists its files, so build it before ``python -m blueprint.edge`` (``make docs``).
 """
 
 import json
@@ -19,12 +19,12 @@ from faststream.specification.asyncapi.site import get_asyncapi_html
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
+from blueprint.access import required_scope
+from blueprint.contracts import DESCRIPTOR_SET, Contracts, Field, load_contracts, summary
+from blueprint.topology import DOCS_SITE, ROOT
 from devtools import postman
 from devtools.asyncapi import docs as asyncapi_app  # the app `faststream docs gen` reads
 from devtools.openapi import WELL_KNOWN, openapi, swagger_anchor
-from mesh.access import required_scope
-from mesh.contracts import DESCRIPTOR_SET, Contracts, Field, load_contracts, summary
-from mesh.topology import DOCS_SITE, ROOT
 
 TEMPLATES = Path(__file__).parent / "docs_templates"
 NODE_MODULES = ROOT / "node_modules"

@@ -16,6 +16,10 @@ import sys
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
+from blueprint.edge.knobs import EDGE_ENV, with_environment
+from blueprint.edge.render import render
+from blueprint.edge.settings import AUTH_ENV, EdgeAuth, EdgeTracing, EnvoySite
+from blueprint.topology import backends, base_name, native_ports
 from devtools.plan import MeshPlan, migrate, mongo_answers, native_plan
 from devtools.preflight import (
     PROMETHEUS_INSTALL,
@@ -27,10 +31,6 @@ from devtools.preflight import (
 from devtools.processes import ManagedProcess, StartupFailed, run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
 from inventory_svc.settings import InventorySettings
-from mesh.edge.knobs import EDGE_ENV, with_environment
-from mesh.edge.render import render
-from mesh.edge.settings import AUTH_ENV, EdgeAuth, EdgeTracing, EnvoySite
-from mesh.topology import backends, base_name, native_ports
 from meshkit.settings import load_settings, without_credentials
 from notify_svc.settings import NotifySettings
 
@@ -164,7 +164,7 @@ def edge_auth(plan: MeshPlan) -> tuple[MeshPlan, str]:
 
 def edge_config(plan: MeshPlan, env: Mapping[str, str] = os.environ) -> MeshPlan:
     """``plan`` with Envoy's config rendered into its run folder (envoy.yaml) from every
-    edge variable of ``env`` (mesh.edge.knobs: the EDGE_* knobs, AUTH_*, OTEL_*) when
+    edge variable of ``env`` (blueprint.edge.knobs: the EDGE_* knobs, AUTH_*, OTEL_*) when
     any is set, or for REPLICAS; otherwise as it is (the checked-in envoy/envoy.yaml).
     A wrong value raises ValueError naming its variable."""
     replicated = plan.grpc_ports != native_ports(1)

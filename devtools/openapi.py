@@ -16,10 +16,10 @@ from typing import Any
 
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
 
+from blueprint.access import required_scope
+from blueprint.contracts import Contracts, Field, HttpRoute, Message, Rpc, Service, summary
+from blueprint.topology import backends
 from devtools.plan import MeshPlan
-from mesh.access import required_scope
-from mesh.contracts import Contracts, Field, HttpRoute, Message, Rpc, Service, summary
-from mesh.topology import backends
 from meshkit.limits import Limit
 
 Schema = dict[str, Any]

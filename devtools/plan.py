@@ -15,11 +15,10 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from devtools.processes import ManagedProcess, StartupFailed, grpc_serving, python_module, run
-from mesh.edge.settings import EdgeAuth, EnvoySite
-from mesh.prometheus_config import native_site
-from mesh.prometheus_config import render as render_prometheus
-from mesh.topology import (
+from blueprint.edge.settings import EdgeAuth, EnvoySite
+from blueprint.prometheus import native_site
+from blueprint.prometheus import render as render_prometheus
+from blueprint.topology import (
     ROOT,
     WORKERS,
     api_replicas,
@@ -30,6 +29,7 @@ from mesh.topology import (
     native_metrics_ports,
     native_ports,
 )
+from devtools.processes import ManagedProcess, StartupFailed, grpc_serving, python_module, run
 
 BIN = Path(sys.executable).parent
 # Every Envoy we run or validate: several may run at once, and only problems are logged.
@@ -43,7 +43,7 @@ class MeshPlan:
     http_port: int = 8080
     admin_port: int = 9901
     # Process name (inventory_svc, inventory_svc-2, inventory_relay, …; see
-    # mesh.topology) → its gRPC port: every replica of every process.
+    # blueprint.topology) → its gRPC port: every replica of every process.
     grpc_ports: dict[str, int] = field(default_factory=native_ports)
     # Settings for every backend (INVENTORY_DATABASE_URL, AMQP_URL, MONGO_URL, …).
     env: dict[str, str] = field(default_factory=dict)
@@ -88,7 +88,7 @@ class MeshPlan:
 
     def write_prometheus_config(self, scrape_seconds: float = 15.0) -> None:
         """Prometheus's config for this plan: every process's metrics port and Envoy's
-        admin, with the mesh's alert rules (mesh/prometheus_config.py)."""
+        admin, with the mesh's alert rules (blueprint/prometheus.py)."""
         site = native_site(
             self.metrics_ports,
             self.admin_port,

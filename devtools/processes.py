@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh.topology import ROOT
+from blueprint.topology import ROOT
 
 
 class StartupFailed(RuntimeError):

@@ -18,12 +18,12 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import asyncpg
 import httpx
 
+from blueprint.edge.render import render
+from blueprint.edge.settings import EdgeAuth, EdgeTracing
+from blueprint.topology import backends, base_name, process_names
 from devtools.plan import MeshPlan, migrate, mongo_answers
 from devtools.processes import ManagedProcess
 from devtools.tokens import JWKS, SigningKey, ensure_keys
-from mesh.edge.render import render
-from mesh.edge.settings import EdgeAuth, EdgeTracing
-from mesh.topology import backends, base_name, process_names
 
 # The servers the tests and the benchmarks make their databases and vhost on.
 PG_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -11,7 +11,7 @@ committed) and a JWKS file with its public half, which Envoy reads
 The test sandbox makes its own key pair the same way and mints tokens with
 chosen scopes, expiry, issuer and audience (``SigningKey.mint``). In production
 an OIDC provider issues the tokens and Envoy fetches its JWKS (``AUTH_JWKS_URI``,
-see ``mesh.edge.settings.EdgeAuth``); nothing here is used then.
+see ``blueprint.edge.settings.EdgeAuth``); nothing here is used then.
 """
 
 import argparse
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from mesh.access import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE, all_scopes
+from blueprint.access import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE, all_scopes
 
 DEV_SUBJECT = "dev-user"
 DEV_TTL_SECONDS = 12 * 3600

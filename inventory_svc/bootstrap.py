@@ -11,8 +11,9 @@ keeps per-product order, see store.CLAIM_OUTBOX).
 import asyncio
 
 from inventory_svc.batching import SaleBatcher
-from inventory_svc.events import OutboxRelay, router
+from inventory_svc.events import router
 from inventory_svc.grpc_api import InventoryApi
+from inventory_svc.relay import OutboxRelay
 from inventory_svc.settings import InventorySettings
 from inventory_svc.store import PostgresInventory, PostgresOutbox
 from meshkit.broker import rabbit_broker
@@ -21,7 +22,7 @@ from meshkit.lifecycle import serve_until_stopped
 from meshkit.metrics import MetricsEndpoint, outbox_gauges, watch_pool
 from meshkit.telemetry import start_tracing
 
-# Trace service names (service.name) by default, as mesh/topology.py names the
+# Trace service names (service.name) by default, as blueprint/topology.py names the
 # processes; OTEL_SERVICE_NAME overrides.
 SERVICE_NAME = "inventory_svc"
 RELAY_SERVICE_NAME = "inventory_relay"

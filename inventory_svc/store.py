@@ -5,13 +5,12 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
 from importlib import resources
 
 import asyncpg
 
 from inventory_svc.domain import MAX_STOCK, Page, Product, Sale, SaleRequest
+from inventory_svc.relay import OutboxBacklog, OutboxEntry
 from meshkit.errors import Unavailable
 from meshkit.events import PRODUCT_SOLD, product_sold_body
 from meshkit.postgres import DATABASE_DOWN, PostgresDatabase, PostgresStore
@@ -135,22 +134,6 @@ ORDER BY c.position
 """
 
 
-@dataclass(frozen=True)
-class OutboxEntry:
-    position: int
-    event_id: uuid.UUID
-    routing_key: str
-    body: bytes  # the event's JSON, exactly as RECORD_SALE wrote it
-    headers: dict
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class OutboxBacklog:
-    unpublished: int
-    oldest: datetime | None
-
-
 class PostgresInventory(PostgresStore):
     label = "inventory database"
     migrations = MIGRATIONS
@@ -250,7 +233,7 @@ class PostgresInventory(PostgresStore):
 
 
 class PostgresOutbox:
-    """The outbox side of the inventory database: the OutboxRelay's ``Outbox`` port."""
+    """The outbox side of the inventory database: the adapter of relay.py's ``Outbox`` port."""
 
     def __init__(self, db: PostgresDatabase) -> None:
         self._db = db

@@ -1,7 +1,8 @@
 """Broker plumbing (FastStream on RabbitMQ): connect, declare, publish, subscribe.
 
-What travels and on which queues is meshkit/events.py; this module is how a
-service gets it there and back, the same way for every service:
+What travels is meshkit/events.py (the contracts), on which exchanges and queues
+meshkit/broker_topology.py; this module is how a service gets it there and back,
+the same way for every service:
 
 - ``rabbit_broker``: publisher confirms, unroutable messages raise;
 - ``connect_when_reachable``: connect (waiting out an outage), declare the topology;
@@ -19,12 +20,11 @@ from typing import Any, TypeVar
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker, RabbitRouter
 
-from meshkit.events import (
-    DEAD_LETTERS,
+from meshkit.broker_topology import (
     EXCHANGE,
     SUBSCRIPTIONS,
     Subscription,
-    dead_letter_queue,
+    declare_topology,
     subscriber_queue,
 )
 from meshkit.metrics import broker_metrics
@@ -32,16 +32,6 @@ from meshkit.resilience import retry, retry_while_unavailable
 
 log = logging.getLogger(__name__)
 E = TypeVar("E")
-
-
-async def declare_topology(broker: RabbitBroker) -> None:
-    exchange = await broker.declare_exchange(EXCHANGE)
-    dead_letters = await broker.declare_exchange(DEAD_LETTERS)
-    for subscription in SUBSCRIPTIONS.values():
-        queue = await broker.declare_queue(subscriber_queue(subscription))
-        await queue.bind(exchange, routing_key=subscription.routing_key)
-        dlq = await broker.declare_queue(dead_letter_queue(subscription))
-        await dlq.bind(dead_letters, routing_key=subscription.queue)
 
 
 def rabbit_broker(
@@ -132,7 +122,7 @@ def subscribe(
     """Decorator: make ``handler(event)`` the subscriber of ``service``'s own queue.
 
     The same rule for every subscriber: its durable quorum queue with a delivery
-    limit and DLQ (meshkit/events.py); acknowledged only after the handler
+    limit and DLQ (meshkit/broker_topology.py); acknowledged only after the handler
     returned (AckPolicy.NACK_ON_ERROR: an error → nack and redelivery, past the
     limit the DLQ); ``Unavailable`` (its database, its mail server) is waited
     out inside the handler, so an outage delays messages instead of spending

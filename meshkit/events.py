@@ -1,4 +1,4 @@
-"""The event contracts and the topology they travel on: what changes with the contracts.
+"""The events as the contracts define them; this module changes with the contracts.
 
 Every event is a message from proto/polyglot/events/; the generated class is the
 only definition of its fields. This module is the one Python home of each event:
@@ -12,19 +12,8 @@ only definition of its fields. This module is the one Python home of each event:
   not depend on which module was imported first;
 - what a consumer may rely on in it (``checked_product_sold``).
 
-Topology, declared idempotently by every service at start (whichever starts
-first creates it, so no event is ever published with nowhere to go):
-
-    exchange polyglot.events (topic, durable)
-      ├─ inventory.product_sold → queue analytics.product_sold (quorum)
-      └─ inventory.product_sold → queue notify.product_sold    (quorum)
-    exchange polyglot.events.dlx (direct, durable)
-      ├─ analytics.product_sold → queue analytics.product_sold.dlq
-      └─ notify.product_sold    → queue notify.product_sold.dlq
-
-A message a subscriber fails to handle is redelivered; past ``DELIVERY_LIMIT``
-deliveries its queue dead-letters it into the subscriber's own DLQ. How the
-services connect, publish and subscribe is meshkit/broker.py.
+Which exchanges and queues the events travel on is meshkit/broker_topology.py;
+how the services connect, publish and subscribe is meshkit/broker.py.
 """
 
 import ast
@@ -35,18 +24,13 @@ import json
 import textwrap
 import typing
 import uuid
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import betterproto
 import pydantic
-from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
 
 import polyglot.events.v1 as events_pb
 
-EXCHANGE = RabbitExchange("polyglot.events", type=ExchangeType.TOPIC, durable=True)
-DEAD_LETTERS = RabbitExchange("polyglot.events.dlx", type=ExchangeType.DIRECT, durable=True)
-DELIVERY_LIMIT = 5
 PRODUCT_SOLD = "inventory.product_sold"
 
 # Routing key → the generated message travelling under it.
@@ -179,69 +163,3 @@ def checked_product_sold(event: ProductSold) -> ProductSold:
     if problems:
         raise UnusableEvent("unusable ProductSold: " + "; ".join(problems))
     return event
-
-
-# --- topology -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """A subscriber's own queue: what it receives and where its dead letters go."""
-
-    queue: str
-    routing_key: str
-    title: str  # what the subscriber does with each event, for AsyncAPI
-    description: str
-
-    @property
-    def dead_letter_queue(self) -> str:
-        return f"{self.queue}.dlq"
-
-
-SUBSCRIPTIONS = {
-    "analytics_svc": Subscription(
-        "analytics.product_sold",
-        PRODUCT_SOLD,
-        title="analytics.product_sold",
-        description=(
-            "analytics_svc records each sale in MongoDB analytics_db.sales_events"
-            " (idempotent by event_id), then acknowledges."
-        ),
-    ),
-    "notify_svc": Subscription(
-        "notify.product_sold",
-        PRODUCT_SOLD,
-        title="notify.product_sold",
-        description=(
-            "notify_svc e-mails an order confirmation to the logistics mailbox once per"
-            " event (idempotent by event_id), then acknowledges."
-        ),
-    ),
-}
-
-
-def subscriber_queue(subscription: Subscription) -> RabbitQueue:
-    """A subscriber's own durable quorum queue, bounded retries, then its DLQ."""
-    return RabbitQueue(
-        subscription.queue,
-        queue_type=QueueType.QUORUM,
-        durable=True,
-        routing_key=subscription.routing_key,
-        arguments={
-            "x-dead-letter-exchange": DEAD_LETTERS.name,
-            "x-dead-letter-routing-key": subscription.queue,
-            "x-delivery-limit": DELIVERY_LIMIT,
-            # The DLQ confirms each dead letter before the source drops it.
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-        },
-    )
-
-
-def dead_letter_queue(subscription: Subscription) -> RabbitQueue:
-    return RabbitQueue(
-        subscription.dead_letter_queue,
-        queue_type=QueueType.QUORUM,
-        durable=True,
-        routing_key=subscription.queue,
-    )

@@ -1,7 +1,7 @@
 """Prometheus metrics of every process: what they count, and the endpoint that serves them.
 
 Each process serves its own ``/metrics`` on METRICS_HOST:METRICS_PORT (port 0:
-none); mesh/prometheus_config.py makes Prometheus's scrape config from the same
+none); blueprint/prometheus.py makes Prometheus's scrape config from the same
 topology, prometheus/alerts.yml says what is worth waking someone for. The
 metrics, by who records them (prometheus/README.md has the table with labels):
 
@@ -36,7 +36,7 @@ from faststream.rabbit import RabbitBroker
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
-from meshkit.events import Subscription, dead_letter_queue
+from meshkit.broker_topology import Subscription, dead_letter_queue
 from meshkit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)

@@ -55,7 +55,7 @@ class ServiceSettings(BaseSettings):
     grpc_request_read_seconds: float = Field(default=2.0, ge=0.05, le=60)
     # Prometheus metrics (meshkit/metrics.py) over HTTP at /metrics; port 0 (the
     # default) serves none. Whoever starts the process picks the port (`make up`
-    # from mesh/topology.py METRICS_PORTS, compose, the tests); loopback unless a
+    # from blueprint/topology.py METRICS_PORTS, compose, the tests); loopback unless a
     # scraper on another host needs it (compose: 0.0.0.0 on its own network).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)

@@ -43,7 +43,7 @@ def traces_endpoint(environ: Mapping[str, str] = os.environ) -> str | None:
     """Where the environment asks spans to go: the traces endpoint, else the general
     one; None when neither is set, or the SDK or the trace exporter is switched off
     (OTEL_SDK_DISABLED=true, OTEL_TRACES_EXPORTER=none). Envoy's config reads it too
-    (mesh/edge/settings.py), so the edge and the services trace alike."""
+    (blueprint/edge/settings.py), so the edge and the services trace alike."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
     if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
@@ -79,7 +79,7 @@ def start_tracing(default_service_name: str) -> Tracing:
     """Install tracing for this process when the environment asks for it.
 
     ``default_service_name`` is the process's own name (``inventory_svc``,
-    ``inventory_relay``, …, as in mesh/topology.py); an explicit
+    ``inventory_relay``, …, as in blueprint/topology.py); an explicit
     ``OTEL_SERVICE_NAME`` or ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES`` wins.
     Call it once per process, in the service's bootstrap, before the gRPC server,
     the database clients and the broker are made (they look for it then).

@@ -3,7 +3,7 @@
 import asyncio
 
 from meshkit.broker import EventConsumer, rabbit_broker
-from meshkit.events import SUBSCRIPTIONS
+from meshkit.broker_topology import SUBSCRIPTIONS
 from meshkit.grpc_server import GrpcServer
 from meshkit.lifecycle import serve_until_stopped
 from meshkit.metrics import MetricsEndpoint, dead_letter_depth, watch_pool

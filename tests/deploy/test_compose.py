@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from blueprint.topology import ROOT
 from devtools.preflight import PROMETHEUS_INSTALL, prometheus_tool
 from devtools.sandbox import free_port
-from mesh.topology import ROOT
 from tests.support import compose_check as cc
 from tests.support.waiting import eventually
 

@@ -11,12 +11,13 @@ from dataclasses import replace
 
 import pytest
 
-from mesh.contracts import DESCRIPTOR_SET
-from mesh.edge.render import K8S_DIR, K8S_PROD_CONFIG, K8S_PROD_SITE, K8S_SITE, main, render
-from mesh.edge.settings import EdgeAuth
-from mesh.topology import GRPC_PORTS, ROOT
+from blueprint.contracts import DESCRIPTOR_SET
+from blueprint.edge.render import K8S_DIR, K8S_PROD_CONFIG, K8S_PROD_SITE, K8S_SITE, main, render
+from blueprint.edge.settings import EdgeAuth
+from blueprint.topology import GRPC_PORTS, ROOT
 from meshkit.grpc_server import LIVENESS
 from tests.support import k8s_check as k8s
+from tests.support import k8s_network as network
 
 SERVICES = {name.replace("_", "-"): port for name, port in GRPC_PORTS.items()}
 MESH = {"envoy", *SERVICES}
@@ -191,7 +192,9 @@ def test_an_overlay_for_an_oidc_provider_as_the_readme_shows_it(tmp_path, monkey
 
 # --- NetworkPolicies: exactly the intended paths -------------------------------------
 
-OUTSIDE_OF_NAMESPACE = {k8s.OUTSIDE, k8s.KUBE_DNS} | {f"ns:{n}" for n in k8s.OTHER_NAMESPACES}
+OUTSIDE_OF_NAMESPACE = {network.OUTSIDE, network.KUBE_DNS} | {
+    f"ns:{n}" for n in network.OTHER_NAMESPACES
+}
 
 
 def intended_paths(overlay: str, pods: set[str]) -> set[tuple[str, str, str]]:
@@ -208,7 +211,7 @@ def intended_paths(overlay: str, pods: set[str]) -> set[tuple[str, str, str]]:
         ("inventory-migrate", "inventory-db", "TCP/5432"),
         ("notify-migrate", "notify-db", "TCP/5432"),
     }
-    paths |= {(pod, k8s.KUBE_DNS, port) for pod in pods for port in ("TCP/53", "UDP/53")}
+    paths |= {(pod, network.KUBE_DNS, port) for pod in pods for port in ("TCP/53", "UDP/53")}
     if overlay == "dev":
         return paths | {("notify-svc", "mailpit", "TCP/1025")}
     # prod: the operators' pods talk to their peers, their operator and the API server.
@@ -219,24 +222,24 @@ def intended_paths(overlay: str, pods: set[str]) -> set[tuple[str, str, str]]:
         "mongo": (27017,),
     }
     paths |= {(s, s, f"TCP/{p}") for s, ports in peers.items() for p in ports}
-    paths |= {(s, k8s.OUTSIDE, f"TCP/{p}") for s in peers for p in (443, 6443)}
+    paths |= {(s, network.OUTSIDE, f"TCP/{p}") for s in peers for p in (443, 6443)}
     paths |= {("ns:cnpg-system", db, "TCP/8000") for db in ("inventory-db", "notify-db")}
     paths |= {("ns:rabbitmq-system", "rabbitmq", "TCP/15672")}
-    paths |= {("envoy", k8s.OUTSIDE, "TCP/443")}  # an OIDC provider's JWKS URI
-    return paths | {("notify-svc", k8s.OUTSIDE, f"TCP/{p}") for p in (25, 465, 587)}
+    paths |= {("envoy", network.OUTSIDE, "TCP/443")}  # an OIDC provider's JWKS URI
+    return paths | {("notify-svc", network.OUTSIDE, f"TCP/{p}") for p in (25, 465, 587)}
 
 
 def test_network_policies_allow_exactly_the_intended_paths(overlay):
     objects = objects_of(overlay)
     pods = set(k8s.Model.of(objects).pods)
-    assert k8s.network_paths(objects) == intended_paths(overlay, pods)
+    assert network.network_paths(objects) == intended_paths(overlay, pods)
 
 
 def test_without_the_policies_everything_could_reach_everything():
     # The evaluator itself: no policy means no isolation.
     objects = [o for o in objects_of("dev") if o["kind"] != "NetworkPolicy"]
-    assert ("outside", "inventory-db", "TCP/5432") in k8s.network_paths(objects)
-    assert ("envoy", "mongo", "TCP/27017") in k8s.network_paths(objects)
+    assert ("outside", "inventory-db", "TCP/5432") in network.network_paths(objects)
+    assert ("envoy", "mongo", "TCP/27017") in network.network_paths(objects)
 
 
 def test_a_too_broad_policy_shows_up_as_an_unintended_path():
@@ -244,7 +247,7 @@ def test_a_too_broad_policy_shows_up_as_an_unintended_path():
     policy = find(objects, "NetworkPolicy", "inventory-db-clients")
     policy["spec"]["ingress"][0]["from"].append({"podSelector": {"matchLabels": {"app": "envoy"}}})
     find(objects, "NetworkPolicy", "envoy")["spec"]["egress"].append({"ports": [{"port": 5432}]})
-    assert ("envoy", "inventory-db", "TCP/5432") in k8s.network_paths(objects)
+    assert ("envoy", "inventory-db", "TCP/5432") in network.network_paths(objects)
 
 
 # --- each check catches its mistake ----------------------------------------------------

@@ -17,9 +17,9 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from blueprint.topology import ROOT
 from devtools.postman import FILE_NAME as POSTMAN_COLLECTION
 from devtools.sandbox import Mesh
-from mesh.topology import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium phones home, and this

@@ -2,24 +2,24 @@
 real Envoy of the test mesh, for REST and native gRPC alike.
 
 The matrix is built from the descriptor set and the one scope table
-(mesh/access.py): every RPC by every kind of token, both ways in.
+(blueprint/access.py): every RPC by every kind of token, both ways in.
 """
 
 import http.server
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 
 import grpc
 import httpx
 import pytest
 
+from blueprint.access import MethodAccess, all_scopes, method_access
+from blueprint.contracts import load_contracts
+from blueprint.edge.settings import EdgeAuth
 from devtools.sandbox import free_port, start_envoy
 from devtools.tokens import new_key
-from mesh.access import MethodAccess, all_scopes, method_access
-from mesh.contracts import load_contracts
-from mesh.edge.settings import EdgeAuth
+from tests.support.sales import decrease_body, order
 from tests.support.waiting import eventually
 
 METHODS = method_access()
@@ -166,14 +166,14 @@ async def test_a_forged_subject_header_is_ignored_and_the_sale_records_the_token
     mesh, anonymous_http, inventory_db, new_product
 ):
     product = await new_product(stock=5)
-    order_id = f"ORD-{uuid.uuid4().hex[:12]}"
+    order_id = order()
     headers = {
         **mesh.auth_header(["orders:write"], subject="alice"),
         "x-mesh-subject": "mallory",
     }
     reply = await anonymous_http.post(
         "/inventory/decrease",
-        json={"product_id": product, "quantity": 2, "order_id": order_id},
+        json=decrease_body(product, 2, order_id),
         headers=headers,
     )
     assert reply.status_code == 200, reply.text
@@ -200,7 +200,7 @@ async def test_a_forged_subject_header_is_ignored_and_the_sale_records_the_token
 
 async def test_grpc_callers_sale_records_their_subject(mesh, inventory_db, new_product):
     product = await new_product(stock=5)
-    order_id = f"ORD-{uuid.uuid4().hex[:12]}"
+    order_id = order()
     async with grpc.aio.insecure_channel(mesh.envoy_target) as channel:
         import polyglot.inventory.v1 as pb
 
@@ -265,7 +265,7 @@ async def test_an_envoy_with_a_remote_jwks_accepts_that_providers_tokens(
     plan = start_envoy(tmp_path / "oidc-envoy", mesh.plan.grpc_ports, auth)
     try:
         product = await new_product(stock=3)
-        sale = {"product_id": product, "quantity": 1, "order_id": f"ORD-{uuid.uuid4().hex[:12]}"}
+        sale = decrease_body(product)
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{plan.http_port}", timeout=30
         ) as client:

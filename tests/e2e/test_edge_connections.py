@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from blueprint.edge.admission import REFUSE_REQUESTS_FROM, SHED_IDLE_FROM, SHED_IDLE_FULLY
+from blueprint.edge.knobs import EdgeKnobs
+from blueprint.edge.render import envoy_config, to_yaml
 from devtools.plan import MeshPlan
 from devtools.sandbox import free_port, start_envoy
-from mesh.edge.admission import REFUSE_REQUESTS_FROM, SHED_IDLE_FROM, SHED_IDLE_FULLY
-from mesh.edge.knobs import EdgeKnobs
-from mesh.edge.render import envoy_config, to_yaml
 from tests.e2e.test_edge_limits import mesh_auth, stats
 from tests.support.flood import HONEST, idle_flood, raise_open_files
 from tests.support.waiting import eventually

@@ -5,7 +5,7 @@ grpcio answers these itself, before any Python runs, with INTERNAL and its own t
 metadata: illegal base64 encoding", …), or waits for a message that never comes.
 The edge answers each at once with INVALID_ARGUMENT (an unknown grpc-encoding
 UNIMPLEMENTED, naming the ones it takes) and a plain message, and the backend never
-sees the call (mesh/edge/grpc_input.lua). A corrupt gzip message is the one case
+sees the call (blueprint/edge/grpc_input.lua). A corrupt gzip message is the one case
 only the backend can find (it inflates): its answer is translated on the way back.
 The services' own answer to a truncated stream is tests/e2e/test_service_input.py's.
 """
@@ -20,7 +20,6 @@ import pytest
 
 import polyglot.inventory.v1 as pb
 from tests.e2e.test_edge_limits import INTERNALS, upstream_calls
-from tests.support.inventory import order
 from tests.support.raw_grpc import (
     EDGE_REFUSED as REFUSED,
 )
@@ -33,6 +32,7 @@ from tests.support.raw_grpc import (
     frame,
     h2_call,
 )
+from tests.support.sales import order
 
 DECREASE = "/polyglot.inventory.v1.InventoryService/DecreaseStock"
 HEALTH = "/grpc.health.v1.Health/Check"

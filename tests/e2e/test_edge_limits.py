@@ -8,9 +8,7 @@ of the session's backends.
 """
 
 import asyncio
-import ipaddress
 import json
-import os
 import re
 import select
 import socket
@@ -18,7 +16,6 @@ import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
-from pathlib import Path
 
 import grpclib.client
 import httpx
@@ -28,13 +25,13 @@ from grpclib.exceptions import GRPCError
 
 import polyglot.analytics.v1 as analytics_pb
 import polyglot.inventory.v1 as pb
+from blueprint.edge.settings import EdgeAuth
 from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
 from devtools.tokens import JWKS
-from mesh.edge.render import envoy_config
-from mesh.edge.settings import EdgeAuth, EnvoySite
-from tests.support.inventory import inventory_state, order, stock_of
+from tests.support.inventory import inventory_state, stock_of
 from tests.support.net import Tarpit
+from tests.support.sales import decrease_body
 from tests.support.waiting import eventually
 
 # What an answer must never show: Envoy's and the backends' internals.
@@ -281,7 +278,7 @@ async def test_the_csrf_form_and_the_grpc_content_type_trick_change_nothing(
     """A page on another site can POST a form or text/plain without a preflight; a
     gRPC content-type on a REST path once came back as an empty 200."""
     product = await new_product(stock=10)
-    sale = {"product_id": product, "quantity": 1, "order_id": order()}
+    sale = decrease_body(product)
     calls_before = upstream_calls(mesh.plan, "inventory_svc")
     before = await inventory_state(inventory_db)
     for content_type, body in (
@@ -465,7 +462,7 @@ async def test_overload_is_shed_with_json_503_or_429_and_the_mesh_recovers(
         async def sell() -> httpx.Response:
             return await client.post(
                 "/inventory/decrease",
-                json={"product_id": product, "quantity": 1, "order_id": order()},
+                json=decrease_body(product),
             )
 
         replies: list[httpx.Response] = []
@@ -513,102 +510,3 @@ async def test_overload_is_shed_with_json_503_or_429_and_the_mesh_recovers(
 
 async def _succeeds(call) -> bool:
     return (await call).status_code == 200
-
-
-# --- listening sockets -----------------------------------------------------------------
-
-
-def is_loopback(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1, an IPv4 socket seen as IPv6
-    return ip.is_loopback or bool(mapped and mapped.is_loopback)
-
-
-def _listening() -> dict[int, tuple[str, int]]:
-    """inode → (address, port) of every listening TCP socket on the machine."""
-    found = {}
-    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] != "0A":  # LISTEN
-                continue
-            address, port = fields[1].split(":")
-            raw = bytes.fromhex(address)
-            # /proc prints each 32-bit word in host (little-endian) order
-            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            found[int(fields[9])] = (socket.inet_ntop(family, raw), int(port, 16))
-    return found
-
-
-def _socket_inodes(pid: int) -> set[int]:
-    inodes = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in os.listdir(fd_dir):
-        try:
-            target = os.readlink(fd_dir / fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[8:-1]))
-    return inodes
-
-
-def _with_children(pid: int) -> set[int]:
-    pids, todo = set(), [pid]
-    while todo:
-        current = todo.pop()
-        pids.add(current)
-        for task in Path(f"/proc/{current}/task").iterdir():
-            children = (task / "children").read_text().split()
-            todo += [int(c) for c in children if int(c) not in pids]
-    return pids
-
-
-def _owner_of_port(port: int, listening: dict[int, tuple[str, int]]) -> int:
-    inodes = {inode for inode, (_, p) in listening.items() if p == port}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if _socket_inodes(int(entry.name)) & inodes:
-                    return int(entry.name)
-            except OSError:
-                continue
-    raise AssertionError(f"nothing of ours listens on {port}")
-
-
-def test_only_loopback_sockets_in_the_mesh(mesh, mongo_url, mail):
-    """Envoy's admin, the services (gRPC and metrics), MongoDB and the SMTP catcher listen
-    on loopback; Envoy's listener on the configured address (loopback here and in `make up`)."""
-    listening = _listening()
-    owners = {name: _with_children(process.pid) for name, process in mesh.processes.items()}
-    owners["mongodb"] = {_owner_of_port(int(mongo_url.rsplit(":", 1)[1]), listening)}
-    owners["smtp catcher"] = {_owner_of_port(int(mail.url.rsplit(":", 1)[1]), listening)}
-    seen = {}
-    for name, pids in owners.items():
-        inodes = set().union(*(_socket_inodes(pid) for pid in pids))
-        sockets = [listening[inode] for inode in inodes if inode in listening]
-        assert sockets, f"{name} listens on nothing?"
-        seen[name] = sockets
-        for address, port in sockets:
-            assert is_loopback(address), f"{name} listens on {address}:{port}"
-    envoy_ports = {port for _, port in seen["envoy"]}
-    assert {mesh.plan.http_port, mesh.plan.admin_port} <= envoy_ports
-    for backend, port in [*mesh.plan.grpc_ports.items(), *mesh.plan.metrics_ports.items()]:
-        if backend in seen:
-            assert port in {p for _, p in seen[backend]}
-
-
-def test_only_the_listener_may_be_configured_beyond_loopback():
-    """What `make up` and compose run: admin always on loopback, and no other socket."""
-    for site in (EnvoySite(), EnvoySite(listen_address="0.0.0.0")):
-        config = envoy_config(site)
-        assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
-        listeners = config["static_resources"]["listeners"]
-        bound = [
-            listener["address"]["socket_address"]["address"]
-            for listener in listeners
-            if "address" in listener
-        ]
-        assert bound == [site.listen_address]
-        # the other listener is Envoy-internal (no socket)
-        assert all("internal_listener" in lsn for lsn in listeners if "address" not in lsn)

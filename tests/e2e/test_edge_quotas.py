@@ -20,13 +20,14 @@ import httpx
 import pytest
 
 import polyglot.inventory.v1 as pb
+from blueprint.edge.knobs import EdgeKnobs
 from devtools.launcher import edge_config
 from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
 from devtools.tokens import JWKS
-from mesh.edge.knobs import EdgeKnobs
 from tests.e2e.test_edge_limits import INTERNALS, assert_error, mesh_auth
-from tests.support.inventory import order, stock_of
+from tests.support.inventory import stock_of
+from tests.support.sales import decrease_body, order
 
 RESTOCK = "/polyglot.inventory.v1.InventoryService/RestockProduct"
 DECREASE = "/polyglot.inventory.v1.InventoryService/DecreaseStock"
@@ -215,7 +216,7 @@ async def test_calls_without_a_token_are_limited_per_address(
         sales = [
             await flooder.post(
                 "/inventory/decrease",
-                json={"product_id": product, "quantity": 1, "order_id": order()},
+                json=decrease_body(product),
             )
             for _ in range(3)
         ]
@@ -265,7 +266,7 @@ async def two_hundred_orders(mesh: Mesh, plan: MeshPlan, product: int) -> list[h
             *[
                 http.post(
                     "/inventory/decrease",
-                    json={"product_id": product, "quantity": 1, "order_id": order()},
+                    json=decrease_body(product),
                 )
                 for _ in range(200)
             ]

@@ -18,12 +18,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpclib.const import Cardinality
 
 import polyglot.inventory.v1 as pb
+from blueprint.edge.settings import EdgeTracing
 from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
-from mesh.edge.settings import EdgeTracing
 from tests.e2e.test_edge_limits import mesh_auth
-from tests.support.inventory import order
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
+from tests.support.sales import decrease_body
 from tests.support.waiting import eventually
 
 GET_STOCK = "/polyglot.inventory.v1.InventoryService/GetStock"
@@ -198,7 +198,7 @@ async def test_a_rest_order_with_a_traceparent_continues_the_callers_trace(
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{traced_edge.http_port}") as http:
         reply = await http.post(
             "/inventory/decrease",
-            json={"product_id": 1, "quantity": 1, "order_id": order()},
+            json=decrease_body(1),
             headers={**mesh.auth_header(), "traceparent": traceparent(trace_id, parent)},
         )
     assert reply.status_code == 200, reply.text
@@ -217,7 +217,7 @@ async def test_envoys_own_error_answers_carry_the_trace_id_too(traced_edge, rece
         unknown = await http.get("/no/such/route")  # the transcoder's 404
         no_token = await http.post(  # jwt_authn's 401
             "/inventory/decrease",
-            json={"product_id": 1, "quantity": 1, "order_id": order()},
+            json=decrease_body(1),
             headers={"traceparent": traceparent(trace_id, parent)},
         )
         not_json = await http.post("/inventory/decrease", content="x")  # a direct 415

@@ -13,10 +13,11 @@ import pytest
 
 from devtools.processes import grpc_health
 from devtools.sandbox import rabbitmqctl
-from meshkit.events import EXCHANGE, PRODUCT_SOLD, SUBSCRIPTIONS
-from tests.support.inventory import order
+from meshkit.broker_topology import EXCHANGE, SUBSCRIPTIONS
+from meshkit.events import PRODUCT_SOLD
 from tests.support.pipeline import PipelineView
 from tests.support.rabbit import take_messages
+from tests.support.sales import decrease_body, order
 from tests.support.waiting import eventually
 
 
@@ -30,7 +31,7 @@ async def pipeline(mesh, mesh_env, notify_db, mail):
 async def sell(http, product: int, order_id: str, quantity: int = 1) -> dict:
     reply = await http.post(
         "/inventory/decrease",
-        json={"product_id": product, "quantity": quantity, "order_id": order_id},
+        json=decrease_body(product, quantity, order_id),
     )
     assert reply.status_code == 200, reply.text
     return reply.json()

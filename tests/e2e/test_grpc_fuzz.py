@@ -13,8 +13,8 @@ import zlib
 import grpc
 import pytest
 
-from mesh.access import required_scope
-from mesh.contracts import load_contracts
+from blueprint.access import required_scope
+from blueprint.contracts import load_contracts
 from meshkit.reflection import mesh_pool
 from tests.support.protofuzz import ProtoFuzzer
 from tests.support.raw_grpc import call_raw

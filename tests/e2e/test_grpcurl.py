@@ -6,8 +6,9 @@ No .proto files are given to grpcurl: everything comes from server reflection.
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
+
+from tests.support.sales import decrease_body, order
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 INVENTORY = "polyglot.inventory.v1.InventoryService"
@@ -54,12 +55,12 @@ def test_describe_shows_rpcs_and_their_doc_comments(mesh):
 
 
 def test_call_decrease_stock_through_envoy(mesh):
-    order_id = f"ORD-{uuid.uuid4().hex[:10]}"
+    order_id = order()
     before = json.loads(run(mesh, f"{INVENTORY}/GetStock", data={"product_id": 2}).stdout)
     result = run(
         mesh,
         f"{INVENTORY}/DecreaseStock",
-        data={"product_id": 2, "quantity": 1, "order_id": order_id},
+        data=decrease_body(2, 1, order_id),
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import grpc
@@ -18,6 +17,7 @@ import polyglot.inventory.v1 as pb
 from devtools.processes import ManagedProcess, grpc_health, grpc_serving, python_module
 from tests.support.inventory import stock_of
 from tests.support.net import TcpProxy, free_port
+from tests.support.sales import decrease_body
 from tests.support.servers import FAST, start_test_mesh
 from tests.support.waiting import eventually
 
@@ -69,7 +69,7 @@ async def test_database_outage_is_503_and_unavailable_then_recovers(
         started = time.monotonic()
         reply = await http.post(
             "/inventory/decrease",
-            json={"product_id": product, "quantity": 1, "order_id": f"O-{uuid.uuid4().hex}"},
+            json=decrease_body(product),
         )
         assert reply.status_code == 503
         assert reply.json() == {
@@ -91,7 +91,7 @@ async def test_database_outage_is_503_and_unavailable_then_recovers(
         await eventually(lambda: grpc_serving(backend), what="SERVING again")
         reply = await http.post(
             "/inventory/decrease",
-            json={"product_id": product, "quantity": 1, "order_id": f"O-{uuid.uuid4().hex}"},
+            json=decrease_body(product),
         )
         assert reply.status_code == 200
         assert reply.json()["current_stock"] == 9

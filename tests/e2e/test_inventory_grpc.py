@@ -5,7 +5,8 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 import polyglot.inventory.v1 as pb
-from tests.support.inventory import inventory_state, order
+from tests.support.inventory import inventory_state
+from tests.support.sales import order
 
 
 async def test_get_stock_of_a_seed_product(inventory_via_envoy):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.support.inventory import inventory_state, order, stock_of
+from tests.support.inventory import inventory_state, stock_of
+from tests.support.sales import decrease_body, order
 
 
 def error_body(code: int, message_part: str):
@@ -63,7 +64,7 @@ async def test_list_products_pages_in_snake_case(http, new_product):
 
 async def test_replayed_order_gets_the_same_answer(http, inventory_db, new_product):
     product = await new_product(stock=10)
-    body = {"product_id": product, "quantity": 3, "order_id": order()}
+    body = decrease_body(product, 3)
     first = await http.post("/inventory/decrease", json=body)
     before = await inventory_state(inventory_db)
     replay = await http.post("/inventory/decrease", json=body)
@@ -207,9 +208,7 @@ async def test_rejected_requests_get_json_errors_and_change_nothing(
 async def test_insufficient_stock_is_400_with_what_is_left(http, inventory_db, new_product):
     product = await new_product(stock=3)
     before = await inventory_state(inventory_db)
-    reply = await http.post(
-        "/inventory/decrease", json={"product_id": product, "quantity": 5, "order_id": order()}
-    )
+    reply = await http.post("/inventory/decrease", json=decrease_body(product, 5))
     assert reply.status_code == 400
     assert reply.json() == error_body(
         9, f"product {product} (Test product {product}): 5 requested, 3 left"
@@ -220,13 +219,9 @@ async def test_insufficient_stock_is_400_with_what_is_left(http, inventory_db, n
 async def test_order_id_reused_for_another_sale_is_409(http, inventory_db, new_product):
     product = await new_product(stock=10)
     order_id = order()
-    await http.post(
-        "/inventory/decrease", json={"product_id": product, "quantity": 1, "order_id": order_id}
-    )
+    await http.post("/inventory/decrease", json=decrease_body(product, 1, order_id))
     before = await inventory_state(inventory_db)
-    reply = await http.post(
-        "/inventory/decrease", json={"product_id": product, "quantity": 2, "order_id": order_id}
-    )
+    reply = await http.post("/inventory/decrease", json=decrease_body(product, 2, order_id))
     assert reply.status_code == 409
     assert reply.json() == error_body(6, f"order {order_id} was already used")
     assert await inventory_state(inventory_db) == before

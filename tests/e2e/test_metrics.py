@@ -1,6 +1,6 @@
 """The mesh's metrics as an operator sees them: a real Prometheus (Debian's binary)
 scrapes every process's /metrics and Envoy's admin with the config rendered from
-the topology (mesh/prometheus_config.py) and loads the alert rules; the test's own
+the topology (blueprint/prometheus.py) and loads the alert rules; the test's own
 calls (and a broker outage of the test mesh alone) move the counters and gauges it
 then queries through Prometheus's HTTP API."""
 
@@ -14,12 +14,13 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from blueprint.topology import METRICS_PORTS
 from devtools.preflight import PROMETHEUS_INSTALL, prometheus_tool
 from devtools.sandbox import Mesh
-from mesh.topology import METRICS_PORTS
-from meshkit.events import EXCHANGE, PRODUCT_SOLD, SUBSCRIPTIONS
-from tests.support.inventory import order
+from meshkit.broker_topology import EXCHANGE, SUBSCRIPTIONS
+from meshkit.events import PRODUCT_SOLD
 from tests.support.rabbit import take_messages
+from tests.support.sales import decrease_body
 from tests.support.waiting import eventually
 
 SCRAPE_SECONDS = 0.5
@@ -116,9 +117,7 @@ async def test_sales_move_the_rpc_consumer_and_relay_counters(mesh, http, promql
         ),
     }
     for _ in range(sales):
-        reply = await http.post(
-            "/inventory/decrease", json={"product_id": product, "quantity": 1, "order_id": order()}
-        )
+        reply = await http.post("/inventory/decrease", json=decrease_body(product))
         assert reply.status_code == 200, reply.text
 
     async def counted(expression: str, at_least: float) -> bool:
@@ -154,9 +153,7 @@ async def test_a_refused_call_is_counted_by_its_code(mesh, http, promql):
         grpc_method="DecreaseStock",
         grpc_code="NOT_FOUND",
     )
-    reply = await http.post(
-        "/inventory/decrease", json={"product_id": 987_654, "quantity": 1, "order_id": order()}
-    )
+    reply = await http.post("/inventory/decrease", json=decrease_body(987_654))
     assert reply.status_code == 404, reply.text
     await eventually(
         lambda: value(promql, f"sum({refused}) >= {before + 1}"), what="NOT_FOUND counted"
@@ -190,7 +187,7 @@ async def test_the_outbox_backlog_and_its_age_show_a_broker_outage(
         for _ in range(3):
             reply = await http.post(
                 "/inventory/decrease",
-                json={"product_id": product, "quantity": 1, "order_id": order()},
+                json=decrease_body(product),
             )
             assert reply.status_code == 200, reply.text
         await eventually(lambda: query(promql, f"{backlog} >= 3"), what="the backlog seen")

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from blueprint.topology import DOCS_SITE, ROOT
 from devtools.postman import FILE_NAME
 from devtools.sandbox import Mesh
-from mesh.topology import DOCS_SITE, ROOT
 from tests.support.servers import own_mesh
 
 NEWMAN = ROOT / "node_modules" / ".bin" / "newman"

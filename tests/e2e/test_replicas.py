@@ -33,9 +33,10 @@ from devtools.sandbox import (
     drop_database,
     start_mesh,
 )
-from meshkit.events import EXCHANGE, PRODUCT_SOLD
-from tests.support.inventory import order
+from meshkit.broker_topology import EXCHANGE
+from meshkit.events import PRODUCT_SOLD
 from tests.support.pipeline import PipelineView
+from tests.support.sales import decrease_body, order
 from tests.support.servers import FAST, PG_SERVER_URL, RABBIT_SERVER_URL
 from tests.support.waiting import eventually
 
@@ -114,7 +115,7 @@ class OrderStream:
             order_id = order()
             reply = await self._client.post(
                 "/inventory/decrease",
-                json={"product_id": product, "quantity": quantity, "order_id": order_id},
+                json=decrease_body(product, quantity, order_id),
             )
             if reply.status_code == 200:
                 self.ok[order_id] = (product, quantity)

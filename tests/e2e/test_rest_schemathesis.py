@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from mesh.topology import DOCS_SITE
+from blueprint.topology import DOCS_SITE
 
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "3"))
 SEED = os.environ.get("SCHEMATHESIS_SEED", "20261128")

@@ -1,11 +1,11 @@
 """Sale batching seen from a client, through Envoy: a full queue is a 429 at once."""
 
 import asyncio
-import uuid
 
 import httpx
 import pytest
 
+from tests.support.sales import decrease_body, order
 from tests.support.servers import start_test_mesh
 from tests.support.waiting import eventually
 
@@ -26,9 +26,9 @@ async def test_orders_beyond_the_queue_limit_are_refused_with_429(
     product = await new_product(stock=10)
 
     def sale(order_id: str) -> dict:
-        return {"product_id": product, "quantity": 1, "order_id": order_id}
+        return decrease_body(product, 1, order_id)
 
-    orders = [f"ORD-{uuid.uuid4().hex[:12]}" for _ in range(3)]
+    orders = [order() for _ in range(3)]
     async with (
         httpx.AsyncClient(base_url=mesh.http_url, timeout=30, headers=mesh.auth_header()) as http,
         inventory_db.acquire() as conn,

@@ -14,8 +14,9 @@ import polyglot.analytics.v1 as analytics_pb
 import polyglot.inventory.v1 as pb
 from devtools.processes import grpc_serving
 from tests.e2e.test_inventory_faults import lone_inventory
-from tests.support.inventory import inventory_state, order, stock_of
+from tests.support.inventory import inventory_state, stock_of
 from tests.support.raw_grpc import GET_STOCK, LAPTOP, RawGrpcConnection, call_raw, frame
+from tests.support.sales import decrease_body, order
 from tests.support.waiting import eventually
 
 DECREASE = "/polyglot.inventory.v1.InventoryService/DecreaseStock"
@@ -219,10 +220,7 @@ async def test_truncated_streams_leave_honest_reads_and_sales_unharmed(
         while not attacked.is_set() or len(statuses) < 40:
             read, sale = await asyncio.gather(
                 anonymous_http.get(f"/inventory/{product}"),
-                http.post(
-                    "/inventory/decrease",
-                    json={"product_id": product, "quantity": 1, "order_id": order()},
-                ),
+                http.post("/inventory/decrease", json=decrease_body(product)),
             )
             statuses += [read.status_code, sale.status_code]
             honest_started.set()

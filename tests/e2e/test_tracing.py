@@ -21,9 +21,9 @@ from devtools.sandbox import (
     delete_vhost,
     drop_database,
 )
-from tests.support.inventory import order
 from tests.support.net import TcpProxy
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
+from tests.support.sales import decrease_body, order
 from tests.support.servers import PG_SERVER_URL, RABBIT_SERVER_URL, start_test_mesh
 from tests.support.smtp import MailCatcher
 from tests.support.waiting import eventually
@@ -80,7 +80,7 @@ async def sell(mesh: Mesh, order_id: str) -> str:
     async with httpx.AsyncClient(base_url=mesh.http_url, timeout=30) as client:
         reply = await client.post(
             "/inventory/decrease",
-            json={"product_id": PRODUCT, "quantity": 1, "order_id": order_id},
+            json=decrease_body(PRODUCT, 1, order_id),
             headers=mesh.auth_header(),
         )
     assert reply.status_code == 200, reply.text
@@ -250,7 +250,7 @@ async def test_rpc_errors_are_span_statuses_and_health_checks_are_not_traced(tra
     async with httpx.AsyncClient(base_url=traced.mesh.http_url, timeout=30) as client:
         reply = await client.post(
             "/inventory/decrease",
-            json={"product_id": 2, "quantity": 10_000, "order_id": order()},
+            json=decrease_body(2, 10_000),
             headers=traced.mesh.auth_header(),
         )
     assert reply.status_code == 400  # FAILED_PRECONDITION: not enough stock

@@ -11,6 +11,7 @@ from analytics_svc import use_cases
 from analytics_svc.domain import Sale
 from analytics_svc.store import MongoSales, SaleEvent
 from meshkit.errors import InvalidArgument, Unavailable
+from tests.support.sales import consumed_sale
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -23,15 +24,9 @@ async def sales(mongo_url):
     await store.close()
 
 
-def sale(product_id: int, quantity: int, at: datetime, name: str = "Widget") -> Sale:
-    return Sale(
-        event_id=str(uuid.uuid4()),
-        order_id=f"ORD-{uuid.uuid4().hex[:8]}",
-        product_id=product_id,
-        product_name=name,
-        quantity=quantity,
-        remaining_stock=10,
-        occurred_at=at,
+def sale(product_id: int, quantity: int, at: datetime, name: str = "Widget", **fields) -> Sale:
+    return consumed_sale(
+        Sale, product_id=product_id, product_name=name, quantity=quantity, occurred_at=at, **fields
     )
 
 
@@ -46,8 +41,7 @@ async def test_a_redelivered_event_is_recorded_once(sales):
 async def test_a_recorded_sale_is_a_saleevent_document_read_back_unchanged(sales):
     """The insert writes plain documents (no Beanie Document): they hold exactly
     SaleEvent's fields and read back as the sale that was recorded."""
-    event = sale(90, 3, T0, name="Plain")
-    event = Sale(**{**event.__dict__, "sold_by": "alice"})
+    event = sale(90, 3, T0, name="Plain", sold_by="alice")
     assert await use_cases.record_sale(sales, event) is True
     stored = await SaleEvent.get_pymongo_collection().find_one({"event_id": event.event_id})
     assert set(stored) == {"_id", *(set(SaleEvent.model_fields) - {"id", "revision_id"})}

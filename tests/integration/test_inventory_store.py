@@ -6,12 +6,13 @@ from collections import Counter
 import pytest
 
 from inventory_svc import use_cases
-from inventory_svc.domain import InsufficientStock, Sale, SaleRequest, StockLimitExceeded
+from inventory_svc.domain import InsufficientStock, Sale, StockLimitExceeded
 from inventory_svc.store import MIGRATIONS, PostgresInventory
 from meshkit.errors import AlreadyExists, NotFound, Unavailable
 from meshkit.postgres import apply_migrations
-from tests.support.inventory import inventory_state, order, stock_of
+from tests.support.inventory import inventory_state, stock_of
 from tests.support.net import TcpProxy
+from tests.support.sales import order, sale_request
 from tests.support.waiting import eventually
 
 
@@ -34,7 +35,7 @@ async def test_migrations_apply_once_and_seed_the_catalogue(inventory_db):
 
 async def test_a_sale_decreases_stock_and_records_the_order(store, inventory_db, new_product):
     product = await new_product(stock=10)
-    sale = await use_cases.decrease_stock(store, SaleRequest("ORD-a1", product, 3))
+    sale = await use_cases.decrease_stock(store, sale_request("ORD-a1", product, 3))
     assert sale == Sale("ORD-a1", product, 3, remaining_stock=7)
     assert await stock_of(inventory_db, product) == 7
     recorded = await inventory_db.fetchrow("SELECT * FROM sales WHERE order_id = 'ORD-a1'")
@@ -47,28 +48,28 @@ async def test_a_sale_decreases_stock_and_records_the_order(store, inventory_db,
 
 async def test_replay_returns_first_answer_and_changes_nothing(store, inventory_db, new_product):
     product = await new_product(stock=10)
-    first = await use_cases.decrease_stock(store, SaleRequest("ORD-r1", product, 4))
-    await use_cases.decrease_stock(store, SaleRequest(order(), product, 1))  # stock moves on
+    first = await use_cases.decrease_stock(store, sale_request("ORD-r1", product, 4))
+    await use_cases.decrease_stock(store, sale_request(order(), product, 1))  # stock moves on
     before = await inventory_state(inventory_db)
-    replay = await use_cases.decrease_stock(store, SaleRequest("ORD-r1", product, 4))
+    replay = await use_cases.decrease_stock(store, sale_request("ORD-r1", product, 4))
     assert replay == first == Sale("ORD-r1", product, 4, remaining_stock=6)
     assert await inventory_state(inventory_db) == before
 
 
 async def test_replay_is_answered_even_when_stock_ran_out_since(store, inventory_db, new_product):
     product = await new_product(stock=5)
-    first = await use_cases.decrease_stock(store, SaleRequest("ORD-r2", product, 5))
-    assert await use_cases.decrease_stock(store, SaleRequest("ORD-r2", product, 5)) == first
+    first = await use_cases.decrease_stock(store, sale_request("ORD-r2", product, 5))
+    assert await use_cases.decrease_stock(store, sale_request("ORD-r2", product, 5)) == first
 
 
 async def test_same_order_id_for_another_sale_is_rejected(store, inventory_db, new_product):
     product = await new_product(stock=10)
-    await use_cases.decrease_stock(store, SaleRequest("ORD-c1", product, 2))
+    await use_cases.decrease_stock(store, sale_request("ORD-c1", product, 2))
     before = await inventory_state(inventory_db)
     with pytest.raises(AlreadyExists):
-        await use_cases.decrease_stock(store, SaleRequest("ORD-c1", product, 3))
+        await use_cases.decrease_stock(store, sale_request("ORD-c1", product, 3))
     with pytest.raises(AlreadyExists):
-        await use_cases.decrease_stock(store, SaleRequest("ORD-c1", 2, 2))
+        await use_cases.decrease_stock(store, sale_request("ORD-c1", 2, 2))
     assert await inventory_state(inventory_db) == before
 
 
@@ -76,12 +77,12 @@ async def test_unknown_product_and_short_stock_write_nothing(store, inventory_db
     product = await new_product(stock=2)
     before = await inventory_state(inventory_db)
     with pytest.raises(NotFound, match="product 999999 does not exist"):
-        await use_cases.decrease_stock(store, SaleRequest(order(), 999_999, 1))
+        await use_cases.decrease_stock(store, sale_request(order(), 999_999, 1))
     with pytest.raises(InsufficientStock, match="3 requested, 2 left"):
-        await use_cases.decrease_stock(store, SaleRequest(order(), product, 3))
+        await use_cases.decrease_stock(store, sale_request(order(), product, 3))
     assert await inventory_state(inventory_db) == before
     # A refused order id is not burnt: it can succeed later.
-    await use_cases.decrease_stock(store, SaleRequest("ORD-later", product, 2))
+    await use_cases.decrease_stock(store, sale_request("ORD-later", product, 2))
 
 
 async def test_200_concurrent_sales_of_one_never_oversell(store, inventory_db, new_product):
@@ -89,7 +90,7 @@ async def test_200_concurrent_sales_of_one_never_oversell(store, inventory_db, n
 
     async def sell() -> str:
         try:
-            await use_cases.decrease_stock(store, SaleRequest(order(), product, 1))
+            await use_cases.decrease_stock(store, sale_request(order(), product, 1))
             return "sold"
         except InsufficientStock:
             return "refused"
@@ -105,7 +106,7 @@ async def test_200_concurrent_sales_of_one_never_oversell(store, inventory_db, n
 
 async def test_concurrent_replays_of_one_order_sell_once(store, inventory_db, new_product):
     product = await new_product(stock=100)
-    request = SaleRequest(order(), product, 7)
+    request = sale_request(order(), product, 7)
     answers = await asyncio.gather(*(use_cases.decrease_stock(store, request) for _ in range(50)))
     assert set(answers) == {Sale(request.order_id, product, 7, remaining_stock=93)}
     assert await stock_of(inventory_db, product) == 93
@@ -139,12 +140,12 @@ async def test_database_outage_is_unavailable_then_recovers(inventory_db_url, ne
         product = await new_product(stock=5)
         proxy.cut()
         with pytest.raises(Unavailable, match="inventory database is unavailable"):
-            await use_cases.decrease_stock(store, SaleRequest(order(), product, 1))
+            await use_cases.decrease_stock(store, sale_request(order(), product, 1))
         with pytest.raises(Unavailable, match="inventory database is unavailable"):
             await store.ready()  # the health probe fails too
         proxy.restore()
         await store.ready()
-        sale = await use_cases.decrease_stock(store, SaleRequest(order(), product, 1))
+        sale = await use_cases.decrease_stock(store, sale_request(order(), product, 1))
         assert sale.remaining_stock == 4
     finally:
         await store.close()
@@ -168,7 +169,7 @@ async def test_an_idle_pool_closes_its_connections_and_opens_them_again_when_nee
 
         await eventually(closed, within=10, what="the idle pooled connection closed")
         product = await new_product(stock=5)
-        sale = await use_cases.decrease_stock(store, SaleRequest("ORD-idle-1", product, 1))
+        sale = await use_cases.decrease_stock(store, sale_request("ORD-idle-1", product, 1))
         assert sale.remaining_stock == 4
     finally:
         await store.close()

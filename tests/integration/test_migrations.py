@@ -15,8 +15,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from blueprint.topology import ROOT
 from devtools.sandbox import create_database, drop_database, free_port
-from mesh.topology import ROOT
 from meshkit.postgres import PostgresDatabase, SchemaAhead, SchemaBehind, migrate
 from notify_svc.store import MIGRATIONS as NOTIFY_MIGRATIONS
 from notify_svc.store import PostgresNotifications

@@ -1,7 +1,6 @@
 """notify_svc's use case on a real PostgreSQL and a real SMTP server."""
 
 import asyncio
-import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,6 +13,7 @@ from notify_svc.domain import OrderConfirmation, Sale
 from notify_svc.mailer import Mailer
 from notify_svc.store import MIGRATIONS, PostgresNotifications
 from tests.support.net import TcpProxy
+from tests.support.sales import consumed_sale
 from tests.support.servers import migrated_database
 from tests.support.waiting import eventually
 
@@ -35,15 +35,7 @@ async def notifications(notify_db_url):
 
 
 def sale() -> Sale:
-    return Sale(
-        event_id=str(uuid.uuid4()),
-        order_id=f"ORD-{uuid.uuid4().hex[:8]}",
-        product_id=1,
-        product_name="Laptop Gamer",
-        quantity=1,
-        remaining_stock=5,
-        occurred_at=datetime.now(UTC),
-    )
+    return consumed_sale(Sale, occurred_at=datetime.now(UTC))
 
 
 async def notify(store, mailer, event, lease_seconds: float = LEASE_SECONDS) -> bool:

@@ -14,10 +14,11 @@ import pytest
 
 import polyglot.events.v1 as events_pb
 from inventory_svc import use_cases
-from inventory_svc.domain import InsufficientStock, SaleRequest
-from inventory_svc.store import MIGRATIONS, OutboxEntry, PostgresInventory, PostgresOutbox
+from inventory_svc.domain import InsufficientStock
+from inventory_svc.relay import OutboxEntry
+from inventory_svc.store import MIGRATIONS, PostgresInventory, PostgresOutbox
 from meshkit.events import PRODUCT_SOLD
-from tests.support.inventory import order
+from tests.support.sales import order, sale_request
 from tests.support.servers import migrated_database
 from tests.support.waiting import eventually
 
@@ -52,7 +53,7 @@ async def add_product(store: PostgresInventory, stock: int = 100) -> int:
 
 async def sell(store: PostgresInventory, product: int, quantity: int = 1, order_id: str = ""):
     return await use_cases.decrease_stock(
-        store, SaleRequest(order_id or order(), product, quantity)
+        store, sale_request(order_id or order(), product, quantity)
     )
 
 

@@ -19,8 +19,9 @@ from inventory_svc.batching import SaleBatcher
 from inventory_svc.domain import InsufficientStock, OrderConflict, Sale, SaleRequest
 from inventory_svc.store import PostgresInventory
 from meshkit.errors import Unavailable
-from tests.support.inventory import order, stock_of
+from tests.support.inventory import stock_of
 from tests.support.net import TcpProxy
+from tests.support.sales import order, sale_request
 from tests.support.waiting import eventually
 
 
@@ -140,7 +141,7 @@ async def test_500_concurrent_orders_accept_exactly_what_one_at_a_time_would(
 ):
     product = await new_product(stock=300)
     rng = random.Random(12)
-    requests = [SaleRequest(order(), product, rng.randint(1, 5)) for _ in range(500)]
+    requests = [sale_request(order(), product, rng.randint(1, 5)) for _ in range(500)]
 
     answers = await asyncio.gather(*(outcome(sales, r) for r in requests))
 
@@ -176,21 +177,21 @@ async def test_replays_and_conflicts_inside_and_across_batches(
 ):
     product = await new_product(stock=100)
     other = await new_product(stock=100)
-    earlier = await use_cases.decrease_stock(sales, SaleRequest("ORD-bx-earlier", product, 5))
+    earlier = await use_cases.decrease_stock(sales, sale_request("ORD-bx-earlier", product, 5))
     async with HeldRow(inventory_db, product) as row:
         first, later = await start_held_batch(
             sales,
             inventory_db,
             product,
-            SaleRequest("ORD-bx-first", product, 1),
+            sale_request("ORD-bx-first", product, 1),
             [
-                SaleRequest("ORD-bx-a", product, 2),
-                SaleRequest("ORD-bx-a", product, 2),  # a copy inside the batch: counts once
-                SaleRequest("ORD-bx-a", product, 3),  # same id, another quantity
-                SaleRequest("ORD-bx-earlier", product, 5),  # replay of an earlier batch
-                SaleRequest("ORD-bx-earlier", product, 6),  # conflicting replay of it
-                SaleRequest("ORD-bx-first", product, 1),  # replay of the write in flight
-                SaleRequest("ORD-bx-b", product, 4),
+                sale_request("ORD-bx-a", product, 2),
+                sale_request("ORD-bx-a", product, 2),  # a copy inside the batch: counts once
+                sale_request("ORD-bx-a", product, 3),  # same id, another quantity
+                sale_request("ORD-bx-earlier", product, 5),  # replay of an earlier batch
+                sale_request("ORD-bx-earlier", product, 6),  # conflicting replay of it
+                sale_request("ORD-bx-first", product, 1),  # replay of the write in flight
+                sale_request("ORD-bx-b", product, 4),
             ],
         )
         await row.release()
@@ -213,7 +214,7 @@ async def test_replays_and_conflicts_inside_and_across_batches(
     ]
     # Across products: an order id sold for one product is a conflict for another.
     with pytest.raises(OrderConflict):
-        await use_cases.decrease_stock(sales, SaleRequest("ORD-bx-b", other, 4))
+        await use_cases.decrease_stock(sales, sale_request("ORD-bx-b", other, 4))
     assert await stock_of(inventory_db, other) == 100
 
 
@@ -231,7 +232,7 @@ async def test_a_batch_cut_off_from_the_database_mid_way_fails_whole(
     sales = SaleBatcher(store, max_batch_size=100, max_queue_length=1000)
     product = await new_product(stock=50)
     elsewhere = await new_product(stock=50)
-    batch = [SaleRequest(order(), product, q) for q in (1, 2, 3, 4)]
+    batch = [sale_request(order(), product, q) for q in (1, 2, 3, 4)]
     blocker = batch[2].order_id
     try:
         async with HeldRow(inventory_db, product) as row, inventory_db.acquire() as conn:
@@ -245,7 +246,7 @@ async def test_a_batch_cut_off_from_the_database_mid_way_fails_whole(
                 blocker,
                 elsewhere,
             )
-            lone = SaleRequest(order(), product, 5)
+            lone = sale_request(order(), product, 5)
             first, later = await start_held_batch(sales, inventory_db, product, lone, batch)
             await row.release()
             assert await first == Sale(lone.order_id, product, 5, 45)
@@ -281,7 +282,7 @@ async def test_a_batch_cut_off_from_the_database_mid_way_fails_whole(
 
 async def test_cancelled_callers_leave_the_batch_to_decide(store, sales, inventory_db, new_product):
     product = await new_product(stock=10)
-    requests = [SaleRequest(order(), product, 1) for _ in range(5)]
+    requests = [sale_request(order(), product, 1) for _ in range(5)]
     async with HeldRow(inventory_db, product) as row:
         first, later = await start_held_batch(
             sales, inventory_db, product, requests[0], requests[1:]

@@ -10,9 +10,8 @@ from opentelemetry.trace import SpanKind
 
 from analytics_svc.domain import Sale as AnalyticsSale
 from analytics_svc.store import MongoSales
-from inventory_svc.domain import SaleRequest
 from inventory_svc.store import MIGRATIONS, PostgresInventory
-from tests.support.inventory import order
+from tests.support.sales import consumed_sale, order, sale_request
 from tests.support.servers import migrated_database
 from tests.support.tracing import in_memory_tracing
 
@@ -48,8 +47,8 @@ async def outbox_headers_of(store: PostgresInventory, order_ids: list[str]) -> d
 
 
 async def test_each_order_of_a_batch_keeps_its_own_callers_trace_context(store):
-    requests = [SaleRequest(order(), 1, 1, trace_context=traceparent(n)) for n in (1, 2, 3)]
-    requests.append(SaleRequest(order(), 1, 1))  # an untraced caller in the same batch
+    requests = [sale_request(order(), 1, 1, trace_context=traceparent(n)) for n in (1, 2, 3)]
+    requests.append(sale_request(order(), 1, 1))  # an untraced caller in the same batch
     sales = await store.record_sales(requests)
     assert all(sales)
     stored = await outbox_headers_of(store, [r.order_id for r in requests])
@@ -57,7 +56,7 @@ async def test_each_order_of_a_batch_keeps_its_own_callers_trace_context(store):
 
 
 async def test_the_one_order_statement_stores_the_trace_context(store):
-    request = SaleRequest(order(), 1, 1, trace_context=traceparent(7))
+    request = sale_request(order(), 1, 1, trace_context=traceparent(7))
     assert await store.record_sale(request)
     assert await outbox_headers_of(store, [request.order_id]) == {request.order_id: traceparent(7)}
 
@@ -72,7 +71,7 @@ async def test_sql_spans_carry_the_statement_never_its_values(db_url):
         await store.ready()
         try:
             with provider.get_tracer("test").start_as_current_span("call"):
-                assert await store.record_sale(SaleRequest(SECRET, 1, 1, sold_by="alice"))
+                assert await store.record_sale(sale_request(SECRET, 1, 1, sold_by="alice"))
         finally:
             await store.close()
         spans = [s for s in exporter.get_finished_spans() if s.name != "call"]
@@ -90,7 +89,9 @@ async def test_mongodb_spans_carry_the_command_never_the_document(mongo_url):
         try:
             with provider.get_tracer("test").start_as_current_span("call"):
                 now = datetime.now(UTC)
-                sale = AnalyticsSale(str(uuid.uuid4()), SECRET, 1, "Widget", 1, 9, now, "alice")
+                sale = consumed_sale(
+                    AnalyticsSale, order_id=SECRET, occurred_at=now, sold_by="alice"
+                )
                 assert await sales.record(sale)
         finally:
             await sales.close()
@@ -104,8 +105,8 @@ async def test_mongodb_spans_carry_the_command_never_the_document(mongo_url):
 async def test_a_batchs_sql_span_joins_its_first_orders_trace_whatever_task_runs_it(db_url):
     """The sale batcher writes in a task the product's first caller started; the
     statement's span still belongs to an order of the batch, not to that caller."""
-    batch = [SaleRequest(order(), 1, 1, trace_context=traceparent(n)) for n in (5, 6)]
-    alone = SaleRequest(order(), 1, 1, trace_context=traceparent(8))
+    batch = [sale_request(order(), 1, 1, trace_context=traceparent(n)) for n in (5, 6)]
+    alone = sale_request(order(), 1, 1, trace_context=traceparent(8))
     with in_memory_tracing() as (provider, exporter):
         store = PostgresInventory(db_url, pool_size=1, timeout_seconds=5)
         await store.ready()

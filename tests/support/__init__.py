@@ -1,4 +1,5 @@
-"""Helpers for the test suite: ports, throwaway databases, a cuttable TCP proxy."""
+"""Helpers for the test suite: ports, throwaway databases, a cuttable TCP proxy, the
+fakes of our ports (fakes.py) and the one way to make sales (sales.py)."""
 
 import pytest
 

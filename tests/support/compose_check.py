@@ -40,14 +40,14 @@ import yaml
 from docker.utils.build import exclude_paths
 from dockerfile_parse import DockerfileParser
 
+from blueprint.edge.render import CHECKED_IN, COMPOSE_SITE
+from blueprint.edge.tracing import OTLP_CLUSTER
+from blueprint.prometheus import CHECKED_IN as PROMETHEUS_CHECKED_IN
+from blueprint.prometheus import COMPOSE_SITE as PROMETHEUS_COMPOSE_SITE
+from blueprint.topology import ROOT, WORKERS
 from devtools.plan import ENVOY_OPTIONS
 from devtools.processes import run
 from devtools.tokens import DEV_KEYS_DIR, ensure_keys
-from mesh.edge.render import CHECKED_IN, COMPOSE_SITE
-from mesh.edge.tracing import OTLP_CLUSTER
-from mesh.prometheus_config import CHECKED_IN as PROMETHEUS_CHECKED_IN
-from mesh.prometheus_config import COMPOSE_SITE as PROMETHEUS_COMPOSE_SITE
-from mesh.topology import ROOT, WORKERS
 
 Compose = dict[str, Any]  # compose.yaml as `docker compose config` normalises it
 Service = dict[str, Any]

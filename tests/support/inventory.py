@@ -1,11 +1,6 @@
-import uuid
+"""The inventory database as the tests read it (sales themselves: tests/support/sales.py)."""
 
 import asyncpg
-
-
-def order() -> str:
-    """A fresh order id, so a test never replays another test's order."""
-    return f"ORD-{uuid.uuid4().hex[:12]}"
 
 
 async def inventory_state(db: asyncpg.Pool) -> tuple[list, list, list]:

@@ -18,8 +18,7 @@ tests/deploy/test_k8s.py (``make k8s-check``, part of ``make check`` and ``make 
    /etc/envoy paths mapped to the files the ConfigMap and the image carry (so a
    file its container lacks fails it).
 
-``network_paths`` computes which connections the NetworkPolicies allow;
-tests/unit/test_k8s.py compares that with the intended list.
+Which connections the NetworkPolicies allow: tests/support/k8s_network.py.
 """
 
 import base64
@@ -36,9 +35,9 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from blueprint.topology import DOCS_SITE, GRPC_PORTS, ROOT
 from devtools import tokens
 from devtools.processes import run
-from mesh.topology import DOCS_SITE, GRPC_PORTS, ROOT
 from tests.support.compose_check import ENVOY_FILE, envoy_endpoints, validate_envoy
 
 K8S_DIR = ROOT / "deploy" / "k8s"
@@ -166,11 +165,11 @@ class Pod:
         return self.spec.get("initContainers", []) + self.spec.get("containers", [])
 
 
-def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def _match_labels(selector: Obj | None, where: str) -> dict[str, str]:
+def match_labels(selector: Obj | None, where: str) -> dict[str, str]:
     """A label selector as a dict; only matchLabels is used in deploy/k8s."""
     selector = selector or {}
     if set(selector) - {"matchLabels"}:
@@ -280,7 +279,7 @@ class Model:
         return next((o for o in self.of_kind(kind) if o["metadata"]["name"] == name), None)
 
     def selected(self, selector: dict[str, str]) -> list[Pod]:
-        return [p for p in self.pods.values() if selector and _matches(selector, p.labels)]
+        return [p for p in self.pods.values() if selector and selector_matches(selector, p.labels)]
 
 
 def _ref_problem(
@@ -383,16 +382,17 @@ def _selector_problems(model: Model) -> list[str]:
     problems = []
     for kind in ("Deployment", "StatefulSet"):
         for obj in model.of_kind(kind):
-            selector = _match_labels(obj["spec"]["selector"], name_of(obj))
-            if not _matches(selector, obj["spec"]["template"]["metadata"].get("labels", {})):
+            selector = match_labels(obj["spec"]["selector"], name_of(obj))
+            labels = obj["spec"]["template"]["metadata"].get("labels", {})
+            if not selector_matches(selector, labels):
                 problems.append(f"{name_of(obj)}: selector does not match its own pods")
     for pdb in model.of_kind("PodDisruptionBudget"):
-        if not model.selected(_match_labels(pdb["spec"]["selector"], name_of(pdb))):
+        if not model.selected(match_labels(pdb["spec"]["selector"], name_of(pdb))):
             problems.append(f"{name_of(pdb)}: selector matches no pods")
     for deployment in model.of_kind("Deployment"):
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         if labels.get("app.kubernetes.io/part-of") == "polyglotmicro" and not any(
-            _matches(_match_labels(p["spec"]["selector"], name_of(p)), labels)
+            selector_matches(match_labels(p["spec"]["selector"], name_of(p)), labels)
             for p in model.of_kind("PodDisruptionBudget")
         ):
             problems.append(f"{name_of(deployment)}: no PodDisruptionBudget")
@@ -529,107 +529,6 @@ def reference_problems(objects: list[Obj]) -> list[str]:
         if pod.labels.get("app.kubernetes.io/part-of") == "polyglotmicro":
             problems += _hardening_problems(pod)
     return problems
-
-
-# --- NetworkPolicies ------------------------------------------------------------
-
-# Who else may be on either end of a connection: a client outside the cluster
-# (or an address no selector names), the operators' namespaces, the cluster DNS.
-OUTSIDE = "outside"
-OTHER_NAMESPACES = ("cnpg-system", "rabbitmq-system")
-KUBE_DNS = "kube-dns"
-# Ports probed towards the outside (egress to an address block).
-OUTSIDE_PORTS = ("TCP/25", "TCP/80", "TCP/443", "TCP/465", "TCP/587", "TCP/6443")
-
-
-@dataclass(frozen=True)
-class Party:
-    name: str
-    labels: tuple[tuple[str, str], ...] = ()
-    namespace: str | None = None  # None: the deployment's own namespace
-    ports: tuple[str, ...] = ()  # "TCP/5432"
-
-    @property
-    def label_dict(self) -> dict[str, str]:
-        return dict(self.labels)
-
-
-def _parties(model: Model) -> list[Party]:
-    parties = [
-        Party(
-            pod.name,
-            tuple(sorted(pod.labels.items())),
-            ports=tuple(sorted({f"TCP/{n}" for n in pod.ports.values()})),
-        )
-        for pod in model.pods.values()
-    ]
-    parties.append(Party(KUBE_DNS, (("k8s-app", "kube-dns"),), "kube-system", ("TCP/53", "UDP/53")))
-    parties += [Party(f"ns:{ns}", namespace=ns) for ns in OTHER_NAMESPACES]
-    parties.append(Party(OUTSIDE, namespace=OUTSIDE, ports=OUTSIDE_PORTS))
-    return parties
-
-
-def _peer_matches(peer: Obj, party: Party, where: str) -> bool:
-    if "ipBlock" in peer:
-        if peer["ipBlock"] != {"cidr": "0.0.0.0/0"}:
-            raise CheckError(f"{where}: only the ipBlock 0.0.0.0/0 is understood")
-        return True  # whether pod IPs fall in it depends on the plugin: assume they do
-    pods = _match_labels(peer.get("podSelector"), where)
-    if "namespaceSelector" in peer:
-        names = _match_labels(peer["namespaceSelector"], where)
-        if set(names) != {"kubernetes.io/metadata.name"}:
-            raise CheckError(f"{where}: namespaces are selected by name only")
-        in_namespace = party.namespace == names["kubernetes.io/metadata.name"]
-        return in_namespace and _matches(pods, party.label_dict)
-    return party.namespace is None and _matches(pods, party.label_dict)
-
-
-def _rule_allows(rule: Obj, peers_key: str, other: Party, port: str, where: str) -> bool:
-    ports = rule.get("ports")
-    if ports:
-        wanted = {f"{p.get('protocol', 'TCP')}/{p['port']}" for p in ports}
-        if any(not isinstance(p["port"], int) or "endPort" in p for p in ports):
-            raise CheckError(f"{where}: only numeric ports are understood")
-        if port not in wanted:
-            return False
-    peers = rule.get(peers_key)
-    return not peers or any(_peer_matches(peer, other, where) for peer in peers)
-
-
-def _side_allows(policies: list[Obj], direction: str, me: Party, other: Party, port: str) -> bool:
-    """Whether ``me``'s policies let the connection through on its side."""
-    if me.namespace is not None:  # not ours: its namespace's policies are not in view
-        return True
-    rules_key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
-    mine = [
-        p
-        for p in policies
-        if direction in p["spec"].get("policyTypes", ["Ingress"])
-        and _matches(_match_labels(p["spec"]["podSelector"], name_of(p)), me.label_dict)
-    ]
-    if not mine:
-        return True
-    return any(
-        _rule_allows(rule, peers_key, other, port, name_of(p))
-        for p in mine
-        for rule in p["spec"].get(rules_key, [])
-    )
-
-
-def network_paths(objects: list[Obj]) -> set[tuple[str, str, str]]:
-    """Every (source, destination, "PROTO/port") the NetworkPolicies allow."""
-    model = Model.of(objects)
-    policies = list(model.of_kind("NetworkPolicy"))
-    parties = _parties(model)
-    return {
-        (src.name, dst.name, port)
-        for src in parties
-        for dst in parties
-        for port in dst.ports
-        if not (src.namespace is not None and dst.namespace is not None)
-        and _side_allows(policies, "Egress", src, dst, port)
-        and _side_allows(policies, "Ingress", dst, src, port)
-    }
 
 
 # --- 5. Envoy -------------------------------------------------------------------

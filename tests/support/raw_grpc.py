@@ -221,7 +221,7 @@ GET_STOCK = "/polyglot.inventory.v1.InventoryService/GetStock"
 LAPTOP = bytes.fromhex("0801")  # GetStockRequest(product_id=1)
 INVALID_ARGUMENT, UNIMPLEMENTED = 3, 12
 
-# Native gRPC requests the edge refuses itself (mesh/edge/grpc_input.lua), as sent to
+# Native gRPC requests the edge refuses itself (blueprint/edge/grpc_input.lua), as sent to
 # GetStock: name → (body, extra headers, gRPC code, what the message says).
 EDGE_REFUSED: dict[str, tuple[bytes, tuple[tuple[str, str], ...], int, str]] = {
     "no message at all": (b"", (), INVALID_ARGUMENT, "ended without a complete message"),

@@ -4,8 +4,8 @@ makes its own copy)."""
 
 import pytest
 
+from blueprint.contracts import Contracts, load_contracts
 from devtools.openapi import openapi
-from mesh.contracts import Contracts, load_contracts
 
 
 @pytest.fixture(scope="session")

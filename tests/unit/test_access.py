@@ -3,8 +3,8 @@
 import pytest
 from google.protobuf.descriptor_pb2 import FileDescriptorSet
 
-from mesh import access
-from mesh.contracts import DESCRIPTOR_SET
+from blueprint import access
+from blueprint.contracts import DESCRIPTOR_SET
 
 
 def test_the_issues_rules():

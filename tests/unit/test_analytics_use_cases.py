@@ -1,61 +1,21 @@
 """analytics_svc's use cases against an in-memory store (the MongoDB side, its
 aggregation pipelines included, is tested in tests/integration)."""
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from analytics_svc import use_cases
-from analytics_svc.domain import EventsPage, ProductSales, Sale, SalesSummary, SummaryWindow
+from analytics_svc.domain import Sale
 from meshkit.errors import InvalidArgument
+from tests.support.fakes import FakeSales
+from tests.support.sales import consumed_sale
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
-class FakeSales:
-    def __init__(self) -> None:
-        self.sales: dict[str, Sale] = {}
-        self.windows: list[SummaryWindow] = []
-
-    async def record(self, sale: Sale) -> bool:
-        if sale.event_id in self.sales:
-            return False
-        self.sales[sale.event_id] = sale
-        return True
-
-    async def product_sales(self, product_id: int) -> ProductSales:
-        mine = [s for s in self.sales.values() if s.product_id == product_id]
-        return ProductSales(
-            product_id,
-            "",
-            sum(s.quantity for s in mine),
-            len(mine),
-            max((s.occurred_at for s in mine), default=None),
-        )
-
-    async def summary(self, window: SummaryWindow) -> SalesSummary:
-        self.windows.append(window)
-        inside = [s for s in self.sales.values() if window.start <= s.occurred_at < window.end]
-        return SalesSummary(window, sum(s.quantity for s in inside), len(inside), [])
-
-    async def recent(self, page: EventsPage) -> list[Sale]:
-        newest = sorted(self.sales.values(), key=lambda s: (s.occurred_at, s.event_id))[::-1]
-        if page.after:
-            newest = [s for s in newest if (s.occurred_at, s.event_id) < page.after]
-        return newest[: page.size + 1]
-
-
 def sale(minutes: int = 0, quantity: int = 1) -> Sale:
-    return Sale(
-        event_id=str(uuid.uuid4()),
-        order_id=f"ORD-{uuid.uuid4().hex[:8]}",
-        product_id=1,
-        product_name="Laptop Gamer",
-        quantity=quantity,
-        remaining_stock=5,
-        occurred_at=T0 + timedelta(minutes=minutes),
-    )
+    return consumed_sale(Sale, quantity=quantity, occurred_at=T0 + timedelta(minutes=minutes))
 
 
 async def test_a_sale_is_recorded_once():

@@ -9,12 +9,12 @@ import re
 
 import pytest
 
+from blueprint.contracts import Contracts
+from blueprint.topology import DOCS_SITE, GRPC_PORTS
 from devtools import openapi as openapi_module
 from devtools.docs_site import doc_html, render_pages
 from devtools.openapi import openapi
 from inventory_svc import domain as inventory_domain
-from mesh.contracts import Contracts
-from mesh.topology import DOCS_SITE, GRPC_PORTS
 from meshkit.limits import Limit
 
 # Rendering the AsyncAPI page: see devtools/asyncapi.py for why this warning is harmless.
@@ -83,8 +83,8 @@ def test_error_responses_are_the_ones_the_rpc_can_return(spec, op_id, errors):
 
 
 def test_each_operation_states_the_scope_envoy_enforces(spec):
-    """The same table (mesh/access.py) drives Envoy's RBAC and these requirements."""
-    from mesh.access import method_access
+    """The same table (blueprint/access.py) drives Envoy's RBAC and these requirements."""
+    from blueprint.access import method_access
 
     scopes = {f"{m.service.rsplit('.', 1)[-1]}-{m.method}": m.scope for m in method_access()}
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

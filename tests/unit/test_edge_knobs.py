@@ -1,4 +1,4 @@
-"""The edge knobs from the environment (mesh/edge/knobs.py): names, profiles, bounds,
+"""The edge knobs from the environment (blueprint/edge/knobs.py): names, profiles, bounds,
 the README table, and what `make up` and `--from-env` render with them. What Envoy
 then does with them is tested through a real Envoy (tests/e2e/test_edge_quotas.py)."""
 
@@ -8,12 +8,12 @@ import re
 import pytest
 import yaml
 
+from blueprint.edge.knobs import EDGE_ENV, EdgeKnobs, markdown_table, variable, with_environment
+from blueprint.edge.render import K8S_SITE, envoy_config, main
+from blueprint.edge.settings import EnvoySite
+from blueprint.topology import ROOT
 from devtools.launcher import edge_config
 from devtools.plan import native_plan
-from mesh.edge.knobs import EDGE_ENV, EdgeKnobs, markdown_table, variable, with_environment
-from mesh.edge.render import K8S_SITE, envoy_config, main
-from mesh.edge.settings import EnvoySite
-from mesh.topology import ROOT
 
 DECREASE = "/polyglot.inventory.v1.InventoryService/DecreaseStock"
 RESTOCK = "/polyglot.inventory.v1.InventoryService/RestockProduct"

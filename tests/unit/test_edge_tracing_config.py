@@ -7,13 +7,13 @@ import re
 import pytest
 import yaml
 
+from blueprint.edge.knobs import EDGE_ENV, with_environment
+from blueprint.edge.listener import ACCESS_LOG_FORMAT
+from blueprint.edge.render import envoy_config
+from blueprint.edge.settings import AUTH_ENV, EdgeTracing, EnvoySite
+from blueprint.edge.tracing import OTLP_CLUSTER
 from devtools.launcher import edge_auth
 from devtools.plan import native_plan
-from mesh.edge.knobs import EDGE_ENV, with_environment
-from mesh.edge.listener import ACCESS_LOG_FORMAT
-from mesh.edge.render import envoy_config
-from mesh.edge.settings import AUTH_ENV, EdgeTracing, EnvoySite
-from mesh.edge.tracing import OTLP_CLUSTER
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector.example:4317"}
 SAMPLERS = "envoy.tracers.opentelemetry.samplers."

@@ -1,11 +1,11 @@
 """The edge's limits as rendered into Envoy's config (the behaviour itself is tested
 through a real Envoy in tests/e2e/test_edge_limits.py)."""
 
-from mesh.edge.grpc_input import LUA
-from mesh.edge.knobs import with_environment
-from mesh.edge.render import envoy_config
-from mesh.edge.replies import LOCAL_REPLIES, QUOTA_REPLIES
-from mesh.edge.settings import EnvoySite
+from blueprint.edge.grpc_input import LUA
+from blueprint.edge.knobs import with_environment
+from blueprint.edge.render import envoy_config
+from blueprint.edge.replies import LOCAL_REPLIES, QUOTA_REPLIES
+from blueprint.edge.settings import EnvoySite
 
 
 def _manager(config: dict) -> dict:

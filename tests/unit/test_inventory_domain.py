@@ -3,13 +3,14 @@
 import pytest
 
 from inventory_svc import domain
-from inventory_svc.domain import Product, Sale, SaleRequest
+from inventory_svc.domain import Product, Sale
 from meshkit import paging
 from meshkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from tests.support.sales import sale_request
 
 
 def test_a_seed_style_request_is_valid():
-    assert domain.sale_request("ORD-2024-001", 1, 2) == SaleRequest("ORD-2024-001", 1, 2)
+    assert domain.sale_request("ORD-2024-001", 1, 2) == sale_request("ORD-2024-001", 1, 2)
 
 
 @pytest.mark.parametrize(
@@ -40,10 +41,10 @@ def test_longest_allowed_order_id_is_accepted():
 
 def test_replay_with_same_product_and_quantity_returns_the_recorded_sale():
     recorded = Sale("ORD-1", 1, 2, remaining_stock=98)
-    assert domain.replayed_sale(recorded, SaleRequest("ORD-1", 1, 2)) is recorded
+    assert domain.replayed_sale(recorded, sale_request("ORD-1", 1, 2)) is recorded
 
 
-@pytest.mark.parametrize("request_", [SaleRequest("ORD-1", 2, 2), SaleRequest("ORD-1", 1, 3)])
+@pytest.mark.parametrize("request_", [sale_request("ORD-1", 2, 2), sale_request("ORD-1", 1, 3)])
 def test_replay_with_other_product_or_quantity_is_a_conflict(request_):
     recorded = Sale("ORD-1", 1, 2, remaining_stock=98)
     with pytest.raises(AlreadyExists, match="order ORD-1 was already used to sell 2 unit"):

@@ -12,11 +12,11 @@ from inventory_svc.domain import (
     Product,
     ProductNotFound,
     Sale,
-    SaleRequest,
     StockLimitExceeded,
 )
 from meshkit.errors import InvalidArgument
 from tests.support.fakes import FakeInventory
+from tests.support.sales import sale_request
 
 
 def laptop(stock: int = 10) -> Product:
@@ -25,44 +25,44 @@ def laptop(stock: int = 10) -> Product:
 
 async def test_a_sale_decreases_the_stock():
     store = FakeInventory(laptop())
-    sale = await use_cases.decrease_stock(store, SaleRequest("ORD-1", 1, 3))
+    sale = await use_cases.decrease_stock(store, sale_request("ORD-1", 1, 3))
     assert sale == Sale("ORD-1", 1, 3, remaining_stock=7)
     assert store.products[1].stock == 7
 
 
 async def test_a_replay_gets_the_first_answer_and_sells_nothing():
     store = FakeInventory(laptop())
-    first = await use_cases.decrease_stock(store, SaleRequest("ORD-1", 1, 3))
-    await use_cases.decrease_stock(store, SaleRequest("ORD-2", 1, 1))
-    assert await use_cases.decrease_stock(store, SaleRequest("ORD-1", 1, 3)) == first
+    first = await use_cases.decrease_stock(store, sale_request("ORD-1", 1, 3))
+    await use_cases.decrease_stock(store, sale_request("ORD-2", 1, 1))
+    assert await use_cases.decrease_stock(store, sale_request("ORD-1", 1, 3)) == first
     assert store.products[1].stock == 6
 
 
 async def test_an_order_id_reused_for_another_sale_is_a_conflict():
     store = FakeInventory(laptop())
-    await use_cases.decrease_stock(store, SaleRequest("ORD-1", 1, 3))
+    await use_cases.decrease_stock(store, sale_request("ORD-1", 1, 3))
     with pytest.raises(OrderConflict, match="already used to sell 3 unit"):
-        await use_cases.decrease_stock(store, SaleRequest("ORD-1", 1, 4))
+        await use_cases.decrease_stock(store, sale_request("ORD-1", 1, 4))
 
 
 async def test_too_little_stock_says_how_much_is_left():
     store = FakeInventory(laptop(stock=2))
     with pytest.raises(InsufficientStock, match="3 requested, 2 left"):
-        await use_cases.decrease_stock(store, SaleRequest("ORD-1", 1, 3))
+        await use_cases.decrease_stock(store, sale_request("ORD-1", 1, 3))
     assert store.sales == {}
 
 
 async def test_selling_an_unknown_product_is_not_found():
     with pytest.raises(ProductNotFound, match="product 9 does not exist"):
-        await use_cases.decrease_stock(FakeInventory(), SaleRequest("ORD-1", 9, 1))
+        await use_cases.decrease_stock(FakeInventory(), sale_request("ORD-1", 9, 1))
 
 
 async def test_an_order_id_already_used_wins_over_an_unknown_product():
     """Why nothing was written is decided in order: the recorded sale first."""
     store = FakeInventory(laptop())
-    await use_cases.decrease_stock(store, SaleRequest("ORD-1", 1, 1))
+    await use_cases.decrease_stock(store, sale_request("ORD-1", 1, 1))
     with pytest.raises(OrderConflict):
-        await use_cases.decrease_stock(store, SaleRequest("ORD-1", 9, 1))
+        await use_cases.decrease_stock(store, sale_request("ORD-1", 9, 1))
 
 
 async def test_get_product_checks_the_id_before_asking_the_store():

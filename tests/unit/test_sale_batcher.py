@@ -1,9 +1,10 @@
 """The sale batcher against an in-memory store whose writes the test holds open.
 
-The fake records every write (one order or a batch) and blocks it until the test
-lets it finish, so "a write is in flight" is a state the test controls instead
-of a race. The SQL that keeps the rules per order inside a batch is tested on
-PostgreSQL in tests/integration/test_sale_batching.py.
+The fake (``HeldStore``, tests/support/fakes.py) records every write (one order
+or a batch) and blocks it until the test lets it finish, so "a write is in
+flight" is a state the test controls instead of a race. The SQL that keeps the
+rules per order inside a batch is tested on PostgreSQL in
+tests/integration/test_sale_batching.py.
 """
 
 import asyncio
@@ -20,35 +21,9 @@ from inventory_svc.domain import (
     SaleRequest,
 )
 from meshkit.errors import ResourceExhausted, Unavailable
-from tests.support.fakes import FakeInventory
+from tests.support.fakes import HeldStore
+from tests.support.sales import sale_request
 from tests.support.waiting import eventually
-
-
-class HeldStore(FakeInventory):
-    """Sells like the real store, one order after another; each write waits for ``go``."""
-
-    def __init__(self, *products: Product) -> None:
-        super().__init__(*products)
-        self.writes: list[list[str]] = []  # order ids of each write, in write order
-        self.in_flight = 0
-        self.go = asyncio.Event()
-        self.go.set()
-        self.fail_with: Exception | None = None
-
-    async def record_sales(self, requests: list[SaleRequest]) -> list[Sale | None]:
-        self.writes.append([r.order_id for r in requests])
-        self.in_flight += 1
-        try:
-            await self.go.wait()
-            if self.fail_with is not None:
-                raise self.fail_with
-            return [self.sell(r) for r in requests]  # all or nothing: no await in between
-        finally:
-            self.in_flight -= 1
-
-    async def record_sale(self, request: SaleRequest) -> Sale | None:
-        [sale] = await self.record_sales([request])
-        return sale
 
 
 def batcher(store: HeldStore, max_batch_size: int = 100, max_queue_length: int = 1000):
@@ -73,7 +48,7 @@ async def queued(sales: SaleBatcher, product_id: int, count: int) -> None:
 
 async def test_a_lone_order_is_written_at_once_on_its_own():
     store = HeldStore(Product(1, "Laptop", 10))
-    sale = await use_cases.decrease_stock(batcher(store), SaleRequest("A", 1, 3))
+    sale = await use_cases.decrease_stock(batcher(store), sale_request("A", 1, 3))
     assert sale == Sale("A", 1, 3, 7)
     assert store.writes == [["A"]]
 
@@ -81,8 +56,8 @@ async def test_a_lone_order_is_written_at_once_on_its_own():
 async def test_orders_arriving_during_a_write_go_together_in_arrival_order():
     store = HeldStore(Product(1, "Laptop", 10))
     sales = batcher(store)
-    first = await hold_first_write(store, sales, SaleRequest("A", 1, 1))
-    later = sell(sales, *(SaleRequest(o, 1, q) for o, q in [("B", 5), ("C", 9), ("D", 4)]))
+    first = await hold_first_write(store, sales, sale_request("A", 1, 1))
+    later = sell(sales, *(sale_request(o, 1, q) for o, q in [("B", 5), ("C", 9), ("D", 4)]))
     await queued(sales, 1, 3)
     store.go.set()
     assert await first == Sale("A", 1, 1, 9)
@@ -97,8 +72,8 @@ async def test_orders_arriving_during_a_write_go_together_in_arrival_order():
 async def test_products_have_their_own_lanes():
     store = HeldStore(Product(1, "Laptop", 10), Product(2, "Mouse", 10))
     sales = batcher(store)
-    first = await hold_first_write(store, sales, SaleRequest("A", 1, 1))
-    other = sell(sales, SaleRequest("B", 2, 1))
+    first = await hold_first_write(store, sales, sale_request("A", 1, 1))
+    other = sell(sales, sale_request("B", 2, 1))
     await eventually(lambda: store.in_flight == 2, what="product 2 is written without waiting")
     store.go.set()
     await asyncio.gather(first, *other)
@@ -108,8 +83,8 @@ async def test_products_have_their_own_lanes():
 async def test_batches_are_at_most_max_batch_size():
     store = HeldStore(Product(1, "Laptop", 100))
     sales = batcher(store, max_batch_size=2)
-    first = await hold_first_write(store, sales, SaleRequest("A", 1, 1))
-    later = sell(sales, *(SaleRequest(o, 1, 1) for o in "BCDE"))
+    first = await hold_first_write(store, sales, sale_request("A", 1, 1))
+    later = sell(sales, *(sale_request(o, 1, 1) for o in "BCDE"))
     await queued(sales, 1, 4)
     store.go.set()
     await asyncio.gather(first, *later)
@@ -119,29 +94,29 @@ async def test_batches_are_at_most_max_batch_size():
 async def test_beyond_max_queue_length_a_call_is_refused_at_once():
     store = HeldStore(Product(1, "Laptop", 100))
     sales = batcher(store, max_queue_length=2)
-    first = await hold_first_write(store, sales, SaleRequest("A", 1, 1))
-    later = sell(sales, SaleRequest("B", 1, 1), SaleRequest("C", 1, 1))
+    first = await hold_first_write(store, sales, sale_request("A", 1, 1))
+    later = sell(sales, sale_request("B", 1, 1), sale_request("C", 1, 1))
     await queued(sales, 1, 2)
     with pytest.raises(ResourceExhausted, match="too many orders are waiting for product 1"):
-        await use_cases.decrease_stock(sales, SaleRequest("D", 1, 1))
+        await use_cases.decrease_stock(sales, sale_request("D", 1, 1))
     store.go.set()
     await asyncio.gather(first, *later)
     assert "D" not in store.sales
     # The lane drained: the next order is written at once again.
-    await use_cases.decrease_stock(sales, SaleRequest("D", 1, 1))
+    await use_cases.decrease_stock(sales, sale_request("D", 1, 1))
     assert store.writes[-1] == ["D"]
 
 
 async def test_replays_and_conflicts_inside_one_batch():
     store = HeldStore(Product(1, "Laptop", 10))
     sales = batcher(store)
-    first = await hold_first_write(store, sales, SaleRequest("A", 1, 1))
+    first = await hold_first_write(store, sales, sale_request("A", 1, 1))
     later = sell(
         sales,
-        SaleRequest("B", 1, 2),
-        SaleRequest("B", 1, 2),  # a copy: counts once, same answer
-        SaleRequest("B", 1, 3),  # same id, another payload
-        SaleRequest("A", 1, 1),  # replay of the write before
+        sale_request("B", 1, 2),
+        sale_request("B", 1, 2),  # a copy: counts once, same answer
+        sale_request("B", 1, 3),  # same id, another payload
+        sale_request("A", 1, 1),  # replay of the write before
     )
     await queued(sales, 1, 4)
     store.go.set()
@@ -156,8 +131,8 @@ async def test_replays_and_conflicts_inside_one_batch():
 async def test_a_failed_batch_fails_every_caller_and_the_lane_goes_on():
     store = HeldStore(Product(1, "Laptop", 10))
     sales = batcher(store)
-    first = await hold_first_write(store, sales, SaleRequest("A", 1, 1))
-    later = sell(sales, *(SaleRequest(o, 1, 1) for o in "BCD"))
+    first = await hold_first_write(store, sales, sale_request("A", 1, 1))
+    later = sell(sales, *(sale_request(o, 1, 1) for o in "BCD"))
     await queued(sales, 1, 3)
     store.fail_with = Unavailable("the inventory database is unavailable; try again later")
     store.go.set()
@@ -165,14 +140,14 @@ async def test_a_failed_batch_fails_every_caller_and_the_lane_goes_on():
     assert all(isinstance(a, Unavailable) for a in answers)
     assert store.sales == {}
     store.fail_with = None
-    assert await use_cases.decrease_stock(sales, SaleRequest("B", 1, 1)) == Sale("B", 1, 1, 9)
+    assert await use_cases.decrease_stock(sales, sale_request("B", 1, 1)) == Sale("B", 1, 1, 9)
 
 
 async def test_a_cancelled_caller_cancels_neither_the_batch_nor_the_others():
     store = HeldStore(Product(1, "Laptop", 10))
     sales = batcher(store)
-    first = await hold_first_write(store, sales, SaleRequest("A", 1, 1))
-    later = sell(sales, *(SaleRequest(o, 1, 1) for o in "BCD"))
+    first = await hold_first_write(store, sales, sale_request("A", 1, 1))
+    later = sell(sales, *(sale_request(o, 1, 1) for o in "BCD"))
     await queued(sales, 1, 3)
     first.cancel()  # its write is in flight
     later[1].cancel()  # C: still queued
@@ -183,5 +158,5 @@ async def test_a_cancelled_caller_cancels_neither_the_batch_nor_the_others():
         with pytest.raises(asyncio.CancelledError):
             await cancelled
     # Whether they were sold was the batch's call; a replay tells.
-    assert await use_cases.decrease_stock(sales, SaleRequest("A", 1, 1)) == Sale("A", 1, 1, 9)
-    assert await use_cases.decrease_stock(sales, SaleRequest("C", 1, 1)) == Sale("C", 1, 1, 7)
+    assert await use_cases.decrease_stock(sales, sale_request("A", 1, 1)) == Sale("A", 1, 1, 9)
+    assert await use_cases.decrease_stock(sales, sale_request("C", 1, 1)) == Sale("C", 1, 1, 7)

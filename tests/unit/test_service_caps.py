@@ -1,6 +1,6 @@
 """The services' own caps and Envoy's agree on who answers first."""
 
-from mesh.edge.settings import EnvoySite
+from blueprint.edge.settings import EnvoySite
 from meshkit.settings import ServiceSettings
 
 

@@ -11,11 +11,11 @@ import pytest
 from opentelemetry import trace
 
 import polyglot.inventory.v1 as pb
+from blueprint.topology import GRPC_PORTS, WORKERS
 from inventory_svc import bootstrap
 from inventory_svc.domain import Product
 from inventory_svc.grpc_api import InventoryApi
 from inventory_svc.store import NO_HEADERS, outbox_headers
-from mesh.topology import GRPC_PORTS, WORKERS
 from meshkit import telemetry
 from tests.support.fakes import FakeInventory
 from tests.support.tracing import in_memory_tracing

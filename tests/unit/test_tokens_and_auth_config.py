@@ -5,10 +5,10 @@ import json
 import jwt
 import pytest
 
+from blueprint.edge.auth import JWKS_CLUSTER
+from blueprint.edge.render import envoy_config, render
+from blueprint.edge.settings import EdgeAuth, EnvoySite
 from devtools import tokens
-from mesh.edge.auth import JWKS_CLUSTER
-from mesh.edge.render import envoy_config, render
-from mesh.edge.settings import EdgeAuth, EnvoySite
 from tests.support.compose_check import validate_envoy
 
 

@@ -5,9 +5,9 @@ A REST call (``POST /inventory/decrease``) is rewritten to its gRPC method
 answer goes back as JSON. Routes that are no API call switch it off (NOT_AN_API).
 """
 
-from mesh.contracts import Service
-from mesh.edge.blocks import Config, Named, typed
-from mesh.edge.settings import EnvoySite
+from blueprint.contracts import Service
+from blueprint.edge.blocks import Config, Named, typed
+from blueprint.edge.settings import EnvoySite
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 # Per-route: not an API call, so the transcoder (which would answer "no such

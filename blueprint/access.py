@@ -1,6 +1,6 @@
 """Who may call what: the scope each RPC requires, in one table.
 
-Envoy enforces it (``mesh.edge.auth``: jwt_authn + RBAC, keyed by the
+Envoy enforces it (``blueprint.edge.auth``: jwt_authn + RBAC, keyed by the
 gRPC method path, so REST and native gRPC follow the same rule), and the docs
 read it (the OpenAPI document's security requirements, the gRPC reference).
 Nothing else lists methods or scopes.
@@ -16,12 +16,12 @@ Scopes travel in the token's standard ``scope`` claim, a space-separated string
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.contracts import DESCRIPTOR_SET, load_contracts
-from mesh.topology import ROOT
+from blueprint.contracts import DESCRIPTOR_SET, load_contracts
+from blueprint.topology import ROOT
 
 PUBLIC = None  # no token needed
 
-# Whose tokens Envoy trusts by default (mesh.edge.settings.EdgeAuth): the development
+# Whose tokens Envoy trusts by default (blueprint.edge.settings.EdgeAuth): the development
 # issuer, whose key pair `make up` keeps under .run/auth/ and whose public JWKS Envoy
 # reads from this file (devtools.tokens signs for it). Production names its OIDC
 # provider instead (AUTH_ISSUER, AUTH_AUDIENCES, AUTH_JWKS_URI).
@@ -67,10 +67,12 @@ def required_scope(service: str, method: str) -> str | None:
     rule = ACCESS.get(service)
     if isinstance(rule, dict):
         if method not in rule:
-            raise UnclassifiedMethod(f"mesh/access.py: no scope decided for {service}/{method}")
+            raise UnclassifiedMethod(
+                f"blueprint/access.py: no scope decided for {service}/{method}"
+            )
         return rule[method]
     if rule is None:
-        raise UnclassifiedMethod(f"mesh/access.py: no scope decided for {service}")
+        raise UnclassifiedMethod(f"blueprint/access.py: no scope decided for {service}")
     return rule
 
 

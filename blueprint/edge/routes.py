@@ -3,20 +3,20 @@
 Each RPC's route is its gRPC method path (``/polyglot.inventory.v1.InventoryService/
 DecreaseStock``): native gRPC calls match it directly, REST calls once the
 transcoder has rewritten them. Per route: the timeout of the RPC's kind, the
-retries that are safe for it, the mutation rate limit (mesh.edge.admission), the
-native gRPC check (mesh.edge.grpc_input) and, with tracing, the span's name.
+retries that are safe for it, the mutation rate limit (blueprint.edge.admission), the
+native gRPC check (blueprint.edge.grpc_input) and, with tracing, the span's name.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.contracts import load_contracts
-from mesh.edge.admission import BUFFER, BUFFER_DISABLED, RATE_LIMIT, mutation_rate_limit
-from mesh.edge.blocks import Config, Named, seconds, typed
-from mesh.edge.clusters import ANY_BACKEND
-from mesh.edge.grpc_input import PER_ROUTE as GRPC_INPUT_CHECK
-from mesh.edge.settings import RPC_KINDS, EnvoySite
-from mesh.edge.tracing import span_name
+from blueprint.contracts import load_contracts
+from blueprint.edge.admission import BUFFER, BUFFER_DISABLED, RATE_LIMIT, mutation_rate_limit
+from blueprint.edge.blocks import Config, Named, seconds, typed
+from blueprint.edge.clusters import ANY_BACKEND
+from blueprint.edge.grpc_input import PER_ROUTE as GRPC_INPUT_CHECK
+from blueprint.edge.settings import RPC_KINDS, EnvoySite
+from blueprint.edge.tracing import span_name
 
 # Mutations that may be sent twice: DecreaseStock is idempotent by order_id (a
 # replay returns the first sale, never sells again). Reads are safe anyway.
@@ -113,7 +113,7 @@ def upstream_route(
 
 def rpc_routes(rpcs: list[RoutedRpc], site: EnvoySite) -> list[Config]:
     """A route per RPC; the mutations share one quota block (a bucket per token
-    subject and route: mesh.edge.admission)."""
+    subject and route: blueprint.edge.admission)."""
     limit = Named("mutation_rate_limit", mutation_rate_limit(site))
     return [_rpc_route(rpc, site, limit) for rpc in rpcs]
 

@@ -1,24 +1,24 @@
 """Identity and authorization at the edge.
 
 Three filters after the transcoder, keyed by the gRPC method path, so REST and
-native gRPC callers meet the same rules (mesh/access.py):
+native gRPC callers meet the same rules (blueprint/access.py):
   1. header_mutation removes any x-mesh-subject a client sent (``strip_subject_filter``);
   2. jwt_authn verifies the bearer token on every RPC that needs a scope
      (missing/invalid → 401 UNAUTHENTICATED) and sets x-mesh-subject from its
      `sub`; public RPCs, health, reflection and /docs need none, but a bearer token
      sent to them must be valid too, so that a made-up one cannot pass as a
      caller with a token (the quota for calls without one sits between 1 and 2:
-     mesh.edge.admission);
+     blueprint.edge.admission);
   3. RBAC refuses a verified token without the RPC's scope (403 PERMISSION_DENIED).
-Whose tokens are accepted is EdgeAuth (mesh.edge.settings).
+Whose tokens are accepted is EdgeAuth (blueprint.edge.settings).
 """
 
 from pathlib import Path
 
-from mesh.access import method_access
-from mesh.edge.blocks import Config, Named, cel_filter, typed
-from mesh.edge.clusters import external_cluster
-from mesh.edge.settings import EdgeAuth
+from blueprint.access import method_access
+from blueprint.edge.blocks import Config, Named, cel_filter, typed
+from blueprint.edge.clusters import external_cluster
+from blueprint.edge.settings import EdgeAuth
 from meshkit.identity import SUBJECT_HEADER
 
 JWT_AUTHN = "envoy.filters.http.jwt_authn"

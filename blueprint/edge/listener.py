@@ -4,32 +4,32 @@ A request meets, in this order: the connection manager (codecs, header limits),
 the HTTP filter chain (``http_filters``: CORS, arrival metadata, message size,
 the native gRPC check, transcoder, identity and quotas, router) and the route table
 (``route_table``: strict-input refusals, the RPCs' routes, docs, REST paths).
-Whatever Envoy answers itself gets the error shape of mesh.edge.replies.
+Whatever Envoy answers itself gets the error shape of blueprint.edge.replies.
 """
 
 from pathlib import Path
 
-from mesh.contracts import Service
-from mesh.edge.admission import (
+from blueprint.contracts import Service
+from blueprint.edge.admission import (
     anonymous_rate_limit_filter,
     message_size_filter,
     rate_limit_filter,
 )
-from mesh.edge.auth import audience_reply_mappers, auth_filters, strip_subject_filter
-from mesh.edge.blocks import Config, address, seconds, typed
-from mesh.edge.docs import docs_routes
-from mesh.edge.grpc_input import grpc_input_filter
-from mesh.edge.refusals import (
+from blueprint.edge.auth import audience_reply_mappers, auth_filters, strip_subject_filter
+from blueprint.edge.blocks import Config, address, seconds, typed
+from blueprint.edge.docs import docs_routes
+from blueprint.edge.grpc_input import grpc_input_filter
+from blueprint.edge.refusals import (
     grpc_content_type_routes,
     grpc_not_post_route,
     method_routes,
     not_json_route,
 )
-from mesh.edge.replies import arrival_filter, local_reply_mappers
-from mesh.edge.routes import RoutedRpc, default_retry_policy, grpc_service_routes, rpc_routes
-from mesh.edge.settings import KIB, EnvoySite
-from mesh.edge.tracing import TRACE_ID_HEADER, trace_id_filter, tracer
-from mesh.edge.transcoder import transcoder_filter
+from blueprint.edge.replies import arrival_filter, local_reply_mappers
+from blueprint.edge.routes import RoutedRpc, default_retry_policy, grpc_service_routes, rpc_routes
+from blueprint.edge.settings import KIB, EnvoySite
+from blueprint.edge.tracing import TRACE_ID_HEADER, trace_id_filter, tracer
+from blueprint.edge.transcoder import transcoder_filter
 
 # The method and path a request arrived with (kept in metadata before the
 # transcoder rewrites them), whether a backend was reached (upstream host), how

@@ -12,9 +12,9 @@ calls are still on their REST paths: they never run it.
 
 from pathlib import Path
 
-from mesh.edge.blocks import Config, Named, Script, typed
-from mesh.edge.replies import size_text
-from mesh.edge.settings import EnvoySite
+from blueprint.edge.blocks import Config, Named, Script, typed
+from blueprint.edge.replies import size_text
+from blueprint.edge.settings import EnvoySite
 
 LUA = "envoy.filters.http.lua"
 SCRIPT = Path(__file__).with_name("grpc_input.lua")

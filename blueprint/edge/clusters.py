@@ -3,16 +3,16 @@ outside the mesh (a JWKS server, an OTLP collector).
 
 A backend's cluster lists every replica (EnvoySite.backends), balances by least
 requests, checks each one's gRPC health and ejects one that keeps failing
-(mesh.edge.admission). ``mesh_any`` holds every replica of every backend, for
+(blueprint.edge.admission). ``mesh_any`` holds every replica of every backend, for
 what any of them can answer (reflection).
 """
 
 from typing import Any
 from urllib.parse import urlsplit
 
-from mesh.edge.admission import circuit_breakers, outlier_detection
-from mesh.edge.blocks import Config, Named, endpoint, seconds, typed
-from mesh.edge.settings import EnvoySite
+from blueprint.edge.admission import circuit_breakers, outlier_detection
+from blueprint.edge.blocks import Config, Named, endpoint, seconds, typed
+from blueprint.edge.settings import EnvoySite
 
 ANY_BACKEND = "mesh_any"
 

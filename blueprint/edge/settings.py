@@ -3,13 +3,13 @@
 Every limit, timeout and retry Envoy applies is a field of ``EnvoySite`` below,
 with its default and why (README "Limits and quotas" and "Replicas"); whose
 tokens Envoy accepts is ``EdgeAuth``, where it sends its spans ``EdgeTracing``.
-The checked-in configs are rendered from the sites in ``mesh.edge.render``; the
+The checked-in configs are rendered from the sites in ``blueprint.edge.render``; the
 test sandboxes and the benchmarks pass their own (``render(EnvoySite(...))``).
 
 The defaults are the development profile's. From the environment:
 ``EdgeAuth.from_env`` (AUTH_*), ``EdgeTracing.from_env`` (OTEL_*) and the knobs a
-deployment tunes (EDGE_*, mesh.edge.knobs, which also holds the production
-profile's defaults); ``mesh.edge.knobs.with_environment`` applies all three.
+deployment tunes (EDGE_*, blueprint.edge.knobs, which also holds the production
+profile's defaults); ``blueprint.edge.knobs.with_environment`` applies all three.
 """
 
 import os
@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
-from mesh.access import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE
-from mesh.contracts import DESCRIPTOR_SET
-from mesh.topology import DOCS_SITE, GRPC_PORTS, ROOT
+from blueprint.access import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE
+from blueprint.contracts import DESCRIPTOR_SET
+from blueprint.topology import DOCS_SITE, GRPC_PORTS, ROOT
 from meshkit.telemetry import traces_endpoint
 
 KIB = 1024
@@ -200,7 +200,7 @@ class EnvoySite:
     # `…_burst`; 0 turns one off. These defaults are development's: an order of
     # magnitude above what one machine sends (≈ 1 400 orders/s, ≈ 2 000 reads/s via
     # Envoy here), so a local load test never meets them; production's are in
-    # mesh.edge.knobs. Mutations (RPCs bound to POST) per token subject, each RPC
+    # blueprint.edge.knobs. Mutations (RPCs bound to POST) per token subject, each RPC
     # its own bucket (a token without `sub`: per client address):
     mutation_rate_per_second: int = 10_000
     mutation_burst: int = 20_000
@@ -224,7 +224,7 @@ class EnvoySite:
     # A new connection must send its request line (HTTP/1) or preface (HTTP/2)
     # within this long of being accepted, or it is closed: one that sends nothing
     # holds a slot at most this long, so holding 10 000 for a second takes 10 000
-    # new connections a second. Production (mesh.edge.knobs): 1 s; clients send
+    # new connections a second. Production (blueprint.edge.knobs): 1 s; clients send
     # their request with the handshake's last packet, and a second covers a lost
     # packet's retransmission. Development: 5 s, because a test harness or load tool
     # on a busy machine can stall a second between connecting and sending (seen:
@@ -241,13 +241,13 @@ class EnvoySite:
     # from 95 % new requests get 503. Measured: 10 000 idle keep-alive connections
     # take about 150 MiB, so the connection cap is met before shedding starts.
     memory_budget_mib: int = 256
-    # Native gRPC requests checked at the edge (mesh/edge/grpc_input.lua): framing,
+    # Native gRPC requests checked at the edge (blueprint/edge/grpc_input.lua): framing,
     # compression flag, grpc-encoding, -bin metadata. Off only to measure its cost.
     grpc_input_check: bool = True
 
     # --- replicas: retries and ejection (README "Replicas") -----------------------
     # Retries of an RPC that is safe to repeat (reads, health and the idempotent
-    # mutations, mesh.edge.routes.IDEMPOTENT_MUTATIONS), each try bounded by
+    # mutations, blueprint.edge.routes.IDEMPOTENT_MUTATIONS), each try bounded by
     # this timeout: above the services' database timeout (5 s), so their own
     # answer comes back first. One try more than outlier_consecutive_errors: a
     # replica that died looks idle to least-request (its calls fail at once), so

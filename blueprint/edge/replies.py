@@ -8,9 +8,9 @@ request arrived with, kept in metadata (``arrival_filter``) before the transcode
 rewrites it.
 """
 
-from mesh.edge.blocks import Config, Named, cel_filter, set_header, typed
-from mesh.edge.knobs import variable
-from mesh.edge.settings import KIB, EnvoySite
+from blueprint.edge.blocks import Config, Named, cel_filter, set_header, typed
+from blueprint.edge.knobs import variable
+from blueprint.edge.settings import KIB, EnvoySite
 from meshkit.identity import SUBJECT_HEADER
 
 # Envoy's own answers (local replies): HTTP status → (gRPC code, fixed message).
@@ -44,7 +44,7 @@ GRPC_MESSAGES = {
 }
 # gRPC callers get another code where gRPC has a better one: no route is "no such method".
 GRPC_CODES = {404: 12}  # UNIMPLEMENTED
-# A quota's 429 (mesh.edge.admission) says whose quota ran out and which knob sets
+# A quota's 429 (blueprint.edge.admission) says whose quota ran out and which knob sets
 # it: a verified subject's mutations, or the calls without a token from one address.
 RATE_LIMITED = "response.code == 429 && response.code_details == 'local_rate_limited'"
 VERIFIED = f"'{SUBJECT_HEADER}' in request.headers"

@@ -5,11 +5,11 @@ client address; the circuit breakers per backend (503 instead of a queue), outli
 detection (a failing replica is ejected), the whole-request buffer that refuses an
 oversized body (413), the cap on client connections and the memory budget that
 sheds idle ones (overload manager). Their numbers are fields of EnvoySite (the
-knobs: mesh.edge.knobs).
+knobs: blueprint.edge.knobs).
 """
 
-from mesh.edge.blocks import Config, seconds, typed
-from mesh.edge.settings import KIB, EnvoySite
+from blueprint.edge.blocks import Config, seconds, typed
+from blueprint.edge.settings import KIB, EnvoySite
 from meshkit.identity import SUBJECT_HEADER
 
 RATE_LIMIT = "envoy.filters.http.local_ratelimit"
@@ -17,7 +17,7 @@ RATE_LIMIT = "envoy.filters.http.local_ratelimit"
 # replace it.
 ANONYMOUS_RATE_LIMIT = "mesh.anonymous_ratelimit"
 BUFFER = "envoy.filters.http.buffer"
-# Per route, where the whole body cannot be waited for (mesh.edge.routes: reflection).
+# Per route, where the whole body cannot be waited for (blueprint.edge.routes: reflection).
 BUFFER_DISABLED = typed("filters.http.buffer.v3.BufferPerRoute", disabled=True)
 
 

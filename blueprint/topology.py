@@ -9,7 +9,7 @@ read this instead of keeping their own lists.
 import importlib.util
 from pathlib import Path
 
-from mesh.contracts import DESCRIPTOR_SET, load_contracts
+from blueprint.contracts import DESCRIPTOR_SET, load_contracts
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_SITE = ROOT / "docs" / "site"  # the built docs site Envoy serves at /docs/
@@ -22,7 +22,7 @@ GRPC_PORTS = {"inventory_svc": 50051, "analytics_svc": 50052, "notify_svc": 5005
 # scales on its own (README "Replicas").
 WORKERS = {"inventory_relay": ("inventory_svc.relay", 50054)}
 # Default port of each process's Prometheus metrics endpoint (/metrics) when
-# run natively, workers included; Prometheus scrapes these (mesh/prometheus_config.py).
+# run natively, workers included; Prometheus scrapes these (blueprint/prometheus.py).
 METRICS_PORTS = {
     "inventory_svc": 9101,
     "analytics_svc": 9102,

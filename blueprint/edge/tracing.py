@@ -6,9 +6,9 @@ traceparent, exports its span to the endpoint and returns the trace id in
 x-trace-id (and writes it into the access log). Without one: no tracer, no header.
 """
 
-from mesh.edge.blocks import Config, set_header, typed
-from mesh.edge.clusters import external_cluster, http2_upstream
-from mesh.edge.settings import EdgeTracing
+from blueprint.edge.blocks import Config, set_header, typed
+from blueprint.edge.clusters import external_cluster, http2_upstream
+from blueprint.edge.settings import EdgeTracing
 
 OTLP_CLUSTER = "otlp"
 TRACE_ID_HEADER = "x-trace-id"

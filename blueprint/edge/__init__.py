@@ -7,7 +7,7 @@ One module per concern; a request meets them in this order:
   and the route table, in order;
 - ``refusals``: requests refused by their shape (405, 415, unknown gRPC method);
 - ``transcoder``: REST/JSON ↔ gRPC;
-- ``auth``: jwt_authn and RBAC from the scope table (mesh/access.py);
+- ``auth``: jwt_authn and RBAC from the scope table (blueprint/access.py);
 - ``admission``: rate limit, message size, circuit breakers, outlier detection,
   the connection cap;
 - ``routes``: one route per RPC (timeouts, retries), health and reflection;
@@ -16,5 +16,5 @@ One module per concern; a request meets them in this order:
 - ``replies``: Envoy's own answers in the mesh's error shape;
 - ``tracing``: OpenTelemetry;
 - ``render``: the whole config, the deployments' sites and the CLI
-  (``python -m mesh.envoy_config``).
+  (``python -m blueprint.edge``).
 """

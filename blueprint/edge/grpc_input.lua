@@ -1,4 +1,4 @@
--- Native gRPC requests, checked at the edge before a backend sees them (mesh/edge:
+-- Native gRPC requests, checked at the edge before a backend sees them (blueprint/edge:
 -- Envoy's Lua filter, enabled only on the routes of unary RPCs and health, after
 -- the buffer filter, so the whole request is here).
 --

@@ -13,11 +13,11 @@ arrived as gRPC in gRPC, which a REST caller would read as an empty success.
 import json
 import re
 
-from mesh.edge.blocks import Config, header_regex, set_header, typed
-from mesh.edge.replies import GRPC_CONTENT_TYPE, LOCAL_REPLIES
-from mesh.edge.routes import RoutedRpc
-from mesh.edge.settings import EnvoySite
-from mesh.edge.transcoder import NOT_AN_API
+from blueprint.edge.blocks import Config, header_regex, set_header, typed
+from blueprint.edge.replies import GRPC_CONTENT_TYPE, LOCAL_REPLIES
+from blueprint.edge.routes import RoutedRpc
+from blueprint.edge.settings import EnvoySite
+from blueprint.edge.transcoder import NOT_AN_API
 
 JSON_CONTENT_TYPE = r"(?i)^application/json\s*(;.*)?$"
 # A gRPC method's path: /package.Service/Method.

@@ -7,7 +7,7 @@ defaults (development: ``make up``, compose, the Kubernetes dev overlay;
 production: the prod overlay); any variable set wins over its profile.
 
 ``with_environment`` applies them (and AUTH_*, OTEL_*) to a site: ``make up``
-(devtools/launcher.py) and ``python -m mesh.envoy_config --from-env
+(devtools/launcher.py) and ``python -m blueprint.edge --from-env
 native|compose|k8s`` render Envoy's config with it. README "Edge knobs" is
 ``markdown_table()``; a unit test keeps the two equal.
 """
@@ -28,7 +28,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from mesh.edge.settings import AUTH_ENV, KIB, EdgeAuth, EdgeTracing, EnvoySite
+from blueprint.edge.settings import AUTH_ENV, KIB, EdgeAuth, EdgeTracing, EnvoySite
 from meshkit.telemetry import ENDPOINT_VARIABLES
 
 PREFIX = "EDGE_"

@@ -5,9 +5,9 @@ Envoy reads each file once, at start (direct responses); the site is static.
 
 from pathlib import Path
 
-from mesh.edge.blocks import Config, Named, set_header
-from mesh.edge.settings import EnvoySite
-from mesh.edge.transcoder import NOT_AN_API
+from blueprint.edge.blocks import Config, Named, set_header
+from blueprint.edge.settings import EnvoySite
+from blueprint.edge.transcoder import NOT_AN_API
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
