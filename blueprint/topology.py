@@ -19,7 +19,7 @@ GRPC_PORTS = {"inventory_svc": 50051, "analytics_svc": 50052, "notify_svc": 5005
 # Processes that serve no API but run next to the backends: process name →
 # (module, default port of its own grpc.health.v1 server). The outbox relay runs
 # apart from inventory_svc's API so that neither pays for the other and each
-# scales on its own (README "Replicas").
+# scales on its own (docs/architecture.md, "Replicas").
 WORKERS = {"inventory_relay": ("inventory_svc.relay", 50054)}
 # Default port of each process's Prometheus metrics endpoint (/metrics) when
 # run natively, workers included; Prometheus scrapes these (blueprint/prometheus.py).

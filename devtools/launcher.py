@@ -24,6 +24,7 @@ from blueprint.topology import backends, base_name, native_ports
 from devtools.plan import MeshPlan, migrate, mongo_answers, native_plan
 from devtools.preflight import (
     PROMETHEUS_INSTALL,
+    TROUBLESHOOTING,
     InfrastructureMissing,
     check_rabbitmq,
     ensure_database,
@@ -254,6 +255,8 @@ def main(argv: list[str]) -> int:
         commands[argv[0]](native_plan(env={}, replicas=replicas))
     except (InfrastructureMissing, StartupFailed) as problem:
         print(f"\n{problem}", file=sys.stderr)
+        if isinstance(problem, InfrastructureMissing):
+            print(TROUBLESHOOTING, file=sys.stderr)
         if argv[0] == "up":
             print("(`make down` stops whatever did start.)", file=sys.stderr)
         return 1

@@ -43,6 +43,10 @@ class InfrastructureMissing(RuntimeError):
     pass
 
 
+# Said after every such message (make up, make test): where the rest are explained.
+TROUBLESHOOTING = 'Every message and its fix: docs/testing.md, "Troubleshooting".'
+
+
 # Prometheus and promtool come from Debian's package (no PyPI wheel): `make up`
 # runs the server when it is there, the metrics test and `make check` need both.
 PROMETHEUS_INSTALL = "sudo apt-get install -y prometheus"
@@ -160,7 +164,7 @@ def main() -> int:
     try:
         asyncio.run(check_for_tests())
     except InfrastructureMissing as problem:
-        print(f"make test cannot run yet.\n{problem}", file=sys.stderr)
+        print(f"make test cannot run yet.\n{problem}\n{TROUBLESHOOTING}", file=sys.stderr)
         return 1
     return 0
 

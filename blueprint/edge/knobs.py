@@ -8,8 +8,8 @@ production: the prod overlay); any variable set wins over its profile.
 
 ``with_environment`` applies them (and AUTH_*, OTEL_*) to a site: ``make up``
 (devtools/launcher.py) and ``python -m blueprint.edge --from-env
-native|compose|k8s`` render Envoy's config with it. README "Edge knobs" is
-``markdown_table()``; a unit test keeps the two equal.
+native|compose|k8s`` render Envoy's config with it. The table in envoy/README.md,
+"Limits and quotas", is ``markdown_table()``; a unit test keeps the two equal.
 """
 
 import dataclasses
@@ -403,7 +403,7 @@ def _shown(value: Any) -> str:
 
 
 def markdown_table() -> str:
-    """README's "Edge knobs" table: variable and what it limits, both profiles'
+    """envoy/README.md's "Limits and quotas" table: variable and what it limits, both profiles'
     defaults, and what happens beyond it."""
     rows = [
         "| variable: what it limits | development | production | beyond it |",

@@ -101,7 +101,7 @@ def method_routes(rpcs: list[RoutedRpc], site: EnvoySite) -> list[Config]:
     A request that goes through is left to the transcoder, which rewrites it to its
     RPC's gRPC path, where it is routed again: this route never forwards anything
     itself. Literal paths come first and claim the path: /inventory/decrease is
-    POST only (README, Errors), never a product id of GET /inventory/{product_id}.
+    POST only (envoy/README.md, "Errors"), never a product id of GET /inventory/{product_id}.
     With CORS origins configured, OPTIONS goes through too: the CORS filter answers
     preflights only on routes that lead somewhere. (Requests that say
     application/grpc never get here: grpc_content_type_routes come first.)

@@ -145,7 +145,7 @@ def main(argv: list[str]) -> None:
         dest="from_env",
         choices=list(SITES),
         help="render that site with every edge variable of the environment (EDGE_*: the"
-        " knobs of README 'Limits and quotas', EDGE_PROFILE=production for production's"
+        " knobs of envoy/README.md 'Limits and quotas', EDGE_PROFILE=production for production's"
         " quotas; AUTH_*: a real OIDC provider; OTEL_*: tracing) to --out, instead of"
         " the checked-in files",
     )

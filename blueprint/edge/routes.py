@@ -44,7 +44,7 @@ class RoutedRpc:
 
     @property
     def retry_safe(self) -> bool:
-        """Repeating it changes nothing (README "Replicas": which RPCs Envoy retries)."""
+        """Repeating it changes nothing (envoy/README.md, "Retries and replicas")."""
         return self.kind != "write" or self.name in IDEMPOTENT_MUTATIONS
 
 

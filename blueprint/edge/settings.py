@@ -1,8 +1,9 @@
 """What a deployment tunes at the edge: one ``EnvoySite`` per place Envoy runs.
 
 Every limit, timeout and retry Envoy applies is a field of ``EnvoySite`` below,
-with its default and why (README "Limits and quotas" and "Replicas"); whose
-tokens Envoy accepts is ``EdgeAuth``, where it sends its spans ``EdgeTracing``.
+with its default and why (envoy/README.md, "Limits and quotas" and "Retries and
+replicas"); whose tokens Envoy accepts is ``EdgeAuth``, where it sends its spans
+``EdgeTracing``.
 The checked-in configs are rendered from the sites in ``blueprint.edge.render``; the
 test sandboxes and the benchmarks pass their own (``render(EnvoySite(...))``).
 
@@ -154,8 +155,8 @@ RPC_KINDS = {"GetSalesSummary": "report"}
 class EnvoySite:
     """Where one Envoy listens, where it finds the backends, and the edge's limits.
 
-    The limits' defaults are the documented ones (README "Limits"); the test
-    sandbox and the benchmarks pass their own.
+    The limits' defaults are the documented ones (envoy/README.md, "Limits and
+    quotas"); the test sandbox and the benchmarks pass their own.
     """
 
     listen_address: str = "127.0.0.1"
@@ -245,7 +246,7 @@ class EnvoySite:
     # compression flag, grpc-encoding, -bin metadata. Off only to measure its cost.
     grpc_input_check: bool = True
 
-    # --- replicas: retries and ejection (README "Replicas") -----------------------
+    # --- replicas: retries and ejection (envoy/README.md "Retries and replicas") ---
     # Retries of an RPC that is safe to repeat (reads, health and the idempotent
     # mutations, blueprint.edge.routes.IDEMPOTENT_MUTATIONS), each try bounded by
     # this timeout: above the services' database timeout (5 s), so their own

@@ -145,7 +145,7 @@ def test_envoy_is_the_only_way_in_and_reads_the_generated_config(overlay):
         "envoy"
     ]
     (config,) = [o for o in objects if o["kind"] == "ConfigMap"]  # envoy-config-<hash>
-    # Development's quotas in dev, production's in prod (README "Limits and quotas").
+    # Development's quotas in dev, production's in prod (envoy/README.md, "Limits and quotas").
     rendered = K8S_PROD_CONFIG if overlay == "prod" else K8S_DIR / "envoy.yaml"
     assert config["data"]["envoy.yaml"] == rendered.read_text()
     assert (
@@ -165,7 +165,7 @@ def test_the_checked_in_kubernetes_envoy_files_are_the_generators_output():
 
 
 def test_an_overlay_for_an_oidc_provider_as_the_readme_shows_it(tmp_path, monkeypatch):
-    # README: render Envoy's k8s config for the provider (with production's quotas),
+    # deploy/k8s/README.md: render Envoy's k8s config for the provider (with production's quotas),
     # merge it into envoy-config.
     issuer = "https://id.example.com/realms/shop"
     monkeypatch.setenv("AUTH_ISSUER", issuer)

@@ -167,7 +167,7 @@ async def test_a_wrong_method_on_a_known_path_is_405_with_allow(http):
     assert_error(reply, 405, 3, "not allowed")
     assert reply.headers["allow"] == "GET"
     # A literal path is not a value of a template: /inventory/decrease is no product
-    # id of GET /inventory/{product_id} (README, Errors).
+    # id of GET /inventory/{product_id} (envoy/README.md, "Errors").
     for method in ("GET", "DELETE"):
         reply = await http.request(method, "/inventory/decrease")
         assert_error(reply, 405, 3, "not allowed")

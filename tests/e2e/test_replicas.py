@@ -1,7 +1,7 @@
 """Replicas: two of every service and two outbox relays behind one Envoy, under a
 steady stream of orders, while replicas die one at a time.
 
-What must hold afterwards (issue 13, README "Replicas"):
+What must hold afterwards (issue 13, docs/architecture.md "Replicas"):
 - the client never saw an error, though an inventory replica died under it (Envoy
   retried DecreaseStock, which is idempotent by order_id, on the other one) and
   another was stopped with SIGTERM (scale-in: NOT_SERVING first, then drained);

@@ -30,7 +30,7 @@ ST = Path(sys.executable).parent / "st"
 # Every check that applies to this API. Left out, and why:
 # - negative_data_rejection: the proto3 JSON mapping accepts what a JSON schema
 #   calls wrong ("5" for an int32, 1.0 for 1), and Envoy's transcoder drops
-#   unknown body fields (envoy#46623, README "Errors"); both are accepted on purpose.
+#   unknown body fields (envoy#46623, envoy/README.md "Errors"); both are accepted on purpose.
 # - positive_data_acceptance: schema-valid requests may name products that do not
 #   exist (404) or a time window the contract's comment forbids (start ≥ end).
 # - unsupported_method / allow_header_conformance: a method a path does not

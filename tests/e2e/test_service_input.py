@@ -142,7 +142,7 @@ def _refusals_since(mesh, offset: int) -> list[str]:
 
 
 # What grpcio's core refuses before any Python runs, with its own code and text
-# (README, "Errors": no option of grpcio 1.85 changes them; through Envoy the edge
+# (envoy/README.md, "Errors": no option of grpcio 1.85 changes them; through Envoy the edge
 # answers these itself): (body, metadata, code, message).
 CORE_REFUSALS = {
     "corrupt gzip": (

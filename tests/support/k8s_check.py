@@ -240,7 +240,7 @@ def deployer_secrets(objects: list[Obj]) -> set[str]:
     }
 
 
-# ConfigMaps the deployer makes (README, "Deploy on Kubernetes"), with their keys:
+# ConfigMaps the deployer makes (deploy/k8s/README.md), with their keys:
 # the public keys of the token issuer Envoy trusts, which differ per installation.
 DEPLOYER_CONFIGMAPS = {"envoy-jwks": {"jwks.json"}}
 

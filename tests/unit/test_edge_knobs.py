@@ -1,5 +1,5 @@
 """The edge knobs from the environment (blueprint/edge/knobs.py): names, profiles, bounds,
-the README table, and what `make up` and `--from-env` render with them. What Envoy
+the table in envoy/README.md, and what `make up` and `--from-env` render with them. What Envoy
 then does with them is tested through a real Envoy (tests/e2e/test_edge_quotas.py)."""
 
 import dataclasses
@@ -158,11 +158,11 @@ def test_every_knob_variable_makes_make_up_render_envoys_config():
     assert {"CORS_ALLOWED_ORIGINS", "AUTH_ISSUER", "OTEL_EXPORTER_OTLP_ENDPOINT"} <= set(EDGE_ENV)
 
 
-def test_readme_lists_every_knob_in_one_table():
-    readme = (ROOT / "README.md").read_text()
-    assert markdown_table() in readme
+def test_envoys_readme_lists_every_knob_in_one_table():
+    page = (ROOT / "envoy" / "README.md").read_text()
+    assert markdown_table() in page
     for name in EdgeKnobs.model_fields:
-        assert readme.count(f"| `{variable(name)}`") == 1, variable(name)
+        assert page.count(f"| `{variable(name)}`") == 1, variable(name)
 
 
 # --- what the knobs render ---------------------------------------------------------
