@@ -3,7 +3,7 @@
 #   make down    stop it
 #   make test    run the test suite (starts its own mesh on free ports; needs Node/npm)
 #   make lock    re-pin the whole environment (requirements.lock) after editing pyproject.toml
-#   make check   the static checks CI runs (lint, codegen drift, Envoy config, alert rules)
+#   make check   the static checks CI runs (lint, types, codegen drift, Envoy config, alert rules)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +16,7 @@ RUNTIME_LOCK := requirements.runtime.lock
 PIP_TOOLS := pip-tools==7.6.2
 PIP    := pip==26.3
 
-.PHONY: up down status token keys test test-outage lock check generate docs mongo-ui lint lint-proto lock-check breaking drift envoy-validate prometheus-check compose-check k8s-check bench bench-smoke clean
+.PHONY: up down status token keys test test-outage lock check generate docs mongo-ui lint typecheck lint-proto lock-check breaking drift envoy-validate prometheus-check compose-check k8s-check bench bench-smoke clean
 
 ## Environments ------------------------------------------------------------
 
@@ -114,6 +114,10 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy, strict on the product code (configuration: [tool.mypy] in pyproject.toml).
+typecheck: venv
+	$(BIN)/mypy
+
 lint-proto: tools
 	$(BUF) lint
 
@@ -177,7 +181,7 @@ k8s-check: venv
 lock-check: venv
 	$(BIN)/pytest -q tests/unit/test_lock.py
 
-check: lint lint-proto lock-check drift envoy-validate prometheus-check compose-check k8s-check
+check: lint typecheck lint-proto lock-check drift envoy-validate prometheus-check compose-check k8s-check
 
 clean: down
 	rm -rf .run

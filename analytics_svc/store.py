@@ -80,9 +80,9 @@ def _document(sale: Sale, recorded_at: datetime) -> dict[str, Any]:
     return document
 
 
-def _product_totals(limit: int | None = None) -> list[dict]:
+def _product_totals(limit: int | None = None) -> list[dict[str, Any]]:
     """Pipeline stages: per-product totals, best sellers first."""
-    stages: list[dict] = [
+    stages: list[dict[str, Any]] = [
         {"$sort": {"occurred_at": -1, "event_id": -1}},  # so $first is the latest sale
         {
             "$group": {
@@ -124,7 +124,7 @@ def _bulk_outcomes(exc: BulkWriteError, count: int) -> list[bool]:
     return [index not in duplicates for index in range(count)]
 
 
-def _product_sales(row: dict) -> ProductSales:
+def _product_sales(row: dict[str, Any]) -> ProductSales:
     return ProductSales(
         product_id=row["_id"],
         product_name=row["product_name"],
@@ -140,13 +140,13 @@ class MongoSales:
         self._database = database
         self._timeout_seconds = timeout_seconds
         self._timeout_ms = int(timeout_seconds * 1000)
-        self._client: AsyncMongoClient | None = None
+        self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._inserts = GroupCommit(self._insert, max_batch=MAX_BATCH)
 
     async def ready(self) -> None:
         """Connect and create the indexes on first use, then prove MongoDB answers."""
         if self._client is None:
-            client: AsyncMongoClient = AsyncMongoClient(
+            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
                 self._url,
                 tz_aware=True,
                 serverSelectionTimeoutMS=self._timeout_ms,
@@ -243,7 +243,7 @@ class MongoSales:
 
     async def recent(self, page: EventsPage) -> list[Sale]:
         """Up to ``page.size + 1`` events after the page's cursor, newest first."""
-        query: dict = {"product_id": page.product_id} if page.product_id else {}
+        query: dict[str, Any] = {"product_id": page.product_id} if page.product_id else {}
         if page.after:
             occurred_at, event_id = page.after
             query["$or"] = [
@@ -251,7 +251,8 @@ class MongoSales:
                 {"occurred_at": occurred_at, "event_id": {"$lt": event_id}},
             ]
         async with self._mongo():
-            documents = (
-                await SaleEvent.find(query).sort(NEWEST_FIRST).limit(page.size + 1).to_list()
-            )
+            # beanie's sort() is annotated with its SortDirection enum; pymongo's ints
+            # (the same values, also used for the index) work as well.
+            found = SaleEvent.find(query).sort(NEWEST_FIRST)  # type: ignore[arg-type]
+            documents = await found.limit(page.size + 1).to_list()
         return [document.to_sale() for document in documents]

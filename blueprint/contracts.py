@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor_pb2 import (
@@ -21,7 +22,6 @@ from google.protobuf.descriptor_pb2 import (
     MethodDescriptorProto,
     ServiceDescriptorProto,
 )
-from google.protobuf.message import Message as ProtoMessage
 
 # Written by `make generate` (buf build); package data of ``polyglot`` in an image.
 DESCRIPTOR_SET = (
@@ -54,7 +54,7 @@ class Field:
     name: str
     number: int
     comment: str
-    type: int  # FieldDescriptorProto.Type
+    type: FieldDescriptorProto.Type.ValueType
     type_name: str  # full name of the message or enum type, without the leading dot
     repeated: bool
     optional: bool  # proto3 `optional`
@@ -169,7 +169,8 @@ class _Reader:
         }
 
     def read(self) -> ProtoFile:
-        f, messages = self.file, []
+        f = self.file
+        messages: list[Message] = []
         enums = [self._enum(e, f.package, (FILE_ENUM, i)) for i, e in enumerate(f.enum_type)]
         for i, message in enumerate(f.message_type):
             self._message(message, f.package, (FILE_MESSAGE, i), messages, enums)
@@ -244,10 +245,11 @@ class _HttpRules:
         self.extension = pool.FindExtensionByName("google.api.http")
 
     def __call__(self, method: MethodDescriptorProto) -> HttpRoute | None:
-        options = self.options_class.FromString(method.options.SerializeToString())
+        # Classes made at run time from the descriptor set: no static type knows their fields.
+        options: Any = self.options_class.FromString(method.options.SerializeToString())
         if not options.HasExtension(self.extension):
             return None
-        rule: ProtoMessage = options.Extensions[self.extension]
+        rule = options.Extensions[self.extension]
         if rule.additional_bindings:
             raise ValueError(f"{method.name}: additional_bindings are not documented yet")
         verb = rule.WhichOneof("pattern")

@@ -14,6 +14,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from faststream.specification.asyncapi.site import get_asyncapi_html
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -135,7 +136,7 @@ def _insert_after(html: str, tag: str, addition: str) -> str:
     return html.replace(tag, f"{tag}\n{addition}", 1)
 
 
-def _json(document: dict) -> str:
+def _json(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False)
 
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
+from functools import partial
 from urllib.parse import urlsplit
 
 from blueprint.edge.knobs import EDGE_ENV, with_environment
@@ -97,7 +98,7 @@ def up(plan: MeshPlan) -> None:
     plan, token_help = edge_auth(plan)
 
     for name in plan.processes():
-        _start(plan.backend(name), plan.grpc_ports[name], lambda n=name: plan.backend_ready(n))
+        _start(plan.backend(name), plan.grpc_ports[name], partial(plan.backend_ready, name))
     _start(plan.envoy(), plan.http_port, plan.envoy_ready)
     prometheus_ui = start_prometheus(plan)
     metrics = ", ".join(f"{name} :{port}" for name, port in plan.metrics_ports.items())

@@ -296,7 +296,7 @@ def message_schema(
     limit = {f.name: limits.get(f"{message.full_name}.{f.name}") for f in fields}
     properties = {f.name: field_schema(contracts, f, limit[f.name]) for f in fields}
     schema = {"type": "object", "description": markdown(message.comment), "properties": properties}
-    if required := [f.name for f in fields if limit[f.name] and limit[f.name].required]:
+    if required := [f.name for f in fields if (rule := limit[f.name]) and rule.required]:
         schema["required"] = required
     return schema
 

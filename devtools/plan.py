@@ -186,14 +186,16 @@ def _get(url: str) -> str | None:
     error status (urllib raises HTTPError, an OSError, for those)."""
     try:
         with urllib.request.urlopen(url, timeout=1) as reply:
-            return reply.read().decode()
+            body: str = reply.read().decode()
+            return body
     except OSError:
         return None
 
 
 def mongo_answers(url: str) -> bool:
     try:
-        with MongoClient(url, serverSelectionTimeoutMS=500) as client:
+        client: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=500)
+        with client:
             client.admin.command("ping")
         return True
     except PyMongoError:

@@ -146,13 +146,14 @@ def _resolve(spec: Json, schema: Json) -> Json:
     if "allOf" in schema:
         (schema,) = schema["allOf"]
     if ref := schema.get("$ref"):
-        return spec["components"]["schemas"][ref.removeprefix("#/components/schemas/")]
+        target: Json = spec["components"]["schemas"][ref.removeprefix("#/components/schemas/")]
+        return target
     return schema
 
 
 def _chai_type(spec: Json, schema: Json) -> str:
     resolved = _resolve(spec, schema)
-    kind = resolved.get("type", "object")
+    kind: str = resolved.get("type", "object")
     return CHAI_TYPES.get(kind, kind)  # array and object keep their names
 
 

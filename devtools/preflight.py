@@ -104,6 +104,7 @@ async def check_may_create_databases(server_url: str, env_var: str) -> None:
         )
     finally:
         await conn.close()
+    assert role is not None  # current_user is a role
     if not role["may"]:
         raise InfrastructureMissing(
             f"PostgreSQL role {role['rolname']} may not create databases, which the tests do.\n"

@@ -32,7 +32,7 @@ class ManagedProcess:
     env: dict[str, str] = field(default_factory=dict)  # added to os.environ
     pid_path: Path | None = None
     cwd: Path = ROOT
-    _popen: subprocess.Popen | None = None
+    _popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         # A second start would orphan the running process (nothing would stop it).
@@ -174,7 +174,8 @@ def grpc_health(address: str, service: str = "") -> str | None:
     """One grpc.health.v1 check: "SERVING", "NOT_SERVING", …; None when unreachable."""
     try:
         with grpc.insecure_channel(address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
+            # types-grpcio-health-checking declares HealthStub without its methods.
+            reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(service=service), timeout=1
             )
     except grpc.RpcError:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -91,7 +92,9 @@ def rabbitmqctl(*args: str) -> str:
     ).stdout
 
 
-def _management(amqp_url: str, method: str, path: str, body: dict | None = None) -> httpx.Response:
+def _management(
+    amqp_url: str, method: str, path: str, body: dict[str, Any] | None = None
+) -> httpx.Response:
     """One call to RabbitMQ's management HTTP API as the user of ``amqp_url``."""
     parts = urlsplit(amqp_url)
     base = os.environ.get("RABBITMQ_MANAGEMENT_URL") or f"http://{parts.hostname}:15672"
@@ -256,7 +259,7 @@ def start_mesh(
             mesh.processes[name] = plan.backend(name)
             mesh.processes[name].start()
         for name in started:
-            mesh.processes[name].wait_until(lambda n=name: plan.backend_ready(n), "SERVING health")
+            mesh.processes[name].wait_until(partial(plan.backend_ready, name), "SERVING health")
         mesh.processes["envoy"] = plan.envoy()
         mesh.processes["envoy"].start_until(lambda: plan.envoy_ready(names), "healthy clusters")
     except Exception:

@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,7 +46,7 @@ class SigningKey:
     private_key: ec.EllipticCurvePrivateKey
     kid: str
 
-    def jwks(self) -> dict:
+    def jwks(self) -> dict[str, Any]:
         public = json.loads(ECAlgorithm.to_jwk(self.private_key.public_key()))
         return {"keys": [{**public, "kid": self.kid, "use": "sig", "alg": ALGORITHM}]}
 

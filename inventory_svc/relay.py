@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from faststream.rabbit import RabbitBroker
 
@@ -49,7 +49,7 @@ class OutboxEntry:
     event_id: uuid.UUID
     routing_key: str
     body: bytes  # the event's JSON, exactly as RECORD_SALE wrote it
-    headers: dict
+    headers: dict[str, Any]  # the W3C trace context the sale came with (JSON)
     created_at: datetime
 
 

@@ -76,7 +76,7 @@ def outbox_headers(request: SaleRequest) -> str:
     return json.dumps(dict(request.trace_context)) if request.trace_context else NO_HEADERS
 
 
-def record_sale_arguments(request: SaleRequest) -> tuple:
+def record_sale_arguments(request: SaleRequest) -> tuple[object, ...]:
     """RECORD_SALE's parameters for a request, with a new event id."""
     event_id, body = new_event(request)
     return (
@@ -283,6 +283,7 @@ class PostgresOutbox:
                 "SELECT count(*) AS unpublished, min(created_at) AS oldest"
                 " FROM outbox WHERE published_at IS NULL"
             )
+        assert row is not None  # an aggregate without GROUP BY: always one row
         return OutboxBacklog(row["unpublished"], row["oldest"])
 
     async def delete_published(self, older_than_seconds: float) -> int:

@@ -118,7 +118,7 @@ async def finish_attempts(within: float) -> None:
 
 def subscribe(
     router: RabbitRouter, service: str, describe: Callable[..., str]
-) -> Callable[[Callable[[E], Awaitable[None]]], Callable[..., Awaitable[None]]]:
+) -> Callable[[Callable[[E], Coroutine[Any, Any, None]]], Callable[..., Awaitable[None]]]:
     """Decorator: make ``handler(event)`` the subscriber of ``service``'s own queue.
 
     The same rule for every subscriber: its durable quorum queue with a delivery
@@ -133,7 +133,9 @@ def subscribe(
     """
     subscription: Subscription = SUBSCRIPTIONS[service]
 
-    def register(handler: Callable[[E], Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    def register(
+        handler: Callable[[E], Coroutine[Any, Any, None]],
+    ) -> Callable[..., Awaitable[None]]:
         @functools.wraps(handler)
         async def handle(event: Any) -> None:
             await retry_while_unavailable(

@@ -24,12 +24,15 @@ import json
 import textwrap
 import typing
 import uuid
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import betterproto
 import pydantic
 
 import polyglot.events.v1 as events_pb
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 PRODUCT_SOLD = "inventory.product_sold"
 
@@ -43,13 +46,15 @@ EVENT_TYPES: dict[str, type[betterproto.Message]] = {PRODUCT_SOLD: events_pb.Pro
 def _field_docs(message: type[betterproto.Message]) -> dict[str, str]:
     """The comment betterproto writes under each field (from the .proto file)."""
     [body] = ast.parse(textwrap.dedent(inspect.getsource(message))).body
+    assert isinstance(body, ast.ClassDef)  # the source of a class is its class statement
     docs = {}
-    for node, following in zip(body.body, body.body[1:], strict=False):  # type: ignore[attr-defined]
+    for node, following in zip(body.body, body.body[1:], strict=False):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)
             and isinstance(following, ast.Expr)
             and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
         ):
             docs[node.target.id] = inspect.cleandoc(following.value.value)
     return docs
@@ -62,7 +67,8 @@ def wire_type(message: type[betterproto.Message]) -> type[pydantic.BaseModel]:
     hints = typing.get_type_hints(message)
     docs = _field_docs(message)
     fields: dict[str, Any] = {}
-    for field in dataclasses.fields(message):
+    # Generated messages are dataclasses; betterproto.Message, their base, is not.
+    for field in dataclasses.fields(message):  # type: ignore[arg-type]
         kind = field.metadata["betterproto"].proto_type
         default = None if kind == betterproto.TYPE_MESSAGE else getattr(message(), field.name)
         fields[field.name] = (
@@ -77,7 +83,16 @@ def wire_type(message: type[betterproto.Message]) -> type[pydantic.BaseModel]:
     )
 
 
-ProductSold = wire_type(events_pb.ProductSold)
+if TYPE_CHECKING:
+
+    class ProductSold(pydantic.BaseModel):
+        """The wire type as mypy sees it: its fields (the generated class's, added
+        by create_model at import) are not visible statically, so they read as Any."""
+
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    ProductSold = wire_type(events_pb.ProductSold)
 
 
 # --- bodies -------------------------------------------------------------------
@@ -86,7 +101,8 @@ ProductSold = wire_type(events_pb.ProductSold)
 def event_body(message: betterproto.Message) -> str:
     """The JSON body of an event: proto3 JSON with the proto field names, every field."""
     return json.dumps(
-        message.to_dict(casing=betterproto.Casing.SNAKE, include_default_values=True),
+        # betterproto annotates casing as Casing, whose "members" are its functions.
+        message.to_dict(casing=betterproto.Casing.SNAKE, include_default_values=True),  # type: ignore[arg-type]
         separators=(",", ":"),
     )
 
@@ -100,7 +116,8 @@ _PLAIN_JSON = {"string": str, "int32": int}
 def _product_sold_defaults() -> tuple[dict[str, Any], dict[str, type]]:
     """ProductSold's body with every field at its default (made once by betterproto,
     so it follows the contract), and the fields whose JSON is their plain value."""
-    fields = events_pb.ProductSold._betterproto.meta_by_field_name
+    # betterproto's classproperty is typed so that mypy rejects every class it is read on.
+    fields = events_pb.ProductSold._betterproto.meta_by_field_name  # type: ignore[arg-type]
     plain = {
         name: _PLAIN_JSON[meta.proto_type]
         for name, meta in fields.items()
@@ -125,14 +142,14 @@ def product_sold_body(**known: Any) -> str:
     return event_body(events_pb.ProductSold(**known))
 
 
-D = TypeVar("D")
+D = TypeVar("D", bound="DataclassInstance")
 
 
 def to_domain(event: pydantic.BaseModel, domain_type: type[D]) -> D:
     """The fields a service's domain dataclass wants, taken from the wire message
     by name: each service maps at its edge (events.py) and its domain never sees
     the wire type."""
-    return domain_type(**{f.name: getattr(event, f.name) for f in dataclasses.fields(domain_type)})  # type: ignore[arg-type]
+    return domain_type(**{f.name: getattr(event, f.name) for f in dataclasses.fields(domain_type)})
 
 
 class UnusableEvent(ValueError):

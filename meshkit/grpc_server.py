@@ -21,24 +21,24 @@ waits for the message with no bound of its own (``_unary_handler``).
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import betterproto
 import grpc
 from betterproto.casing import snake_case
-from betterproto.grpc.grpclib_server import ServiceBase
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpclib.const import Cardinality
+from grpclib.const import Handler as GrpclibHandler
 
 from meshkit import errors
 from meshkit.identity import caller_subject, subject_from_metadata
-from meshkit.metrics import GrpcMetrics
+from meshkit.metrics import GrpcMetrics, Handler
 from meshkit.reflection import mesh_pool, reflection_handlers
 from meshkit.settings import ServiceSettings
 from meshkit.telemetry import grpc_server_interceptors, untraced
@@ -57,6 +57,12 @@ STATUS_OF_ERROR: dict[type[errors.ServiceError], grpc.StatusCode] = {
 }
 
 Unary = Callable[[betterproto.Message], Awaitable[betterproto.Message]]
+
+
+class Servicer(Protocol):
+    """A ``*ServiceBase`` betterproto generates: its RPCs by path (grpclib's IServable)."""
+
+    def __mapping__(self) -> Mapping[str, GrpclibHandler]: ...
 
 
 def status_of(error: errors.ServiceError) -> grpc.StatusCode:
@@ -123,7 +129,7 @@ class RequestDecoder:
 def wire_type_mismatch(message: Message, prefix: str = "") -> str:
     """'' or which declared field of ``message`` (or a nested one) had the wrong wire type."""
     declared = message.DESCRIPTOR.fields_by_number
-    for unknown in UnknownFieldSet(message):
+    for unknown in iter(UnknownFieldSet(message)):  # iterable by index (its stub has no __iter__)
         if field := declared.get(unknown.field_number):
             return f"field {prefix}{field.name} has the wrong wire type"
     for field, value in message.ListFields():
@@ -166,7 +172,7 @@ class RequestReads:
         self._deadlines: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
 
-    async def read(self, context: grpc.aio.ServicerContext) -> object:
+    async def read(self, context: grpc.aio.ServicerContext[Any, Any]) -> object:
         """The call's request (decoded by the method's deserializer), grpc.aio.EOF
         when the stream ended without a complete message, None when none came
         within the bound. Call it from the call's own task."""
@@ -198,11 +204,11 @@ class RequestReads:
 
 def _unary_handler(
     path: str, call: Unary, decoder: RequestDecoder, budget: CallBudget, reads: RequestReads
-) -> grpc.RpcMethodHandler:
+) -> Handler:
     incomplete = f"the request stream ended without a complete {decoder.message_name}"
     late = f"no complete {decoder.message_name} arrived within {reads.within:g}s of the call"
 
-    async def handle(_: object, context: grpc.aio.ServicerContext) -> object:
+    async def handle(_: object, context: grpc.aio.ServicerContext[Any, Any]) -> object:
         request = await reads.read(context)
         if request is grpc.aio.EOF or request is None:
             # One line, no traceback. Also the end of a call grpcio's core refused
@@ -238,11 +244,11 @@ def _unary_handler(
 
 
 def api_handlers(
-    servicer: ServiceBase, budget: CallBudget, reads: RequestReads
-) -> list[grpc.GenericRpcHandler]:
+    servicer: Servicer, budget: CallBudget, reads: RequestReads
+) -> list[grpc.ServiceRpcHandler]:
     """grpcio handlers for the RPCs of a betterproto servicer, grouped by service,
     admitted by ``budget`` and reading their request through ``reads``."""
-    methods: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+    methods: dict[str, dict[str, Handler]] = {}
     for path, rpc in servicer.__mapping__().items():
         _, service, method = path.split("/")
         if rpc.cardinality is not Cardinality.UNARY_UNARY:
@@ -251,7 +257,11 @@ def api_handlers(
         descriptor = mesh_pool().FindMethodByName(f"{service}.{method}").input_type
         decoder = RequestDecoder(rpc.request_type, descriptor)
         methods.setdefault(service, {})[method] = _unary_handler(path, call, decoder, budget, reads)
-    return [grpc.method_handlers_generic_handler(name, m) for name, m in methods.items()]
+    return [
+        # A ServiceRpcHandler, which its stub widens to GenericRpcHandler.
+        grpc.method_handlers_generic_handler(name, m)  # type: ignore[misc]
+        for name, m in methods.items()
+    ]
 
 
 class GrpcServer:
@@ -263,7 +273,7 @@ class GrpcServer:
     visible without taking the API out of Envoy's rotation.
     """
 
-    def __init__(self, settings: ServiceSettings, servicers: Iterable[ServiceBase]) -> None:
+    def __init__(self, settings: ServiceSettings, servicers: Iterable[Servicer]) -> None:
         self._settings = settings
         self._server = grpc.aio.server(
             options=[

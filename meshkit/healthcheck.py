@@ -28,7 +28,10 @@ def probe(address: str, service: str = "", timeout: float = 3.0) -> str | None:
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            # types-grpcio-health-checking declares HealthStub without its methods.
+            reply: health_pb2.HealthCheckResponse = stub.Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
         except grpc.RpcError as error:
             return f"{label}: {error.code().name}: {error.details()}"
     if reply.status != SERVING:

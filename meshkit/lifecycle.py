@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from meshkit.grpc_server import GrpcServer
 from meshkit.logs import configure_logging
@@ -175,7 +175,7 @@ class ComponentFailed(RuntimeError):
     """A component failed for good; run_until_signalled turns it into exit status 1."""
 
 
-def _stop_if_failed(task: asyncio.Task, stop: asyncio.Event, failed: list[str]) -> None:
+def _stop_if_failed(task: asyncio.Task[Any], stop: asyncio.Event, failed: list[str]) -> None:
     if task.cancelled() or task.exception() is None or stop.is_set():
         return
     log.error("%s failed, shutting down: %r", task.get_name(), task.exception())

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -42,6 +42,11 @@ from meshkit.settings import ServiceSettings
 log = logging.getLogger(__name__)
 # Refreshes sampled gauges on the process's loop (MetricsEndpoint).
 Sampler = Callable[[], Awaitable[None]]
+# A grpcio method handler (generic in its stubs only: not subscriptable at run time).
+if TYPE_CHECKING:
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
 
 # Our RPCs take milliseconds: finer buckets at the low end than the library's.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -83,13 +88,13 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self) -> None:
-        self._measured: dict[str, grpc.RpcMethodHandler] = {}
+        self._measured: dict[str, Handler] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         method = handler_call_details.method
         if (measured := self._measured.get(method)) is not None:
             return measured
@@ -100,7 +105,7 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):
         return measured
 
 
-def measured_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def measured_handler(handler: Handler, method: str) -> Handler:
     """``handler`` (one response) recording into GRPC_HANDLED / GRPC_HANDLING_SECONDS."""
     service, _, name = method.lstrip("/").partition("/")
     seconds = GRPC_HANDLING_SECONDS.labels(service, name)
@@ -109,7 +114,7 @@ def measured_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMet
     kind = "stream_unary" if handler.request_streaming else "unary_unary"
     behaviour = getattr(handler, kind)
 
-    async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         code = grpc.StatusCode.UNKNOWN  # an exception grpcio turns into UNKNOWN
         try:
@@ -126,10 +131,14 @@ def measured_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMet
             seconds.observe(time.perf_counter() - started)
             handled[code].inc()
 
-    return handler._replace(**{kind: measured})
+    # grpcio's handlers are namedtuples; the stubs declare only their abstract base.
+    replaced: Handler = handler._replace(**{kind: measured})  # type: ignore[attr-defined]
+    return replaced
 
 
-def _status(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
+def _status(
+    context: grpc.aio.ServicerContext[Any, Any], default: grpc.StatusCode
+) -> grpc.StatusCode:
     """The code the handler set or aborted with (grpcio gives it as the enum or None)."""
     code = context.code()
     return code if isinstance(code, grpc.StatusCode) else default

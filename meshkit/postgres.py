@@ -20,9 +20,11 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.resources.abc import Traversable
+from typing import TypeAlias
 from urllib.parse import urlsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from meshkit.errors import Unavailable
 from meshkit.lifecycle import DependencyIncompatible
@@ -31,6 +33,9 @@ from meshkit.resilience import retry
 from meshkit.settings import SettingsT, load_settings
 
 log = logging.getLogger(__name__)
+
+# A connection of its own (migrations) or one lent by the pool (the stores).
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 # Errors that mean "the database is not there right now", as opposed to a bug.
 DATABASE_DOWN = (
@@ -134,7 +139,7 @@ class PostgresDatabase:
         return urlsplit(self.dsn).path.lstrip("/")
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def connection(self) -> AsyncIterator[PoolConnectionProxy]:
         if self._pool is None:
             raise Unavailable(f"the {self._label} is not reachable yet; try again shortly")
         try:
@@ -186,14 +191,14 @@ def _versions(migrations: Traversable) -> list[str]:
     )
 
 
-async def _applied(conn: asyncpg.Connection) -> set[str]:
+async def _applied(conn: Connection) -> set[str]:
     if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
         return set()
     return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
 
 
 async def check_schema(
-    conn: asyncpg.Connection,
+    conn: Connection,
     migrations: Traversable,
     *,
     label: str,
@@ -212,7 +217,7 @@ async def check_schema(
         )
 
 
-async def apply_migrations(conn: asyncpg.Connection, migrations: Traversable) -> list[str]:
+async def apply_migrations(conn: Connection, migrations: Traversable) -> list[str]:
     """Apply the ``NNNN_name.sql`` files this database has not seen yet.
 
     Each file runs once, in name order, in one transaction with its bookkeeping

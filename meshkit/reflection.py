@@ -13,6 +13,7 @@ field numbers), so the same servicer answers both, and the v1 file descriptor
 is derived from the v1alpha one rather than vendored.
 """
 
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 
@@ -22,7 +23,11 @@ from google.protobuf.descriptor_pb2 import FileDescriptorProto, FileDescriptorSe
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-from grpc_reflection.v1alpha.reflection_pb2 import FileDescriptorResponse, ServerReflectionResponse
+from grpc_reflection.v1alpha.reflection_pb2 import (
+    FileDescriptorResponse,
+    ServerReflectionRequest,
+    ServerReflectionResponse,
+)
 
 V1ALPHA = "grpc.reflection.v1alpha"
 V1 = "grpc.reflection.v1"
@@ -69,18 +74,26 @@ def mesh_pool() -> DescriptorPool:
 
 
 class MeshReflection(reflection.aio.ReflectionServicer):
+    _pool: DescriptorPool  # set by the base class from its pool argument
+
     def __init__(self, files: list[FileDescriptorProto]) -> None:
         names = [f"{f.package}.{s.name}" for f in files for s in f.service]
         super().__init__(names, pool=mesh_pool())
         self._serialized = {file.name: file.SerializeToString() for file in files}
 
-    def _file_by_filename(self, request: object, filename: str) -> ServerReflectionResponse:
+    def _file_by_filename(
+        self, request: ServerReflectionRequest, filename: str
+    ) -> ServerReflectionResponse:
         return self._answer(request, lambda: self._pool.FindFileByName(filename))
 
-    def _file_containing_symbol(self, request: object, symbol: str) -> ServerReflectionResponse:
+    def _file_containing_symbol(
+        self, request: ServerReflectionRequest, symbol: str
+    ) -> ServerReflectionResponse:
         return self._answer(request, lambda: self._pool.FindFileContainingSymbol(symbol))
 
-    def _answer(self, request: object, find) -> ServerReflectionResponse:  # noqa: ANN001
+    def _answer(
+        self, request: ServerReflectionRequest, find: Callable[[], FileDescriptor]
+    ) -> ServerReflectionResponse:
         try:
             root: FileDescriptor = find()
         except KeyError:

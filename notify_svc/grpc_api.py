@@ -20,7 +20,8 @@ def _notification(n: Notification) -> pb.Notification:
         subject=n.subject,
         message_id=n.message_id,
         channel=n.channel,
-        status=STATUS[n.status],
+        # betterproto's Enum has a base mypy cannot read: its members look like ints.
+        status=STATUS[n.status],  # type: ignore[arg-type]
         created_at=n.created_at,
     )
     if n.sent_at is not None:

@@ -46,7 +46,7 @@ class Mailer:
 
     async def send(self, email: OrderConfirmation) -> None:
         if self._smtp:
-            await self._send_smtp(email)
+            await self._send_smtp(email, self._smtp)
         log.info(
             "[EMAIL] order %s: %r to %s via %s (Message-ID %s)",
             email.order_id,
@@ -56,7 +56,7 @@ class Mailer:
             email.message_id,
         )
 
-    async def _send_smtp(self, email: OrderConfirmation) -> None:
+    async def _send_smtp(self, email: OrderConfirmation, smtp: dict[str, Any]) -> None:
         message = EmailMessage()
         message["From"] = email.sender
         message["To"] = email.recipient
@@ -71,15 +71,15 @@ class Mailer:
             kind=trace.SpanKind.CLIENT,
             attributes={
                 "email.message_id": email.message_id,
-                "server.address": self._smtp["hostname"] or "",
-                "server.port": self._smtp["port"],
+                "server.address": smtp["hostname"] or "",
+                "server.port": smtp["port"],
             },
         ):
-            await self._send_over_smtp(message)
+            await self._send_over_smtp(message, smtp)
 
-    async def _send_over_smtp(self, message: EmailMessage) -> None:
+    async def _send_over_smtp(self, message: EmailMessage, smtp: dict[str, Any]) -> None:
         try:
-            await aiosmtplib.send(message, timeout=self._timeout, **self._smtp)
+            await aiosmtplib.send(message, timeout=self._timeout, **smtp)
         except SMTP_DOWN as exc:
             raise Unavailable(f"the mail server is unreachable ({exc})") from exc
         except aiosmtplib.SMTPResponseException as exc:

@@ -76,6 +76,7 @@ class PostgresNotifications(PostgresStore):
                 lease,
                 lease_seconds,
             )
+        assert row is not None  # CLAIM selects two scalar subqueries: always one row
         if row["attempt"] is not None:
             return Claim(lease=str(lease), attempt=row["attempt"], sent=False)
         return Claim(lease=None, attempt=0, sent=row["status"] == "sent")
@@ -90,7 +91,8 @@ class PostgresNotifications(PostgresStore):
 
     async def recent(self, page: NotificationsPage) -> list[Notification]:
         """Up to ``page.size + 1`` notifications after the page's cursor, newest first."""
-        conditions, args = [], []
+        conditions: list[str] = []
+        args: list[object] = []
         if page.order_id:
             args.append(page.order_id)
             conditions.append(f"order_id = ${len(args)}")

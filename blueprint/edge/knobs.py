@@ -265,7 +265,7 @@ class EdgeKnobs(BaseSettings):
         if not isinstance(data, dict) or data.get("profile") != "production":
             return data
         production = {
-            name: field.json_schema_extra["production"]  # type: ignore[index]
+            name: field.json_schema_extra["production"]
             for name, field in cls.model_fields.items()
             if isinstance(field.json_schema_extra, dict)
             and field.json_schema_extra["production"] is not None

@@ -155,6 +155,8 @@ def local_reply_mappers(site: EnvoySite) -> list[Config]:
     }
     retry_after = Named("retry_after", set_header("retry-after", str(site.retry_after_seconds)))
     mappers = [too_many]
+    template: str | None  # as in LOCAL_REPLIES (both loops below)
+    message: str | None
     for number, (who, template) in enumerate(QUOTA_REPLIES.items(), 1):
         quota = Named(f"quota_{number}", cel_filter(f"{RATE_LIMITED} && {who}"))
         message = template.format(**values)
