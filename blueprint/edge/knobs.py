@@ -214,6 +214,16 @@ class EdgeKnobs(BaseSettings):
         gt=0,
         le=300,
     )
+    request_timeout_seconds: float = knob(
+        "request_timeout_seconds",
+        what="time from a request's start to its last byte, body included (a gRPC call held"
+        " open without its complete message, a REST body that trickles in); not counted once"
+        " the answer has begun",
+        beyond="408 / DEADLINE_EXCEEDED `the request was not received in time`; nothing is"
+        " forwarded",
+        gt=0,
+        le=300,
+    )
     idle_timeout_seconds: float = knob(
         "idle_timeout_seconds",
         what="time a connection may stay open without a call in flight (keep-alive, HTTP/2"

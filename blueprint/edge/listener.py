@@ -138,6 +138,8 @@ def _http_connection_manager(
         "drain_timeout": "1s",
         # A client that sends its headers slowly is cut off (slowloris): 408.
         "request_headers_timeout": seconds(site.request_headers_timeout_seconds),
+        # Then the whole request (body included) within this long of its start: 408.
+        "request_timeout": seconds(site.request_timeout_seconds),
         "http_filters": http_filters(site, services, descriptor_set),
         "route_config": {
             "name": "mesh",

@@ -234,6 +234,13 @@ class EnvoySite:
     # Then the request headers within this long of their first byte (slowloris): a
     # request's headers are complete at most start + this after accept (408).
     request_headers_timeout_seconds: float = 5.0
+    # The whole request, body included, within this long of its start (unless the
+    # answer has begun): a native gRPC call held open without its complete message
+    # (Envoy waits for the whole message before forwarding; the backend never sees
+    # it) is answered 408 / DEADLINE_EXCEEDED "the request was not received in
+    # time" instead of waiting out its route's timeout; a bidirectional stream
+    # (reflection) is not cut, its answer begins with its first message.
+    request_timeout_seconds: float = 5.0
     # A connection without a call in flight this long is closed (keep-alive, an
     # HTTP/2 client between calls; both reconnect by themselves).
     idle_timeout_seconds: float = 60.0
