@@ -5,11 +5,9 @@ we serve them with grpcio's asyncio server by registering generic handlers whose
 (de)serializers are betterproto's own. Domain errors become gRPC status codes here,
 and nowhere else.
 
-Requests are decoded strictly before any domain code sees them (``RequestDecoder``):
-betterproto parses leniently (a wrong wire type leaves a list where an int belongs,
-a truncated string is cut short) or fails late with Python exception texts, so the
-bytes are first checked against the contract with protobuf's own parser (upb).
-A malformed request is answered INVALID_ARGUMENT with one log line.
+Requests are decoded strictly before any domain code sees them, and responses
+encoded, by protobuf's own parser (upb; meshkit/messages.py). A malformed request
+is answered INVALID_ARGUMENT with one log line.
 
 Every unary RPC is served as grpcio's stream-unary kind (the wire format is the
 same; callers see a unary RPC) so that a call without one complete request
@@ -20,24 +18,19 @@ waits for the message with no bound of its own (``_unary_handler``).
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import betterproto
 import grpc
 from betterproto.casing import snake_case
-from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor
-from google.protobuf.message import DecodeError, Message
-from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpclib.const import Cardinality
 from grpclib.const import Handler as GrpclibHandler
 
 from meshkit import errors
 from meshkit.identity import caller_subject, subject_from_metadata
+from meshkit.messages import MalformedRequest, RequestDecoder, response_encoder
 from meshkit.metrics import GrpcMetrics, Handler
 from meshkit.reflection import mesh_pool, reflection_handlers
 from meshkit.settings import ServiceSettings
@@ -70,75 +63,6 @@ def status_of(error: errors.ServiceError) -> grpc.StatusCode:
         if kind in STATUS_OF_ERROR:
             return STATUS_OF_ERROR[kind]
     return grpc.StatusCode.INTERNAL
-
-
-@dataclass(frozen=True)
-class MalformedRequest:
-    """What the deserializer hands over instead of a message it could not decode.
-
-    grpcio answers an exception raised in a deserializer with UNKNOWN and logs a
-    traceback, so the decoder returns this and the handler aborts the call.
-    """
-
-    message_name: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"the request is not a valid {self.message_name}: {self.reason}"
-
-
-# upb's DecodeError reads "Error parsing message with type 'X': <reason>".
-_UPB_REASON = re.compile(r": ([^:']+)$")
-
-
-class RequestDecoder:
-    """Bytes → a well-formed betterproto request, or a ``MalformedRequest``.
-
-    1. protobuf's parser (upb) checks the wire format against the contract:
-       truncation, varints over 10 bytes, invalid UTF-8 in strings, nesting depth.
-    2. A field of the contract sent with another wire type (upb keeps it as an
-       unknown field; betterproto would store a list or raise KeyError) is refused.
-    3. betterproto parses upb's canonical re-encoding, without unknown fields
-       (fields a newer contract may define are ignored, as proto3 says), so it only
-       ever sees what it handles well. What it still refuses (a Timestamp beyond
-       datetime's range) is malformed too.
-    """
-
-    def __init__(self, request_type: type[betterproto.Message], descriptor: Descriptor) -> None:
-        self._type = request_type
-        self._strict = message_factory.GetMessageClass(descriptor)
-        self.message_name = descriptor.name
-
-    def __call__(self, data: bytes) -> betterproto.Message | MalformedRequest:
-        strict = self._strict()
-        try:
-            strict.ParseFromString(data)
-        except DecodeError as exc:
-            found = _UPB_REASON.search(str(exc))
-            reason = found.group(1).strip().rstrip(".") if found else "wire format was corrupt"
-            return MalformedRequest(self.message_name, f"{reason[:1].lower()}{reason[1:]}")
-        if mismatch := wire_type_mismatch(strict):
-            return MalformedRequest(self.message_name, mismatch)
-        strict.DiscardUnknownFields()
-        try:
-            return self._type().parse(strict.SerializeToString())
-        except Exception:  # betterproto's own limits; any of them makes the request unusable
-            return MalformedRequest(self.message_name, "a value is out of the supported range")
-
-
-def wire_type_mismatch(message: Message, prefix: str = "") -> str:
-    """'' or which declared field of ``message`` (or a nested one) had the wrong wire type."""
-    declared = message.DESCRIPTOR.fields_by_number
-    for unknown in iter(UnknownFieldSet(message)):  # iterable by index (its stub has no __iter__)
-        if field := declared.get(unknown.field_number):
-            return f"field {prefix}{field.name} has the wrong wire type"
-    for field, value in message.ListFields():
-        if field.message_type is None or field.message_type.GetOptions().map_entry:
-            continue
-        for item in value if field.is_repeated else [value]:
-            if mismatch := wire_type_mismatch(item, f"{prefix}{field.name}."):
-                return mismatch
-    return ""
 
 
 class CallBudget:
@@ -203,7 +127,12 @@ class RequestReads:
 
 
 def _unary_handler(
-    path: str, call: Unary, decoder: RequestDecoder, budget: CallBudget, reads: RequestReads
+    path: str,
+    call: Unary,
+    decoder: RequestDecoder,
+    encoder: Callable[[betterproto.Message], bytes],
+    budget: CallBudget,
+    reads: RequestReads,
 ) -> Handler:
     incomplete = f"the request stream ended without a complete {decoder.message_name}"
     late = f"no complete {decoder.message_name} arrived within {reads.within:g}s of the call"
@@ -239,7 +168,7 @@ def _unary_handler(
             budget.in_progress -= 1
 
     return grpc.stream_unary_rpc_method_handler(
-        handle, request_deserializer=decoder, response_serializer=bytes
+        handle, request_deserializer=decoder, response_serializer=encoder
     )
 
 
@@ -254,9 +183,12 @@ def api_handlers(
         if rpc.cardinality is not Cardinality.UNARY_UNARY:
             raise NotImplementedError(f"{path}: only unary RPCs are served")
         call = getattr(servicer, snake_case(method))
-        descriptor = mesh_pool().FindMethodByName(f"{service}.{method}").input_type
-        decoder = RequestDecoder(rpc.request_type, descriptor)
-        methods.setdefault(service, {})[method] = _unary_handler(path, call, decoder, budget, reads)
+        contract = mesh_pool().FindMethodByName(f"{service}.{method}")
+        decoder = RequestDecoder(rpc.request_type, contract.input_type)
+        encoder = response_encoder(rpc.reply_type, contract.output_type)
+        methods.setdefault(service, {})[method] = _unary_handler(
+            path, call, decoder, encoder, budget, reads
+        )
     return [
         # A ServiceRpcHandler, which its stub widens to GenericRpcHandler.
         grpc.method_handlers_generic_handler(name, m)  # type: ignore[misc]

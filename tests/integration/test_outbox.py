@@ -154,6 +154,43 @@ async def test_two_relays_share_the_work_and_keep_each_products_order(inventory)
     assert len(every) == len(set(every)) == 5
 
 
+async def test_a_product_held_between_two_claimed_events_stops_only_the_later(
+    inventory, outbox_db_url
+):
+    """Positions are taken at insert, rows appear at commit: a sale committing late
+    lands before events relay A already holds. Relay B then claims that late event
+    and the product's event after A's, and may publish only the first."""
+    store, outbox = inventory
+    product = await add_product(store)
+    late = await asyncpg.connect(outbox_db_url)
+    try:
+        async with late.transaction():
+            await late.execute(
+                "INSERT INTO outbox (event_id, routing_key, ordering_key, payload)"
+                " VALUES ($1, $2, $3, $4)",
+                uuid.uuid4(),
+                PRODUCT_SOLD,
+                str(product),
+                json.dumps({"product_id": product, "order_id": "ORD-late"}),
+            )
+            _held_by_a, after = [(await sell(store, product)).order_id for _ in range(2)]
+            a_holding, a_may_go_on = asyncio.Event(), asyncio.Event()
+
+            async def relay_a(entry: OutboxEntry) -> None:
+                a_holding.set()
+                await a_may_go_on.wait()
+
+            a = asyncio.create_task(outbox.publish_pending(1, relay_a))
+            await a_holding.wait()
+        b_published = await drain(outbox)
+        assert [payload(e)["order_id"] for e in b_published] == ["ORD-late"]
+        a_may_go_on.set()
+        assert await a == 1
+        assert [payload(e)["order_id"] for e in await drain(outbox)] == [after]
+    finally:
+        await late.close()
+
+
 async def test_only_a_committed_sale_wakes_the_relay(inventory, outbox_db_url):
     store, outbox = inventory
     product = await add_product(store, stock=2)

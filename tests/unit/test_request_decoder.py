@@ -1,10 +1,10 @@
-"""The strict request decoder of meshkit.grpc_server, on raw bytes (no server)."""
+"""The strict request decoder of meshkit.messages, on raw bytes (no server)."""
 
 import pytest
 
 import polyglot.analytics.v1 as analytics_pb
 import polyglot.inventory.v1 as pb
-from meshkit.grpc_server import MalformedRequest, RequestDecoder
+from meshkit.messages import MalformedRequest, RequestDecoder
 from meshkit.reflection import mesh_pool
 from tests.support.protofuzz import varint
 
