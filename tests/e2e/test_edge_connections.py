@@ -25,7 +25,7 @@ from blueprint.edge.knobs import EdgeKnobs
 from blueprint.edge.render import envoy_config, to_yaml
 from devtools.plan import MeshPlan
 from devtools.sandbox import free_port, start_envoy
-from tests.e2e.test_edge_limits import mesh_auth, stats
+from tests.support.edge import mesh_auth, stats
 from tests.support.flood import HONEST, idle_flood, raise_open_files
 from tests.support.waiting import eventually
 

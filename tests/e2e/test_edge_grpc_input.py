@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 import polyglot.inventory.v1 as pb
-from tests.e2e.test_edge_limits import INTERNALS, upstream_calls
+from tests.support.edge import INTERNALS, upstream_calls
 from tests.support.raw_grpc import (
     EDGE_REFUSED as REFUSED,
 )

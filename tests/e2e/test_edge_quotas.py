@@ -25,7 +25,7 @@ from devtools.launcher import edge_config
 from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
 from devtools.tokens import JWKS
-from tests.e2e.test_edge_limits import INTERNALS, assert_error, mesh_auth
+from tests.support.edge import INTERNALS, assert_error, mesh_auth
 from tests.support.inventory import stock_of
 from tests.support.sales import decrease_body, order
 

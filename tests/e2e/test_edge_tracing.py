@@ -21,7 +21,7 @@ import polyglot.inventory.v1 as pb
 from blueprint.edge.settings import EdgeTracing
 from devtools.plan import MeshPlan
 from devtools.sandbox import Mesh, free_port, start_envoy
-from tests.e2e.test_edge_limits import mesh_auth
+from tests.support.edge import mesh_auth
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.sales import decrease_body
 from tests.support.waiting import eventually

@@ -14,11 +14,11 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 import polyglot.inventory.v1 as pb
-from devtools.processes import ManagedProcess, grpc_health, grpc_serving, python_module
+from devtools.processes import grpc_health, grpc_serving, python_module
 from tests.support.inventory import stock_of
-from tests.support.net import TcpProxy, free_port
+from tests.support.net import TcpProxy
 from tests.support.sales import decrease_body
-from tests.support.servers import FAST, start_test_mesh
+from tests.support.servers import lone_inventory, start_test_mesh
 from tests.support.waiting import eventually
 
 
@@ -37,19 +37,6 @@ def mesh_behind_proxy(tmp_path, db_proxy, inventory_db, mesh_env):
     mesh = start_test_mesh(tmp_path, env, only=["inventory_svc"])
     yield proxy, mesh
     mesh.stop()
-
-
-def lone_inventory(tmp_path, database_url: str, env: dict) -> tuple[ManagedProcess, str]:
-    """A started inventory_svc of its own (no Envoy) and its gRPC address."""
-    port = free_port()
-    process = ManagedProcess(
-        "inventory_svc",
-        python_module("inventory_svc"),
-        tmp_path / "inventory.log",
-        env={**FAST, **env, "INVENTORY_DATABASE_URL": database_url, "GRPC_PORT": str(port)},
-    )
-    process.start()
-    return process, f"127.0.0.1:{port}"
 
 
 async def test_database_outage_is_503_and_unavailable_then_recovers(

@@ -13,10 +13,10 @@ from grpc_reflection.v1alpha import reflection_pb2
 import polyglot.analytics.v1 as analytics_pb
 import polyglot.inventory.v1 as pb
 from devtools.processes import grpc_serving
-from tests.e2e.test_inventory_faults import lone_inventory
 from tests.support.inventory import inventory_state, stock_of
 from tests.support.raw_grpc import GET_STOCK, LAPTOP, RawGrpcConnection, call_raw, frame
 from tests.support.sales import decrease_body, order
+from tests.support.servers import lone_inventory
 from tests.support.waiting import eventually
 
 DECREASE = "/polyglot.inventory.v1.InventoryService/DecreaseStock"

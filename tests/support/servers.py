@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from devtools.processes import ManagedProcess, python_module
 from devtools.sandbox import (
     PG_SERVER_URL,
     RABBIT_SERVER_URL,
@@ -14,6 +15,7 @@ from devtools.sandbox import (
     create_vhost,
     delete_vhost,
     drop_database,
+    free_port,
     start_mesh,
 )
 from meshkit.postgres import migrate
@@ -22,6 +24,7 @@ __all__ = [
     "FAST",
     "PG_SERVER_URL",
     "RABBIT_SERVER_URL",
+    "lone_inventory",
     "migrated_database",
     "own_mesh",
     "start_test_mesh",
@@ -81,3 +84,16 @@ async def migrated_database(name: str, migrations: Traversable) -> AsyncIterator
         yield url
     finally:
         await drop_database(url)
+
+
+def lone_inventory(tmp_path, database_url: str, env: dict) -> tuple[ManagedProcess, str]:
+    """A started inventory_svc of its own (no Envoy) and its gRPC address."""
+    port = free_port()
+    process = ManagedProcess(
+        "inventory_svc",
+        python_module("inventory_svc"),
+        tmp_path / "inventory.log",
+        env={**FAST, **env, "INVENTORY_DATABASE_URL": database_url, "GRPC_PORT": str(port)},
+    )
+    process.start()
+    return process, f"127.0.0.1:{port}"
