@@ -61,6 +61,12 @@ def test_a_flat_message_crosses_by_values_as_betterproto_would(kind, case):
     decoded = RequestDecoder(kind, descriptor)(bytes(message))
     assert decoded == message
     assert type(decoded) is kind
+    assert decoded.__dict__ == message.__dict__  # the state betterproto's own init leaves
+
+
+@pytest.mark.parametrize("kind", FLAT, ids=lambda kind: kind.__name__)
+def test_a_response_with_fields_never_set_is_encoded_with_their_defaults(kind):
+    assert response_encoder(kind, descriptor_of(kind))(kind()) == bytes(kind()) == b""
 
 
 def test_other_messages_keep_betterproto_serialisation():
