@@ -71,6 +71,7 @@ async def relay(settings: InventorySettings, stop: asyncio.Event) -> None:
         broker,
         batch_size=settings.outbox_batch_size,
         poll_seconds=settings.outbox_poll_seconds,
+        linger_seconds=settings.outbox_linger_seconds,
         retention_seconds=settings.outbox_retention_hours * 3600,
     )
 

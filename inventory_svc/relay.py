@@ -86,11 +86,13 @@ class OutboxRelay:
         batch_size: int,
         poll_seconds: float,
         retention_seconds: float,
+        linger_seconds: float = 0.0,
     ) -> None:
         self._outbox = outbox
         self._broker = broker
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
+        self._linger_seconds = linger_seconds
         self._retention_seconds = retention_seconds
         self._wake = asyncio.Event()
         self._stopping = False
@@ -127,6 +129,9 @@ class OutboxRelay:
             if published < self._batch_size:  # caught up: sleep until woken
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+                if self._linger_seconds and not self._stopping:
+                    # Let the sales committing right now join this claim.
+                    await asyncio.sleep(self._linger_seconds)
 
     async def _step(self) -> int:
         # The polling's own SQL belongs to no order: untraced, or every poll would
