@@ -6,42 +6,85 @@ a lease: until ``lease_until`` no other handler may claim it. The claim is one
 statement; the e-mail then goes out with no connection or row lock held, and a
 second statement marks it 'sent'. So a slow mail server holds nothing that
 ListNotifications or the other messages need.
+
+The consumer handles up to its prefetch of events at once, and a round trip per
+claim and per mark was most of notify_svc's cost per order. So claims made at
+the same time share one statement, and so do marks (group commit,
+meshkit/group_commit.py): each handler still gets its own answer, exactly the
+one its claim alone would have got.
 """
 
+import asyncio
+import logging
 import uuid
+from dataclasses import dataclass, field
 from importlib import resources
 
+from meshkit.errors import Unavailable
+from meshkit.group_commit import GroupCommit
 from meshkit.postgres import PostgresStore
 from notify_svc.domain import Claim, Notification, NotificationsPage, OrderConfirmation
 
-MIGRATIONS = resources.files(__package__) / "migrations"
+log = logging.getLogger(__name__)
 
-# A new event inserts its claim with a lease. An event still 'sending' whose lease
-# is released or expired (its holder failed or died) is claimed again; one that is
-# 'sent', or leased to a live holder, is not (``attempt`` NULL), and its status
-# says which. The status is read from the statement's snapshot, so a claim made
-# by a concurrent copy a moment ago may show as no row at all (status NULL):
-# that copy holds the lease.
-CLAIM = """
-WITH claimed AS (
+MIGRATIONS = resources.files(__package__) / "migrations"
+# At most this many claims (marks) per statement; the consumer's prefetch bounds
+# how many wait at once anyway.
+MAX_BATCH = 200
+
+# Claims of distinct events, as arrays in event id order. A new event inserts its
+# claim with a lease (each claim's own lease id and length). An event still
+# 'sending' whose lease is released or expired (its holder failed or died) is
+# claimed again; one that is 'sent', or leased to a live holder, is not (no
+# ``attempt``), and its status says which. The status is read from the
+# statement's snapshot, so a claim made by a concurrent copy a moment ago may
+# show as no row at all (status NULL): that copy holds the lease.
+#
+# The rows are inserted (or their conflicts locked) in event id order, so two
+# batches claiming some of the same events at once (two replicas, or two copies
+# of a batch) wait for each other in one direction only: no deadlock. ON
+# CONFLICT cannot touch one row twice in a statement, hence distinct events.
+CLAIM_MANY = """
+WITH wanted AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::uuid[], $9::float8[])
+        AS w (event_id, order_id, product_id, recipient, subject, message_id, channel,
+              leased_by, lease_seconds)
+), claimed AS (
     INSERT INTO notifications (event_id, order_id, product_id, recipient, subject,
                                message_id, channel, status, leased_by, lease_until)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, 'sending', $8, now() + make_interval(secs => $9))
+    SELECT event_id, order_id, product_id, recipient, subject, message_id, channel,
+           'sending', leased_by, now() + make_interval(secs => lease_seconds)
+    FROM wanted
+    ORDER BY event_id
     ON CONFLICT (event_id) DO UPDATE SET
         attempts = notifications.attempts + 1,
         leased_by = excluded.leased_by,
         lease_until = excluded.lease_until
     WHERE notifications.status = 'sending'
       AND (notifications.lease_until IS NULL OR notifications.lease_until < now())
-    RETURNING attempts
+    RETURNING event_id, attempts
 )
-SELECT (SELECT attempts FROM claimed) AS attempt,
-       (SELECT status FROM notifications WHERE event_id = $1) AS status
+SELECT wanted.event_id, claimed.attempts AS attempt, notifications.status
+FROM wanted
+LEFT JOIN claimed USING (event_id)
+LEFT JOIN notifications USING (event_id)
 """
 
-MARK_SENT = """
+# The rows are locked in event id order first (the subquery), for the same reason
+# as the claims': a batch of marks and a batch of claims (re-claiming an expired
+# lease whose holder is marking it just now) never wait for each other in a
+# circle. A deadlock would fail a mark after the e-mail went out, and its
+# redelivery would send the e-mail again once the lease expired.
+MARK_SENT_MANY = """
 UPDATE notifications SET status = 'sent', sent_at = now(), leased_by = NULL, lease_until = NULL
-WHERE event_id = $1 AND status = 'sending'
+FROM (
+    SELECT event_id FROM notifications
+    WHERE event_id = ANY($1::uuid[]) AND status = 'sending'
+    ORDER BY event_id
+    FOR UPDATE
+) AS locked
+WHERE notifications.event_id = locked.event_id
 """
 
 # Give the lease back early (the send failed before the mail server took it), so
@@ -57,37 +100,135 @@ COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One handler's claim, waiting for the statement it will share."""
+
+    email: OrderConfirmation
+    channel: str
+    lease_seconds: float
+    lease: uuid.UUID = field(default_factory=uuid.uuid4)  # this claim's own
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        return uuid.UUID(self.email.event_id)
+
+
 class PostgresNotifications(PostgresStore):
     label = "notifications database"
     migrations = MIGRATIONS
 
+    def __init__(
+        self, dsn: str, *, pool_size: int, timeout_seconds: float, idle_seconds: float = 0
+    ) -> None:
+        super().__init__(
+            dsn, pool_size=pool_size, timeout_seconds=timeout_seconds, idle_seconds=idle_seconds
+        )
+        self._timeout_seconds = timeout_seconds
+        self._claims: GroupCommit[ClaimRequest, Claim | Exception] = GroupCommit(
+            self._claim_many, max_batch=MAX_BATCH
+        )
+        self._marks: GroupCommit[uuid.UUID, None] = GroupCommit(
+            self._mark_sent_many, max_batch=MAX_BATCH
+        )
+
+    async def close(self) -> None:
+        """Let the claims and marks in flight finish first (bounded), so their
+        handlers learn their outcome."""
+        await asyncio.gather(
+            self._claims.close(self._timeout_seconds, "claims of notifications"),
+            self._marks.close(self._timeout_seconds, "notifications being marked sent"),
+        )
+        await super().close()
+
     async def claim(self, email: OrderConfirmation, channel: str, lease_seconds: float) -> Claim:
-        lease = uuid.uuid4()
+        """Claim the notification; claims made at the same time share one statement.
+
+        The statement is one transaction: either every claim of the batch got its
+        lease or none did. When it fails, every handler of the batch gets the
+        error and retries as it would alone. If the connection was lost after the
+        commit, the retry finds its own earlier lease live: SendingElsewhere, it
+        waits for the lease to expire and then claims and sends, exactly as after
+        a lost answer to a claim of its own.
+        """
+        outcome = await self._claims.submit(ClaimRequest(email, channel, lease_seconds))
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _claim_many(self, requests: list[ClaimRequest]) -> list[Claim | Exception]:
+        """One outcome per request, in order: its Claim, or what made it fail."""
+        try:
+            return list(await self._claim_together(requests))
+        except Unavailable:  # the database is away: every handler waits it out
+            raise
+        except Exception as exc:
+            if len(requests) == 1:
+                raise
+            # Something in the batch the database refused (an event it cannot
+            # store, say): claim each alone, so that only that event's handler
+            # fails instead of its batch, as each would have without batching.
+            log.warning("%d claims failed together (%s); claiming each alone", len(requests), exc)
+            return [await self._claim_alone(request) for request in requests]
+
+    async def _claim_alone(self, request: ClaimRequest) -> Claim | Exception:
+        try:
+            [outcome] = await self._claim_together([request])
+        except Exception as exc:
+            return exc
+        return outcome
+
+    async def _claim_together(self, requests: list[ClaimRequest]) -> list[Claim]:
+        # The first copy of an event claims it; a copy of the same event in the
+        # same batch gets what it would get right after the first: the lease is
+        # taken (or the e-mail was sent), and its handler waits as it does today
+        # for a copy handled elsewhere (SendingElsewhere).
+        first: dict[uuid.UUID, int] = {}
+        for index, request in enumerate(requests):
+            first.setdefault(request.event_id, index)
+        distinct = sorted((requests[index] for index in first.values()), key=_by_event_id)
         async with self.db.connection() as conn:
-            row = await conn.fetchrow(
-                CLAIM,
-                uuid.UUID(email.event_id),
-                email.order_id,
-                email.product_id,
-                email.recipient,
-                email.subject,
-                email.message_id,
-                channel,
-                lease,
-                lease_seconds,
+            rows = await conn.fetch(
+                CLAIM_MANY,
+                [request.event_id for request in distinct],
+                [request.email.order_id for request in distinct],
+                [request.email.product_id for request in distinct],
+                [request.email.recipient for request in distinct],
+                [request.email.subject for request in distinct],
+                [request.email.message_id for request in distinct],
+                [request.channel for request in distinct],
+                [request.lease for request in distinct],
+                [request.lease_seconds for request in distinct],
             )
-        assert row is not None  # CLAIM selects two scalar subqueries: always one row
-        if row["attempt"] is not None:
-            return Claim(lease=str(lease), attempt=row["attempt"], sent=False)
-        return Claim(lease=None, attempt=0, sent=row["status"] == "sent")
+        by_event = {request.event_id: request for request in distinct}
+        claims: dict[uuid.UUID, Claim] = {}
+        for row in rows:
+            if row["attempt"] is not None:
+                lease = str(by_event[row["event_id"]].lease)
+                claims[row["event_id"]] = Claim(lease=lease, attempt=row["attempt"], sent=False)
+            else:
+                claims[row["event_id"]] = Claim(lease=None, attempt=0, sent=row["status"] == "sent")
+        outcomes = []
+        for index, request in enumerate(requests):
+            claim = claims[request.event_id]
+            if first[request.event_id] != index:
+                claim = Claim(lease=None, attempt=0, sent=claim.sent)
+            outcomes.append(claim)
+        return outcomes
 
     async def release(self, event_id: str, lease: str) -> None:
         async with self.db.connection() as conn:
             await conn.execute(RELEASE, uuid.UUID(event_id), uuid.UUID(lease))
 
     async def mark_sent(self, event_id: str) -> None:
+        """Marks made at the same time share one statement (one transaction: a
+        failure is every caller's, each retries it; marking twice is harmless)."""
+        await self._marks.submit(uuid.UUID(event_id))
+
+    async def _mark_sent_many(self, event_ids: list[uuid.UUID]) -> list[None]:
         async with self.db.connection() as conn:
-            await conn.execute(MARK_SENT, uuid.UUID(event_id))
+            await conn.execute(MARK_SENT_MANY, event_ids)
+        return [None] * len(event_ids)
 
     async def recent(self, page: NotificationsPage) -> list[Notification]:
         """Up to ``page.size + 1`` notifications after the page's cursor, newest first."""
@@ -108,3 +249,7 @@ class PostgresNotifications(PostgresStore):
                 *args,
             )
         return [Notification(**row) for row in rows]
+
+
+def _by_event_id(request: ClaimRequest) -> uuid.UUID:
+    return request.event_id  # uuid.UUID orders as PostgreSQL's uuid does (bytewise)

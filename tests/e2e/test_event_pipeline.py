@@ -274,11 +274,15 @@ async def test_a_broker_drop_while_emails_are_marked_sent_resends_none(
             await locker.execute(
                 "SELECT 1 FROM notifications WHERE order_id = ANY($1) FOR UPDATE", orders
             )
-            mail.answer.set()  # accepted: now each mark 'sent' waits on its row
+            mail.answer.set()  # accepted: now the marks 'sent' wait on the rows
             await eventually(
-                lambda: _marks_waiting(notify_db, len(orders)), what="the marks waiting"
+                lambda: pipeline.emails(orders) == {o: 1 for o in orders},
+                what="the e-mails accepted by the mail server",
             )
-            assert pipeline.emails(orders) == {o: 1 for o in orders}
+            # Marks made together share a statement (notify_svc/store.py): one
+            # waits on the locked rows, the later ones queue behind it inside
+            # notify_svc, where the database does not see them.
+            await eventually(lambda: _marks_waiting(notify_db), what="the marks waiting")
             await asyncio.to_thread(broker.cut)
             await eventually(
                 lambda: grpc_health(notify, "notify_svc.consumer") == "NOT_SERVING",
@@ -302,12 +306,12 @@ async def _claimed(db, orders: list[str]) -> bool:
     return claimed == len(orders)
 
 
-async def _marks_waiting(db, count: int) -> bool:
+async def _marks_waiting(db) -> bool:
     waiting = await db.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
         " AND wait_event_type = 'Lock' AND query LIKE '%UPDATE notifications SET status%'"
     )
-    return waiting >= count
+    return waiting > 0
 
 
 @pytest.mark.broker_outage

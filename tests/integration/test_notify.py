@@ -1,15 +1,17 @@
 """notify_svc's use case on a real PostgreSQL and a real SMTP server."""
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 
 from meshkit.errors import Unavailable
 from meshkit.resilience import retry_while_unavailable
 from notify_svc import use_cases
-from notify_svc.domain import OrderConfirmation, Sale
+from notify_svc.domain import Claim, OrderConfirmation, Sale, order_confirmation
 from notify_svc.mailer import Mailer
 from notify_svc.store import MIGRATIONS, PostgresNotifications
 from tests.support.net import TcpProxy
@@ -217,3 +219,164 @@ async def _notified_after_expiry(store, mailer, event) -> bool:
         return await notify(store, mailer, event, lease_seconds=1)
     except Unavailable:
         return False
+
+
+# Batched claims and marks (group commit): handlers working at the same time share
+# a statement, and each still gets the answer its claim alone would have got.
+
+
+class CountingNotifications(PostgresNotifications):
+    """The store, recording how many claims (marks) each statement it ran carried."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn, pool_size=4, timeout_seconds=5)
+        self.claim_statements: list[int] = []
+        self.mark_statements: list[int] = []
+
+    async def _claim_together(self, requests):
+        self.claim_statements.append(len(requests))
+        return await super()._claim_together(requests)
+
+    async def _mark_sent_many(self, event_ids):
+        self.mark_statements.append(len(event_ids))
+        return await super()._mark_sent_many(event_ids)
+
+
+@pytest.fixture
+async def counting(notify_db_url):
+    store = CountingNotifications(notify_db_url)
+    await store.ready()
+    yield store
+    await store.close()
+
+
+def email(event: Sale | None = None) -> OrderConfirmation:
+    return order_confirmation(
+        event or sale(), sender="orders@test.local", recipient="logistics@test.local"
+    )
+
+
+async def row(store, event_id: str):
+    async with store.db.connection() as conn:
+        return await conn.fetchrow(
+            "SELECT status, attempts, leased_by::text, lease_until FROM notifications"
+            " WHERE event_id = $1",
+            uuid.UUID(event_id),
+        )
+
+
+async def test_concurrent_emails_share_claim_statements_and_each_goes_out_once(counting, mail):
+    mailer = Mailer(mail.url, timeout_seconds=5)
+    events = [sale() for _ in range(20)]
+    assert await asyncio.gather(*(notify(counting, mailer, e) for e in events)) == [True] * 20
+    assert {e.order_id: len(mail.messages(e.order_id)) for e in events} == {
+        e.order_id: 1 for e in events
+    }
+    assert [(await row(counting, e.event_id))["status"] for e in events] == ["sent"] * 20
+    assert sum(counting.claim_statements) == 20 and len(counting.claim_statements) < 20
+    assert sum(counting.mark_statements) == 20
+
+
+async def test_two_copies_of_one_event_in_one_batch_get_one_lease(counting):
+    copy, other = email(), email()
+    claims = await asyncio.gather(
+        counting.claim(copy, "smtp", LEASE_SECONDS),
+        counting.claim(other, "smtp", LEASE_SECONDS),
+        counting.claim(copy, "smtp", LEASE_SECONDS),
+    )
+    assert counting.claim_statements == [3]  # one statement, holding both copies
+    first, second = claims[0], claims[2]
+    assert first.lease is not None and first.attempt == 1
+    assert second == Claim(lease=None, attempt=0, sent=False)  # its handler waits
+    assert claims[1].lease is not None
+    stored = await row(counting, copy.event_id)
+    assert (stored["attempts"], stored["leased_by"]) == (1, first.lease)
+
+
+async def test_each_claim_of_a_batch_gets_the_answer_it_would_get_alone(counting):
+    """New, sent, leased to a live holder, lease expired, lease released: one
+    statement, and each claim is answered as today's claim of its own."""
+    new, sent, leased, expired, released = (email() for _ in range(5))
+    for earlier in (sent, leased, expired, released):
+        await counting.claim(earlier, "smtp", LEASE_SECONDS)
+    await counting.mark_sent(sent.event_id)
+    async with counting.db.connection() as conn:  # its holder died a while ago
+        await conn.execute(
+            "UPDATE notifications SET lease_until = now() - interval '1 second'"
+            " WHERE event_id = $1",
+            uuid.UUID(expired.event_id),
+        )
+    released_lease = (await row(counting, released.event_id))["leased_by"]
+    await counting.release(released.event_id, released_lease)
+    counting.claim_statements.clear()
+
+    answers = await asyncio.gather(
+        *(counting.claim(e, "log", 5.0) for e in (new, sent, leased, expired, released))
+    )
+    assert counting.claim_statements == [5]
+    got = dict(zip(("new", "sent", "leased", "expired", "released"), answers, strict=True))
+    assert got["sent"] == Claim(lease=None, attempt=0, sent=True)
+    assert got["leased"] == Claim(lease=None, attempt=0, sent=False)
+    assert (got["new"].attempt, got["expired"].attempt, got["released"].attempt) == (1, 2, 2)
+    for name, e in (("new", new), ("expired", expired), ("released", released)):
+        stored = await row(counting, e.event_id)
+        assert (stored["status"], stored["leased_by"]) == ("sending", got[name].lease)
+    leases = [got[name].lease for name in ("new", "expired", "released")]
+    assert len(set(leases)) == 3  # each claim its own lease
+    assert (await row(counting, leased.event_id))["attempts"] == 1  # left alone
+    assert (await row(counting, sent.event_id))["status"] == "sent"
+
+
+async def test_batches_claiming_the_same_events_in_any_order_lease_each_once(notify_db_url):
+    """Two replicas' batches over the same events at once, in opposite orders: each
+    event is leased once, and neither waits for the other in a circle (a deadlock
+    would fail the batch, and its claims would be made again one by one)."""
+    stores = [CountingNotifications(notify_db_url) for _ in range(2)]
+    for store in stores:
+        await store.ready()
+    try:
+        for _ in range(10):
+            emails = [email() for _ in range(100)]
+            first, second = await asyncio.gather(
+                asyncio.gather(*(stores[0].claim(e, "smtp", LEASE_SECONDS) for e in emails)),
+                asyncio.gather(
+                    *(stores[1].claim(e, "smtp", LEASE_SECONDS) for e in reversed(emails))
+                ),
+            )
+            for one, other in zip(first, reversed(second), strict=True):
+                assert [c.lease is not None for c in (one, other)].count(True) == 1
+        assert [store.claim_statements for store in stores] == [[100] * 10] * 2
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_an_event_the_database_refuses_fails_only_its_own_claim(counting):
+    """A claim that cannot be stored (NUL in the subject) fails its own handler, as
+    alone; the claims batched with it are retried one by one and get their leases."""
+    poison = email(consumed_sale(Sale, product_name="Laptop\x00Gamer"))
+    good = [email() for _ in range(3)]
+    answers = await asyncio.gather(
+        *(counting.claim(e, "smtp", LEASE_SECONDS) for e in [good[0], poison, *good[1:]]),
+        return_exceptions=True,
+    )
+    assert isinstance(answers[1], asyncpg.PostgresError)
+    assert all(isinstance(a, Claim) and a.lease is not None for a in answers[::2] + answers[3:])
+    assert counting.claim_statements == [4, 1, 1, 1, 1]
+    assert await row(counting, poison.event_id) is None
+
+
+async def test_marks_made_together_share_one_statement(counting):
+    emails = [email() for _ in range(10)]
+    await asyncio.gather(*(counting.claim(e, "smtp", LEASE_SECONDS) for e in emails))
+    await asyncio.gather(*(counting.mark_sent(e.event_id) for e in emails))
+    assert counting.mark_statements == [10]
+    for e in emails:
+        stored = await row(counting, e.event_id)
+        assert (stored["status"], stored["leased_by"], stored["lease_until"]) == (
+            "sent",
+            None,
+            None,
+        )
+    await counting.mark_sent(emails[0].event_id)  # marking again changes nothing
+    assert (await row(counting, emails[0].event_id))["status"] == "sent"
