@@ -5,8 +5,8 @@ The outbox keeps published rows for OUTBOX_RETENTION_HOURS (24 by default), so t
 claim runs over a table mostly made of history; it is timed with 20 000 and
 200 000 published rows, 200 or 20 000 (a backlog) unpublished rows of one hot
 product or of 1000, with the partial indexes full of dead entries (right after
-the rows were marked) and after VACUUM (and once with statistics taken before the history was published),
-claiming 200, 20 and 1 at a time. Both queries must claim the same rows.
+the rows were marked) and after VACUUM (and once with statistics taken before
+the history was published), claiming 200, 20 and 1 at a time. Both queries must claim the same rows.
 """
 
 import asyncio
