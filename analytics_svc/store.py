@@ -9,7 +9,11 @@ Events arriving together (the consumer handles up to its prefetch at once) are
 written together: while one insert_many is in flight, the next events gather
 for the following one (group commit, meshkit/group_commit.py). Each caller still
 learns its own outcome, so a message is acknowledged only after its document was
-written.
+written, and an event that cannot be written fails its own message only: a
+document MongoDB refuses is reported for its index while the others of the
+unordered insert are written, and an insert_many failing as a whole for anything
+but an outage (a document the driver cannot encode, say) is made again one
+document at a time.
 """
 
 import dataclasses
@@ -21,11 +25,11 @@ from typing import Any
 
 from beanie import Document, init_beanie
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError, WriteError
 
 from analytics_svc.domain import EventsPage, ProductSales, Sale, SalesSummary, SummaryWindow
 from meshkit.errors import Unavailable
-from meshkit.group_commit import GroupCommit
+from meshkit.group_commit import GroupCommit, not_an_outage
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +110,33 @@ def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, PyMongoError) and exc.timeout
 
 
-def _bulk_outcomes(exc: BulkWriteError, count: int) -> list[bool]:
-    """Per document of an unordered insert_many: True if new, False if a duplicate.
+def _bulk_outcomes(exc: BulkWriteError, count: int) -> list[bool | Exception]:
+    """Per document of an unordered insert_many: True if new, False if a duplicate,
+    or the error of a document MongoDB refused (the others were written regardless:
+    only its own caller fails).
 
-    Raises unless every error is a duplicate key and the write concern was met.
+    Raises when the batch as a whole must be retried: out of time, or the write
+    concern not met.
     """
-    errors = exc.details.get("writeErrors", [])
-    if any(error["code"] != DUPLICATE_KEY for error in errors):
-        raise exc
+    if exc.timeout:
+        raise exc  # an outage (_mongo): every caller waits it out and retries
     if exc.details.get("writeConcernErrors"):
         # Written but not confirmed durable: acking now could lose the sale. A retry
         # is safe (duplicates are recognised) and waits until MongoDB confirms.
         raise Unavailable(
             "the analytics database did not confirm the write; try again later"
         ) from exc
-    duplicates = {error["index"] for error in errors}
-    return [index not in duplicates for index in range(count)]
+    errors = {error["index"]: error for error in exc.details.get("writeErrors", [])}
+    outcomes: list[bool | Exception] = []
+    for index in range(count):
+        error = errors.get(index)
+        if error is None:
+            outcomes.append(True)
+        elif error["code"] == DUPLICATE_KEY:
+            outcomes.append(False)
+        else:  # as insert_one would have raised it
+            outcomes.append(WriteError(error.get("errmsg", ""), error["code"], error))
+    return outcomes
 
 
 def _product_sales(row: dict[str, Any]) -> ProductSales:
@@ -141,7 +156,9 @@ class MongoSales:
         self._timeout_seconds = timeout_seconds
         self._timeout_ms = int(timeout_seconds * 1000)
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
-        self._inserts = GroupCommit(self._insert, max_batch=MAX_BATCH)
+        self._inserts: GroupCommit[dict[str, Any], bool] = GroupCommit(
+            self._insert, max_batch=MAX_BATCH, isolate=not_an_outage
+        )
 
     async def ready(self) -> None:
         """Connect and create the indexes on first use, then prove MongoDB answers."""
@@ -187,8 +204,9 @@ class MongoSales:
         Sales recorded at the same time share one insert_many (meshkit.group_commit)."""
         return await self._inserts.submit(_document(sale, datetime.now(UTC)))
 
-    async def _insert(self, documents: list[dict[str, Any]]) -> list[bool]:
-        """insert_many, unordered: a duplicate (redelivered event) does not stop the rest."""
+    async def _insert(self, documents: list[dict[str, Any]]) -> list[bool | Exception]:
+        """insert_many, unordered: a duplicate (redelivered event) or a document
+        MongoDB refuses does not stop the rest."""
         async with self._mongo():
             try:
                 await self._insert_documents(documents)

@@ -15,17 +15,13 @@ one its claim alone would have got.
 """
 
 import asyncio
-import logging
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 
-from meshkit.errors import Unavailable
-from meshkit.group_commit import GroupCommit
+from meshkit.group_commit import GroupCommit, not_an_outage
 from meshkit.postgres import PostgresStore
 from notify_svc.domain import Claim, Notification, NotificationsPage, OrderConfirmation
-
-log = logging.getLogger(__name__)
 
 MIGRATIONS = resources.files(__package__) / "migrations"
 # At most this many claims (marks) per statement; the consumer's prefetch bounds
@@ -151,11 +147,15 @@ class PostgresNotifications(PostgresStore):
             dsn, pool_size=pool_size, timeout_seconds=timeout_seconds, idle_seconds=idle_seconds
         )
         self._timeout_seconds = timeout_seconds
-        self._claims: GroupCommit[ClaimRequest, Claim | Exception] = GroupCommit(
-            self._claim_many, max_batch=MAX_BATCH
+        # A batch failing for anything but an outage (an event the database
+        # refuses, say) is made again one claim (mark) at a time, so that only
+        # that event's handler fails instead of its batch, as each would have
+        # without batching (meshkit.group_commit).
+        self._claims: GroupCommit[ClaimRequest, Claim] = GroupCommit(
+            self._claim_together, max_batch=MAX_BATCH, isolate=not_an_outage
         )
         self._marks: GroupCommit[uuid.UUID, None] = GroupCommit(
-            self._mark_sent_many, max_batch=MAX_BATCH
+            self._mark_sent_many, max_batch=MAX_BATCH, isolate=not_an_outage
         )
 
     async def close(self) -> None:
@@ -171,38 +171,15 @@ class PostgresNotifications(PostgresStore):
         """Claim the notification; claims made at the same time share one statement.
 
         The statement is one transaction: either every claim of the batch got its
-        lease or none did. When it fails, every handler of the batch gets the
-        error and retries as it would alone. If the connection was lost after the
-        commit, the retry finds its own earlier lease live: SendingElsewhere, it
-        waits for the lease to expire and then claims and sends, exactly as after
-        a lost answer to a claim of its own.
+        lease or none did. When the database is unavailable, every handler of
+        the batch gets the error and retries as it would alone; any other failure
+        of the batch is retried claim by claim, and only the claims failing alone
+        fail. If the connection was lost after the commit, the retry finds its
+        own earlier lease live: SendingElsewhere, it waits for the lease to
+        expire and then claims and sends, exactly as after a lost answer to a
+        claim of its own.
         """
-        outcome = await self._claims.submit(ClaimRequest(email, channel, lease_seconds))
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    async def _claim_many(self, requests: list[ClaimRequest]) -> list[Claim | Exception]:
-        """One outcome per request, in order: its Claim, or what made it fail."""
-        try:
-            return list(await self._claim_together(requests))
-        except Unavailable:  # the database is away: every handler waits it out
-            raise
-        except Exception as exc:
-            if len(requests) == 1:
-                raise
-            # Something in the batch the database refused (an event it cannot
-            # store, say): claim each alone, so that only that event's handler
-            # fails instead of its batch, as each would have without batching.
-            log.warning("%d claims failed together (%s); claiming each alone", len(requests), exc)
-            return [await self._claim_alone(request) for request in requests]
-
-    async def _claim_alone(self, request: ClaimRequest) -> Claim | Exception:
-        try:
-            [outcome] = await self._claim_together([request])
-        except Exception as exc:
-            return exc
-        return outcome
+        return await self._claims.submit(ClaimRequest(email, channel, lease_seconds))
 
     async def _claim_together(self, requests: list[ClaimRequest]) -> list[Claim]:
         # The first copy of an event claims it; a copy of the same event in the
@@ -252,8 +229,9 @@ class PostgresNotifications(PostgresStore):
             await conn.execute(RELEASE, uuid.UUID(event_id), uuid.UUID(lease))
 
     async def mark_sent(self, event_id: str) -> None:
-        """Marks made at the same time share one statement (one transaction: a
-        failure is every caller's, each retries it; marking twice is harmless)."""
+        """Marks made at the same time share one statement (one transaction:
+        an outage is every caller's, each retries it; marking twice is harmless,
+        so a batch failing otherwise is marked again one event at a time)."""
         await self._marks.submit(uuid.UUID(event_id))
 
     async def _mark_sent_many(self, event_ids: list[uuid.UUID]) -> list[None]:

@@ -5,7 +5,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pymongo.errors import BulkWriteError, ExecutionTimeout, NetworkTimeout, WTimeoutError
+from pymongo.errors import (
+    BulkWriteError,
+    ExecutionTimeout,
+    NetworkTimeout,
+    WriteError,
+    WTimeoutError,
+)
 
 from analytics_svc import use_cases
 from analytics_svc.domain import Sale
@@ -121,6 +127,64 @@ async def test_concurrent_events_are_written_together_and_each_learns_its_outcom
     assert insert_many_calls == [1, 45]  # all 45 in a single write
     totals = await use_cases.product_sales(sales, 30)
     assert (totals.units_sold, totals.orders) == (40, 40)
+
+
+# One event that cannot be written must fail its own message only: failing its
+# batch would nack its neighbours with it, redelivered and likely batched together
+# again, until honest events reached their delivery limit and the DLQ.
+
+REFUSED_QUANTITY = 1_000_000  # what the validator below makes MongoDB refuse
+
+
+@pytest.fixture
+async def refusing_validator(sales):
+    """MongoDB refuses documents with a quantity of REFUSED_QUANTITY or more (code 121)."""
+    database = SaleEvent.get_pymongo_collection().database
+    await database.command(
+        "collMod", "sales_events", validator={"quantity": {"$lt": REFUSED_QUANTITY}}
+    )
+    yield
+    await database.command("collMod", "sales_events", validator={})
+
+
+async def test_a_document_mongodb_refuses_fails_only_its_own_caller(
+    sales, refusing_validator, insert_many_calls
+):
+    """The unordered insert_many writes the others and reports the refused one by
+    its index: no second write, and a duplicate in the batch is still a duplicate."""
+    recorded = sale(60, 1, T0)
+    await use_cases.record_sale(sales, recorded)
+    good = [sale(60, 1, T0 + timedelta(seconds=i)) for i in range(1, 4)]
+    poison = sale(60, REFUSED_QUANTITY, T0)
+    outcomes = await asyncio.gather(
+        *(use_cases.record_sale(sales, e) for e in [good[0], poison, recorded, *good[1:]]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], WriteError) and outcomes[1].code == 121
+    assert [outcomes[0], *outcomes[2:]] == [True, False, True, True]
+    assert insert_many_calls == [1, 5]
+    totals = await use_cases.product_sales(sales, 60)
+    assert (totals.units_sold, totals.orders) == (4, 4)  # the poison is not stored
+
+
+async def test_a_batch_failing_as_a_whole_is_written_again_one_document_at_a_time(
+    sales, insert_many_calls
+):
+    """A document the driver cannot encode fails the whole insert_many (nothing of it
+    is written): each document is then written alone, and only the poison fails."""
+    recorded = sale(61, 1, T0)
+    await use_cases.record_sale(sales, recorded)
+    good = [sale(61, 1, T0 + timedelta(seconds=i)) for i in range(1, 4)]
+    poison = sale(61, 2**64, T0)  # past BSON's 8-byte integers
+    outcomes = await asyncio.gather(
+        *(use_cases.record_sale(sales, e) for e in [good[0], poison, recorded, *good[1:]]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], OverflowError)
+    assert [outcomes[0], *outcomes[2:]] == [True, False, True, True]  # new, duplicate, new
+    assert insert_many_calls == [1, 5, 1, 1, 1, 1, 1]
+    totals = await use_cases.product_sales(sales, 61)
+    assert (totals.units_sold, totals.orders) == (4, 4)
 
 
 async def test_an_unconfirmed_write_is_unavailable_to_every_caller(sales, monkeypatch):

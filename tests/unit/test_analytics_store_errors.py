@@ -12,6 +12,7 @@ from pymongo.errors import (
     NetworkTimeout,
     OperationFailure,
     ServerSelectionTimeoutError,
+    WriteError,
     WTimeoutError,
 )
 
@@ -42,10 +43,20 @@ def test_an_unconfirmed_write_concern_is_retried_not_acked(write_errors):
         _bulk_outcomes(bulk_error(write_errors, [WRITE_CONCERN_ERROR]), 3)
 
 
-def test_another_write_error_fails_the_batch():
-    error = bulk_error([duplicate(0), {"index": 1, "code": 121, "errmsg": "invalid"}], [])
-    with pytest.raises(BulkWriteError):
+def test_a_refused_document_is_its_own_callers_error_and_the_others_stand():
+    refused = {"index": 1, "code": 121, "errmsg": "Document failed validation"}
+    outcomes = _bulk_outcomes(bulk_error([duplicate(0), refused], []), 3)
+    assert outcomes[0] is False and outcomes[2] is True
+    assert isinstance(outcomes[1], WriteError) and not isinstance(outcomes[1], BulkWriteError)
+    assert (outcomes[1].code, outcomes[1].details) == (121, refused)
+
+
+def test_a_write_error_out_of_time_retries_the_batch():
+    """MaxTimeMSExpired for a document: an outage (_mongo), not that document's fault."""
+    error = bulk_error([{"index": 0, "code": 50, "errmsg": "operation exceeded time limit"}], [])
+    with pytest.raises(BulkWriteError) as raised:
         _bulk_outcomes(error, 2)
+    assert _is_unavailable(raised.value)
 
 
 @pytest.mark.parametrize(
