@@ -28,6 +28,17 @@ MIGRATIONS = resources.files(__package__) / "migrations"
 # how many wait at once anyway.
 MAX_BATCH = 200
 
+# When an event's notification exists: claim it again only while it is 'sending'
+# and its lease is released or expired (the one rule of both claim statements).
+RECLAIM = """
+    ON CONFLICT (event_id) DO UPDATE SET
+        attempts = notifications.attempts + 1,
+        leased_by = excluded.leased_by,
+        lease_until = excluded.lease_until
+    WHERE notifications.status = 'sending'
+      AND (notifications.lease_until IS NULL OR notifications.lease_until < now())
+"""
+
 # Claims of distinct events, as arrays in event id order. A new event inserts its
 # claim with a lease (each claim's own lease id and length). An event still
 # 'sending' whose lease is released or expired (its holder failed or died) is
@@ -40,7 +51,7 @@ MAX_BATCH = 200
 # batches claiming some of the same events at once (two replicas, or two copies
 # of a batch) wait for each other in one direction only: no deadlock. ON
 # CONFLICT cannot touch one row twice in a statement, hence distinct events.
-CLAIM_MANY = """
+CLAIM_MANY = f"""
 WITH wanted AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::uuid[], $9::float8[])
@@ -52,14 +63,7 @@ WITH wanted AS (
     SELECT event_id, order_id, product_id, recipient, subject, message_id, channel,
            'sending', leased_by, now() + make_interval(secs => lease_seconds)
     FROM wanted
-    ORDER BY event_id
-    ON CONFLICT (event_id) DO UPDATE SET
-        attempts = notifications.attempts + 1,
-        leased_by = excluded.leased_by,
-        lease_until = excluded.lease_until
-    WHERE notifications.status = 'sending'
-      AND (notifications.lease_until IS NULL OR notifications.lease_until < now())
-    RETURNING event_id, attempts
+    ORDER BY event_id{RECLAIM}    RETURNING event_id, attempts
 )
 SELECT wanted.event_id, claimed.attempts AS attempt, notifications.status
 FROM wanted
@@ -71,18 +75,11 @@ LEFT JOIN notifications USING (event_id)
 # single-row statements: the arrays, joins and row-locking subquery cost
 # PostgreSQL more than they save there (bench/ab.sh at 100 orders/s: PostgreSQL
 # for notify 460 → 600 µs per order with the batch statements for every claim).
-CLAIM_ONE = """
+CLAIM_ONE = f"""
 WITH claimed AS (
     INSERT INTO notifications (event_id, order_id, product_id, recipient, subject,
                                message_id, channel, status, leased_by, lease_until)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, 'sending', $8, now() + make_interval(secs => $9))
-    ON CONFLICT (event_id) DO UPDATE SET
-        attempts = notifications.attempts + 1,
-        leased_by = excluded.leased_by,
-        lease_until = excluded.lease_until
-    WHERE notifications.status = 'sending'
-      AND (notifications.lease_until IS NULL OR notifications.lease_until < now())
-    RETURNING attempts
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'sending', $8, now() + make_interval(secs => $9)){RECLAIM}    RETURNING attempts
 )
 SELECT $1 AS event_id, (SELECT attempts FROM claimed) AS attempt,
        (SELECT status FROM notifications WHERE event_id = $1) AS status
