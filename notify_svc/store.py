@@ -30,14 +30,12 @@ MAX_BATCH = 200
 
 # When an event's notification exists: claim it again only while it is 'sending'
 # and its lease is released or expired (the one rule of both claim statements).
-RECLAIM = """
-    ON CONFLICT (event_id) DO UPDATE SET
+RECLAIM = """ON CONFLICT (event_id) DO UPDATE SET
         attempts = notifications.attempts + 1,
         leased_by = excluded.leased_by,
         lease_until = excluded.lease_until
     WHERE notifications.status = 'sending'
-      AND (notifications.lease_until IS NULL OR notifications.lease_until < now())
-"""
+      AND (notifications.lease_until IS NULL OR notifications.lease_until < now())"""
 
 # Claims of distinct events, as arrays in event id order. A new event inserts its
 # claim with a lease (each claim's own lease id and length). An event still
@@ -63,7 +61,9 @@ WITH wanted AS (
     SELECT event_id, order_id, product_id, recipient, subject, message_id, channel,
            'sending', leased_by, now() + make_interval(secs => lease_seconds)
     FROM wanted
-    ORDER BY event_id{RECLAIM}    RETURNING event_id, attempts
+    ORDER BY event_id
+    {RECLAIM}
+    RETURNING event_id, attempts
 )
 SELECT wanted.event_id, claimed.attempts AS attempt, notifications.status
 FROM wanted
@@ -79,7 +79,9 @@ CLAIM_ONE = f"""
 WITH claimed AS (
     INSERT INTO notifications (event_id, order_id, product_id, recipient, subject,
                                message_id, channel, status, leased_by, lease_until)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, 'sending', $8, now() + make_interval(secs => $9)){RECLAIM}    RETURNING attempts
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'sending', $8, now() + make_interval(secs => $9))
+    {RECLAIM}
+    RETURNING attempts
 )
 SELECT $1 AS event_id, (SELECT attempts FROM claimed) AS attempt,
        (SELECT status FROM notifications WHERE event_id = $1) AS status
