@@ -18,6 +18,9 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
+
+import asyncpg
 
 from meshkit.group_commit import GroupCommit, not_an_outage
 from meshkit.postgres import PostgresStore
@@ -71,10 +74,18 @@ LEFT JOIN claimed USING (event_id)
 LEFT JOIN notifications USING (event_id)
 """
 
-# A batch of one (the common case below a few hundred e-mails a second) takes the
-# single-row statements: the arrays, joins and row-locking subquery cost
-# PostgreSQL more than they save there (bench/ab.sh at 100 orders/s: PostgreSQL
-# for notify 460 → 600 µs per order with the batch statements for every claim).
+# Which statements a batch takes. PostgreSQL's CPU per e-mail, claim and mark,
+# by batch size (`python -m bench.notify_claims`, µs): each alone 180-210; as
+# single-row statements in one transaction 320 (1), 230 (2), 180 (4), 120 (8),
+# 140 (16); as the array statements 930, 540, 230, 130, 90. So a batch of one
+# takes the single-row statements, a batch of a few the same in one transaction
+# (one commit; locks in event id order, like the array statements'), a larger
+# one the array statements, planned for their arguments: a plan PostgreSQL
+# cached for the arrays while the table was empty scans the whole table (11 ms
+# per batch of 8 at 50 000 notifications).
+MANY_FROM = 12
+CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
+
 CLAIM_ONE = f"""
 WITH claimed AS (
     INSERT INTO notifications (event_id, order_id, product_id, recipient, subject,
@@ -202,11 +213,14 @@ class PostgresNotifications(PostgresStore):
         )
         async with self.db.connection() as conn:
             if len(distinct) == 1:
-                row = await conn.fetchrow(CLAIM_ONE, *(column[0] for column in columns))
-                assert row is not None  # two scalar subqueries: always one row
-                rows = [row]
+                rows = [await _claim_one(conn, columns, 0)]
             else:
-                rows = await conn.fetch(CLAIM_MANY, *columns)
+                async with conn.transaction():
+                    if len(distinct) < MANY_FROM:
+                        rows = [await _claim_one(conn, columns, i) for i in range(len(distinct))]
+                    else:
+                        await conn.execute(CUSTOM_PLAN)
+                        rows = await conn.fetch(CLAIM_MANY, *columns)
         by_event = {request.event_id: request for request in distinct}
         claims: dict[uuid.UUID, Claim] = {}
         for row in rows:
@@ -238,7 +252,13 @@ class PostgresNotifications(PostgresStore):
             if len(event_ids) == 1:
                 await conn.execute(MARK_SENT_ONE, event_ids[0])
             else:
-                await conn.execute(MARK_SENT_MANY, event_ids)
+                async with conn.transaction():
+                    if len(event_ids) < MANY_FROM:
+                        for event_id in sorted(event_ids):  # locks in id order
+                            await conn.execute(MARK_SENT_ONE, event_id)
+                    else:
+                        await conn.execute(CUSTOM_PLAN)
+                        await conn.execute(MARK_SENT_MANY, event_ids)
         return [None] * len(event_ids)
 
     async def recent(self, page: NotificationsPage) -> list[Notification]:
@@ -260,6 +280,14 @@ class PostgresNotifications(PostgresStore):
                 *args,
             )
         return [Notification(**row) for row in rows]
+
+
+async def _claim_one(
+    conn: asyncpg.pool.PoolConnectionProxy, columns: tuple[list[Any], ...], index: int
+) -> asyncpg.Record:
+    row = await conn.fetchrow(CLAIM_ONE, *(column[index] for column in columns))
+    assert row is not None  # two scalar subqueries: always one row
+    return row
 
 
 def _by_event_id(request: ClaimRequest) -> uuid.UUID:

@@ -13,7 +13,7 @@ from meshkit.resilience import retry_while_unavailable
 from notify_svc import use_cases
 from notify_svc.domain import Claim, OrderConfirmation, Sale, order_confirmation
 from notify_svc.mailer import Mailer
-from notify_svc.store import MIGRATIONS, PostgresNotifications
+from notify_svc.store import MANY_FROM, MIGRATIONS, PostgresNotifications
 from tests.support.net import TcpProxy
 from tests.support.sales import consumed_sale
 from tests.support.servers import migrated_database
@@ -293,10 +293,13 @@ async def test_two_copies_of_one_event_in_one_batch_get_one_lease(counting):
     assert (stored["attempts"], stored["leased_by"]) == (1, first.lease)
 
 
-async def test_each_claim_of_a_batch_gets_the_answer_it_would_get_alone(counting):
+@pytest.mark.parametrize("more_new", [0, MANY_FROM], ids=["single-row statements", "arrays"])
+async def test_each_claim_of_a_batch_gets_the_answer_it_would_get_alone(counting, more_new):
     """New, sent, leased to a live holder, lease expired, lease released: one
-    statement, and each claim is answered as today's claim of its own."""
+    batch, and each claim is answered as today's claim of its own, whichever
+    statements the batch's size takes (store.MANY_FROM)."""
     new, sent, leased, expired, released = (email() for _ in range(5))
+    others = [email() for _ in range(more_new)]
     for earlier in (sent, leased, expired, released):
         await counting.claim(earlier, "smtp", LEASE_SECONDS)
     await counting.mark_sent(sent.event_id)
@@ -311,10 +314,12 @@ async def test_each_claim_of_a_batch_gets_the_answer_it_would_get_alone(counting
     counting.claim_statements.clear()
 
     answers = await asyncio.gather(
-        *(counting.claim(e, "log", 5.0) for e in (new, sent, leased, expired, released))
+        *(counting.claim(e, "log", 5.0) for e in (new, sent, leased, expired, released, *others))
     )
-    assert counting.claim_statements == [5]
-    got = dict(zip(("new", "sent", "leased", "expired", "released"), answers, strict=True))
+    assert counting.claim_statements == [5 + more_new]
+    assert [claim.attempt for claim in answers[5:]] == [1] * more_new
+    names = ("new", "sent", "leased", "expired", "released")
+    got = dict(zip(names, answers[:5], strict=True))
     assert got["sent"] == Claim(lease=None, attempt=0, sent=True)
     assert got["leased"] == Claim(lease=None, attempt=0, sent=False)
     assert (got["new"].attempt, got["expired"].attempt, got["released"].attempt) == (1, 2, 2)
