@@ -110,14 +110,11 @@ BATCH_RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 # The claim reads the rows' columns itself rather than joining back to the
 # outbox, which kept the published rows (24 h by default) and which the planner
 # then scanned whole to find the claimed ones: 11.3 → 1.7 ms per claim of 20 with
-# 200 000 published rows kept. "Held elsewhere" is asked only in the gap before
-# each claimed event since the claim's previous event of its product (``gaps``):
-# an unpublished event there is not in the claim, so another relay holds it, and
-# it holds back that product's later events too (``held_before``). Asked over all
-# of the product's earlier events instead, a claim from one product's backlog
-# walked the backlog again for every claimed event: 200 from 20 000 took 270-350
-# ms, now 2.4 ms (python -m bench.outbox_claim; bench/findings.md has the cases
-# that got slower).
+# 200 000 published rows kept. "Held elsewhere" is asked once per product of the
+# claim (its first unpublished event below the claim's last that is not in the
+# claim), not once per claimed event: per event it walked the product's earlier
+# events again each time, a claim of 200 from one product's backlog of 20 000
+# took 184 ms, now 2 ms (bench/findings.md).
 CLAIM_OUTBOX = """
 WITH claimed AS (
     SELECT position, event_id, routing_key, ordering_key, payload, headers, created_at
@@ -127,31 +124,21 @@ WITH claimed AS (
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ),
-gaps AS (
-    SELECT c.*, lag(position) OVER (PARTITION BY ordering_key ORDER BY position) AS previous
-    FROM claimed c
-),
-judged AS (
-    SELECT g.*, EXISTS (
-        SELECT 1 FROM outbox earlier
+held AS (
+    SELECT k.ordering_key, (
+        SELECT min(earlier.position) FROM outbox earlier
         WHERE earlier.published_at IS NULL
-          AND earlier.ordering_key = g.ordering_key
-          AND earlier.position < g.position
-          AND earlier.position > coalesce(g.previous, 0)
-    ) AS held_in_gap
-    FROM gaps g
-),
-ruled AS (
-    SELECT j.*, bool_or(held_in_gap) OVER (
-        PARTITION BY ordering_key ORDER BY position
-    ) AS held_before
-    FROM judged j
+          AND earlier.ordering_key = k.ordering_key
+          AND earlier.position < k.last
+          AND earlier.position NOT IN (SELECT position FROM claimed)
+    ) AS first_held
+    FROM (SELECT ordering_key, max(position) AS last FROM claimed GROUP BY ordering_key) k
 )
-SELECT position, event_id, routing_key, payload::text AS payload,
-       headers::text AS headers, created_at
-FROM ruled
-WHERE NOT held_before
-ORDER BY position
+SELECT c.position, c.event_id, c.routing_key, c.payload::text AS payload,
+       c.headers::text AS headers, c.created_at
+FROM claimed c LEFT JOIN held h ON h.ordering_key = c.ordering_key
+WHERE h.first_held IS NULL OR c.position < h.first_held
+ORDER BY c.position
 """
 
 
