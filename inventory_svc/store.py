@@ -114,7 +114,8 @@ BATCH_RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 # claim (its first unpublished event below the claim's last that is not in the
 # claim), not once per claimed event: per event it walked the product's earlier
 # events again each time, a claim of 200 from one product's backlog of 20 000
-# took 184 ms, now 2 ms (bench/findings.md).
+# took 274 ms, now 1.7 ms (python -m bench.outbox_claim; bench/findings.md has
+# the cases that got slower).
 CLAIM_OUTBOX = """
 WITH claimed AS (
     SELECT position, event_id, routing_key, ordering_key, payload, headers, created_at
