@@ -7,6 +7,7 @@ and error rate as ratios to alone, and how much of the attack was refused.
 import asyncio
 import multiprocessing
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,8 @@ class AttackRow:
     honest_errors: int
     attack_calls: int = 0
     attack_refused: int = 0
+    # what the honest customer's failed calls got: "HTTP 503", "ReadError", …
+    failures: Counter[str] = field(default_factory=Counter)
 
 
 async def honest_orders(base_url: str, token: str, product: int, count: int) -> AttackRow:
@@ -147,13 +150,17 @@ async def honest_orders(base_url: str, token: str, product: int, count: int) -> 
                 max(0.0, start + i / HONEST_ORDERS_PER_SECOND - time.perf_counter())
             )
             began = time.perf_counter()
+            failure = ""
             try:
                 reply = await client.post("/inventory/decrease", json=_decrease(product))
-                failed = reply.status_code != 200
-            except httpx.HTTPError:
-                failed = True
+                if reply.status_code != 200:
+                    failure = f"HTTP {reply.status_code}"
+            except httpx.HTTPError as error:
+                failure = type(error).__name__
             row.honest_ms.append((time.perf_counter() - began) * 1000)
-            row.honest_errors += failed
+            if failure:
+                row.honest_errors += 1
+                row.failures[failure] += 1
     return row
 
 
@@ -211,6 +218,7 @@ async def measure_attacks(
         again = await honest_orders(base_url, honest, product, count)
         alone.honest_ms += again.honest_ms
         alone.honest_errors += again.honest_errors
+        alone.failures += again.failures
         return rows
     finally:
         plan.envoy().stop()
@@ -248,5 +256,11 @@ def render_attacks(rows: list[AttackRow]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---|",
         *[line(row) for row in rows],
         *[f"- {name}: {what}" for name, (_, what) in ATTACKS.items()],
+        *[
+            f"- the honest customer's errors ({row.name}):"
+            f" {', '.join(f'{kind} {count} times' for kind, count in row.failures.most_common())}"
+            for row in rows
+            if row.failures
+        ],
         "",
     ]

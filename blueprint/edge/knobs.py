@@ -234,7 +234,7 @@ class EdgeKnobs(BaseSettings):
     )
     memory_budget_mib: int = knob(
         "memory_budget_mib",
-        what="Envoy's memory (overload manager): from 70 % idle timeouts shrink, to nothing at"
+        what="Envoy's memory (overload manager): from 70 % idle timeouts shrink, to 1 s at"
         " 90 % (the longest idle connections go first)",
         beyond="from 95 %: 503 / UNAVAILABLE with `retry-after: 1` for new requests",
         ge=32,
