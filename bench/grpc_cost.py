@@ -10,7 +10,6 @@ divided by them. h2load is a C client, so the figure is the service's own cost.
 
 import argparse
 import asyncio
-import os
 import re
 import struct
 import subprocess
@@ -21,15 +20,11 @@ from pathlib import Path
 import asyncpg
 
 import polyglot.inventory.v1 as pb
+from bench.procstat import process_cpu_seconds
 from devtools import sandbox
-from devtools.processes import grpc_serving
+from devtools.processes import ManagedProcess, grpc_serving
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def request(rpc: str) -> tuple[str, bytes]:
@@ -43,7 +38,10 @@ def request(rpc: str) -> tuple[str, bytes]:
 
 async def one_product(url: str) -> None:
     conn = await asyncpg.connect(url)
-    await conn.execute("INSERT INTO products (product_id, name, stock) VALUES (1, 'x', 1e9)")
+    await conn.execute(  # the migrations seed product 1 with little stock
+        "INSERT INTO products (product_id, name, stock) VALUES (1, 'x', 1e9)"
+        " ON CONFLICT (product_id) DO UPDATE SET stock = excluded.stock"
+    )
     await conn.close()
 
 
@@ -53,16 +51,16 @@ def measure(args: argparse.Namespace) -> str:
         sandbox.migrate({"INVENTORY_DATABASE_URL": url}, ["inventory_svc"])
         asyncio.run(one_product(url))
         port = sandbox.free_port()
-        env = {**os.environ, "INVENTORY_DATABASE_URL": url, "GRPC_PORT": str(port)}
-        env |= {"LOG_LEVEL": "WARNING", **dict(s.split("=", 1) for s in args.settings)}
-        service = subprocess.Popen(
+        env = {"INVENTORY_DATABASE_URL": url, "GRPC_PORT": str(port), "LOG_LEVEL": "WARNING"}
+        service = ManagedProcess(
+            "inventory_svc",
             [str(Path(args.tree) / ".venv/bin/python"), "-m", "inventory_svc"],
-            cwd=args.tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            Path(tempfile.gettempdir()) / "polyglot-bench-grpc-cost.log",
+            env=env | dict(setting.split("=", 1) for setting in args.settings),
+            cwd=Path(args.tree),
+        )
+        service.start_until(lambda: grpc_serving(f"127.0.0.1:{port}"), "SERVING")
         try:
-            deadline = time.monotonic() + 30
-            while not grpc_serving(f"127.0.0.1:{port}") and time.monotonic() < deadline:
-                time.sleep(0.2)
             path, body = request(args.rpc)
             with tempfile.NamedTemporaryFile(suffix=".bin") as data:
                 Path(data.name).write_bytes(body)
@@ -72,12 +70,12 @@ def measure(args: argparse.Namespace) -> str:
                     f"http://127.0.0.1:{port}/polyglot.inventory.v1.InventoryService/{path}",
                 ]  # fmt: skip
                 subprocess.run([*load, "-n", str(args.calls // 5)], capture_output=True, check=True)
-                before, started = process_cpu(service.pid), time.perf_counter()
+                before, started = process_cpu_seconds(service.pid), time.perf_counter()
                 run = subprocess.run([*load, "-n", str(args.calls)], capture_output=True, text=True)
-                wall, used = time.perf_counter() - started, process_cpu(service.pid) - before
+                wall = time.perf_counter() - started
+                used = process_cpu_seconds(service.pid) - before
         finally:
-            service.terminate()
-            service.wait()
+            service.stop()
         succeeded = re.search(r"(\d+) succeeded", run.stdout)
         mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", run.stdout)
         return (

@@ -11,7 +11,6 @@ empty costs once it holds 50 000 notifications.
 """
 
 import asyncio
-import os
 import statistics
 import time
 import uuid
@@ -19,15 +18,11 @@ from typing import Any
 
 import asyncpg
 
+from bench.procstat import process_cpu_seconds
 from devtools import sandbox
 from notify_svc import store
 
 E_MAILS = 1_000
-
-
-def backend_cpu(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def claim_columns(ids: list[uuid.UUID]) -> tuple[list[Any], ...]:
@@ -97,11 +92,11 @@ async def main() -> None:
         for _ in range(3):
             for size in (1, 2, 4, 8, 16):
                 for way in ways:
-                    before = backend_cpu(pid)
+                    before = process_cpu_seconds(pid)
                     for _ in range(E_MAILS // size):
                         await batch(conn, way, size)
                     spent.setdefault((size, way), []).append(
-                        (backend_cpu(pid) - before) / E_MAILS * 1e6
+                        (process_cpu_seconds(pid) - before) / E_MAILS * 1e6
                     )
         await conn.close()
         for size in (1, 2, 4, 8, 16):
