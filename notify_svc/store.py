@@ -9,24 +9,28 @@ ListNotifications or the other messages need.
 
 The consumer handles up to its prefetch of events at once, and a round trip per
 claim and per mark was most of notify_svc's cost per order. So claims made at
-the same time share one statement, and so do marks (group commit,
-meshkit/group_commit.py): each handler still gets its own answer, exactly the
-one its claim alone would have got.
+the same time share one transaction, and so do marks (group commit,
+meshkit/group_commit.py; from MANY_FROM on, one statement): each handler still
+gets its own answer, exactly the one its claim alone would have got.
 """
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from meshkit.group_commit import GroupCommit, not_an_outage
 from meshkit.postgres import PostgresStore
 from notify_svc.domain import Claim, Notification, NotificationsPage, OrderConfirmation
 
 MIGRATIONS = resources.files(__package__) / "migrations"
+R = TypeVar("R")
 # At most this many claims (marks) per statement; the consumer's prefetch bounds
 # how many wait at once anyway.
 MAX_BATCH = 200
@@ -134,14 +138,14 @@ COLUMNS = (
 
 @dataclass(frozen=True)
 class ClaimRequest:
-    """One handler's claim, waiting for the statement it will share."""
+    """One handler's claim, waiting for the transaction it will share."""
 
     email: OrderConfirmation
     channel: str
     lease_seconds: float
     lease: uuid.UUID = field(default_factory=uuid.uuid4)  # this claim's own
 
-    @property
+    @cached_property  # read several times per batch: parsed once
     def event_id(self) -> uuid.UUID:
         return uuid.UUID(self.email.event_id)
 
@@ -178,16 +182,15 @@ class PostgresNotifications(PostgresStore):
         await super().close()
 
     async def claim(self, email: OrderConfirmation, channel: str, lease_seconds: float) -> Claim:
-        """Claim the notification; claims made at the same time share one statement.
+        """Claim the notification; claims made at the same time share one transaction.
 
-        The statement is one transaction: either every claim of the batch got its
-        lease or none did. When the database is unavailable, every handler of
-        the batch gets the error and retries as it would alone; any other failure
-        of the batch is retried claim by claim, and only the claims failing alone
-        fail. If the connection was lost after the commit, the retry finds its
-        own earlier lease live: SendingElsewhere, it waits for the lease to
-        expire and then claims and sends, exactly as after a lost answer to a
-        claim of its own.
+        Either every claim of the batch got its lease or none did. When the
+        database is unavailable, every handler of the batch gets the error and
+        retries as it would alone; any other failure of the batch is retried
+        claim by claim, and only the claims failing alone fail. If the
+        connection was lost after the commit, the retry finds its own earlier
+        lease live: SendingElsewhere, it waits for the lease to expire and then
+        claims and sends, exactly as after a lost answer to a claim of its own.
         """
         return await self._claims.submit(ClaimRequest(email, channel, lease_seconds))
 
@@ -212,15 +215,13 @@ class PostgresNotifications(PostgresStore):
             [request.lease_seconds for request in distinct],
         )
         async with self.db.connection() as conn:
-            if len(distinct) == 1:
-                rows = [await _claim_one(conn, columns, 0)]
-            else:
-                async with conn.transaction():
-                    if len(distinct) < MANY_FROM:
-                        rows = [await _claim_one(conn, columns, i) for i in range(len(distinct))]
-                    else:
-                        await conn.execute(CUSTOM_PLAN)
-                        rows = await conn.fetch(CLAIM_MANY, *columns)
+
+            async def one_by_one() -> list[asyncpg.Record]:
+                return [await _claim_one(conn, columns, i) for i in range(len(distinct))]
+
+            rows = await _as_batch(
+                conn, len(distinct), one_by_one, lambda: conn.fetch(CLAIM_MANY, *columns)
+            )
         by_event = {request.event_id: request for request in distinct}
         claims: dict[uuid.UUID, Claim] = {}
         for row in rows:
@@ -242,23 +243,21 @@ class PostgresNotifications(PostgresStore):
             await conn.execute(RELEASE, uuid.UUID(event_id), uuid.UUID(lease))
 
     async def mark_sent(self, event_id: str) -> None:
-        """Marks made at the same time share one statement (one transaction:
-        an outage is every caller's, each retries it; marking twice is harmless,
-        so a batch failing otherwise is marked again one event at a time)."""
+        """Marks made at the same time share one transaction (an outage is every
+        caller's, each retries it; marking twice is harmless, so a batch failing
+        otherwise is marked again one event at a time)."""
         await self._marks.submit(uuid.UUID(event_id))
 
     async def _mark_sent_many(self, event_ids: list[uuid.UUID]) -> list[None]:
         async with self.db.connection() as conn:
-            if len(event_ids) == 1:
-                await conn.execute(MARK_SENT_ONE, event_ids[0])
-            else:
-                async with conn.transaction():
-                    if len(event_ids) < MANY_FROM:
-                        for event_id in sorted(event_ids):  # locks in id order
-                            await conn.execute(MARK_SENT_ONE, event_id)
-                    else:
-                        await conn.execute(CUSTOM_PLAN)
-                        await conn.execute(MARK_SENT_MANY, event_ids)
+
+            async def one_by_one() -> None:
+                for event_id in sorted(event_ids):  # locks in id order
+                    await conn.execute(MARK_SENT_ONE, event_id)
+
+            await _as_batch(
+                conn, len(event_ids), one_by_one, lambda: conn.execute(MARK_SENT_MANY, event_ids)
+            )
         return [None] * len(event_ids)
 
     async def recent(self, page: NotificationsPage) -> list[Notification]:
@@ -282,8 +281,26 @@ class PostgresNotifications(PostgresStore):
         return [Notification(**row) for row in rows]
 
 
+async def _as_batch(
+    conn: PoolConnectionProxy,
+    size: int,
+    one_by_one: Callable[[], Awaitable[R]],
+    as_arrays: Callable[[], Awaitable[R]],
+) -> R:
+    """A batch of ``size`` through the statements its size takes (MANY_FROM): one
+    item alone, a few one by one in one transaction, more as the array statements
+    in one transaction, planned for their arguments."""
+    if size == 1:
+        return await one_by_one()
+    async with conn.transaction():
+        if size < MANY_FROM:
+            return await one_by_one()
+        await conn.execute(CUSTOM_PLAN)
+        return await as_arrays()
+
+
 async def _claim_one(
-    conn: asyncpg.pool.PoolConnectionProxy, columns: tuple[list[Any], ...], index: int
+    conn: PoolConnectionProxy, columns: tuple[list[Any], ...], index: int
 ) -> asyncpg.Record:
     row = await conn.fetchrow(CLAIM_ONE, *(column[index] for column in columns))
     assert row is not None  # two scalar subqueries: always one row
