@@ -2,7 +2,7 @@
 
 Servicers are the ``*ServiceBase`` classes betterproto generates (grpclib style);
 we serve them with grpcio's asyncio server by registering generic handlers whose
-(de)serializers are betterproto's own. Domain errors become gRPC status codes here,
+(de)serializers are meshkit/messages.py's. Domain errors become gRPC status codes here,
 and nowhere else.
 
 Requests are decoded strictly before any domain code sees them, and responses
