@@ -4,6 +4,7 @@ import polyglot.inventory.v1 as pb
 from inventory_svc import domain, use_cases
 from inventory_svc.use_cases import InventoryStore
 from meshkit.identity import caller_subject
+from meshkit.messages import built
 from meshkit.telemetry import trace_headers
 
 
@@ -13,9 +14,7 @@ class InventoryApi(pb.InventoryServiceBase):
 
     async def get_stock(self, get_stock_request: pb.GetStockRequest) -> pb.GetStockResponse:
         product = await use_cases.get_product(self._store, get_stock_request.product_id)
-        return pb.GetStockResponse(
-            product_id=product.product_id, name=product.name, stock=product.stock
-        )
+        return built(pb.GetStockResponse, _product_fields(product))
 
     async def list_products(
         self, list_products_request: pb.ListProductsRequest
@@ -44,8 +43,13 @@ class InventoryApi(pb.InventoryServiceBase):
             trace_context=trace_headers(),
         )
         sale = await use_cases.decrease_stock(self._store, request)
-        return pb.DecreaseStockResponse(
-            product_id=sale.product_id, current_stock=sale.remaining_stock, order_id=sale.order_id
+        return built(
+            pb.DecreaseStockResponse,
+            {
+                "product_id": sale.product_id,
+                "current_stock": sale.remaining_stock,
+                "order_id": sale.order_id,
+            },
         )
 
     async def restock_product(
@@ -54,6 +58,8 @@ class InventoryApi(pb.InventoryServiceBase):
         product = await use_cases.restock_product(
             self._store, restock_product_request.product_id, restock_product_request.quantity
         )
-        return pb.RestockProductResponse(
-            product_id=product.product_id, name=product.name, stock=product.stock
-        )
+        return built(pb.RestockProductResponse, _product_fields(product))
+
+
+def _product_fields(product: domain.Product) -> dict[str, object]:
+    return {"product_id": product.product_id, "name": product.name, "stock": product.stock}
