@@ -94,6 +94,7 @@ bench-smoke: venv
 	$(BIN)/python -m bench.run --smoke
 	$(BIN)/python -m bench.run --smoke --only tracing
 	$(BIN)/python -m bench.run --smoke --only mesh
+	$(BIN)/python -m bench.floors --seconds 1 --rounds 1 --messages 200
 
 ## Tests and checks --------------------------------------------------------
 
