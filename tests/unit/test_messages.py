@@ -9,8 +9,11 @@ import pytest
 import polyglot.analytics.v1 as analytics_pb
 import polyglot.inventory.v1 as inventory_pb
 import polyglot.notify.v1 as notify_pb
+from inventory_svc.domain import Product
+from inventory_svc.grpc_api import InventoryApi
 from meshkit.messages import RequestDecoder, flat_field_names, response_encoder
 from meshkit.reflection import mesh_pool
+from tests.support.fakes import FakeInventory
 
 # Values unlike the defaults, the sign and width cases included (a negative int32
 # is a 10-byte varint on the wire).
@@ -74,3 +77,31 @@ def test_other_messages_keep_betterproto_serialisation():
     assert response_encoder(kind, descriptor_of(kind)) is bytes
     response = kind(products=[inventory_pb.Product(product_id=1, name="a", stock=2)])
     assert RequestDecoder(kind, descriptor_of(kind))(bytes(response)) == response
+
+
+async def test_inventory_responses_are_built_as_betterproto_would_build_them():
+    # grpc_api builds its flat responses without betterproto's __init__ (built):
+    # every field given, the same state; a field the contract gains fails here.
+    api = InventoryApi(FakeInventory(Product(1, "Laptop", 10)))
+    pb = inventory_pb
+    answers = [
+        (
+            await api.get_stock(pb.GetStockRequest(product_id=1)),
+            pb.GetStockResponse(product_id=1, name="Laptop", stock=10),
+        ),
+        (
+            await api.decrease_stock(
+                pb.DecreaseStockRequest(product_id=1, quantity=2, order_id="ORD-1")
+            ),
+            pb.DecreaseStockResponse(product_id=1, current_stock=8, order_id="ORD-1"),
+        ),
+        (
+            await api.restock_product(pb.RestockProductRequest(product_id=1, quantity=5)),
+            pb.RestockProductResponse(product_id=1, name="Laptop", stock=13),
+        ),
+    ]
+    for response, expected in answers:
+        assert response.__dict__ == expected.__dict__
+        assert response_encoder(type(response), descriptor_of(type(response)))(response) == bytes(
+            expected
+        )
