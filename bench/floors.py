@@ -4,19 +4,22 @@ targets, measured in one run, in a private sandbox.
     python -m bench.floors [--seconds 8] [--rounds 3] [--messages 20000]
 
 **One customer** (1 client, closed loop, wrk, REST DecreaseStock of one product, the
-relay not running), in alternating rounds, medians:
+relay not running), in rounds of changing order, medians:
 
-- the FastAPI + asyncpg baseline (bench/fastapi_baseline.py);
+- the FastAPI + asyncpg baseline (bench/fastapi_baseline.py; asyncpg's default reset
+  query on every release, as a user would write it);
 - the least gRPC sale (bench/bare_grpc.py: grpc.aio and asyncpg running the same
-  statement, nothing else) behind an Envoy that only transcodes and routes;
-- inventory_svc behind that same Envoy.
+  statement, nothing else; no reset query, as inventory_svc) behind an Envoy that
+  only transcodes and routes;
+- inventory_svc (LOG_LEVEL WARNING, as the hot-product rows) behind that same Envoy.
 
-**The event path per order, with no handler code**: FastStream, configured as
-meshkit.broker configures it (publisher confirms, DEBUG log level) but without our
-middlewares, publishes ProductSold-sized bodies to the mesh's real topology (the topic
-exchange, two quorum queues with their DLQs; meshkit.broker_topology), then a
-do-nothing FastStream subscriber drains each queue in turn. CPU per message of the
-publisher, of each subscriber and of RabbitMQ (/proc).
+**The event path per order, with no handler code**, on uvloop as the services run:
+FastStream, configured as meshkit.broker configures it (publisher confirms, DEBUG
+log level) but without our middlewares, publishes ProductSold bodies
+(meshkit.events) to the mesh's real topology (the topic exchange, two quorum queues
+with their DLQs; meshkit.broker_topology), then a do-nothing FastStream subscriber
+drains each queue in turn. CPU per message of the publisher, of each subscriber and
+of RabbitMQ (/proc; the whole broker's, an upper bound on a shared broker).
 """
 
 import argparse
@@ -29,16 +32,26 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import uvloop
 import yaml
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker
 
-from bench.harness import AMQP_SERVER_URL, HOT_PRODUCT, FastApiBaseline, load_average, seed_products
+from bench.harness import (
+    AMQP_SERVER_URL,
+    FASTAPI,
+    HOT_PRODUCT,
+    PG_SERVER_URL,
+    FastApiBaseline,
+    http_ok,
+    load_average,
+    seed_products,
+)
 from bench.procstat import cpu_seconds, process_cpu_seconds
 from blueprint.contracts import load_contracts
 from blueprint.edge.blocks import address, endpoint, typed
@@ -46,7 +59,7 @@ from blueprint.edge.clusters import http2_upstream
 from blueprint.edge.settings import EnvoySite
 from blueprint.edge.transcoder import transcoder_filter
 from devtools import sandbox
-from devtools.plan import BIN, migrate
+from devtools.plan import BIN, ENVOY_OPTIONS, migrate
 from devtools.processes import ManagedProcess
 from meshkit.broker_topology import EXCHANGE, SUBSCRIPTIONS, declare_topology, subscriber_queue
 from meshkit.events import PRODUCT_SOLD, product_sold_body
@@ -56,7 +69,8 @@ SERVICE = "polyglot.inventory.v1.InventoryService"
 PREFETCH = 50  # analytics_svc's default (notify_svc's is 20)
 HTTP_MANAGER = "envoy.filters.network.http_connection_manager"
 ROUTER = "filters.http.router.v3.Router"
-PUBLISHED_AT_ONCE = 100  # publishes awaited together: the relay's claims are batches
+PUBLISHED_AT_ONCE = 100
+DRAIN_SECONDS = 120  # publishes awaited together: the relay's claims are batches
 
 
 # --- one customer -------------------------------------------------------------------
@@ -97,14 +111,6 @@ def transcoding_envoy(port: int, admin_port: int, upstream_port: int) -> dict[st
     }
 
 
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
-
-
 def one_client(base_url: str, seconds: int) -> dict[str, float]:
     """wrk, 1 connection, a unique order id per sale: rate, p50 and p99 (ms)."""
     argv = [
@@ -113,6 +119,8 @@ def one_client(base_url: str, seconds: int) -> dict[str, float]:
     ]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     summary = json.loads(out.strip().splitlines()[-1])
+    if failed := summary["non_2xx"] + summary["socket_errors"]:
+        raise RuntimeError(f"{base_url}: {failed} of {summary['requests']} sales failed")
     return {
         "rate": summary["requests"] / summary["duration_us"] * 1e6,
         "requests": summary["requests"],
@@ -135,45 +143,48 @@ def one_customer(args: argparse.Namespace, work: Path, db_url: str) -> list[str]
     upstream_port, port, admin_port = (sandbox.free_port() for _ in range(3))
     config = work / "envoy.yaml"
     config.write_text(yaml.safe_dump(transcoding_envoy(port, admin_port, upstream_port)))
-    envoy = ManagedProcess(
-        "envoy", [str(BIN / "envoy"), "-c", str(config), "--disable-hot-restart",
-                  "--log-level", "warn"],
-        work / "envoy.log", cwd=ROOT,
-    )  # fmt: skip
+    envoy_argv = [str(BIN / "envoy"), "-c", str(config), *ENVOY_OPTIONS]
+    envoy = ManagedProcess("envoy", envoy_argv, work / "envoy.log", cwd=ROOT)
     grpc_env = {
         "BENCH_DATABASE_URL": db_url, "INVENTORY_DATABASE_URL": db_url,
-        "GRPC_PORT": str(upstream_port), "LOG_LEVEL": "WARNING",
+        "GRPC_PORT": str(upstream_port), "LOG_LEVEL": "WARNING", "WORKERS": "1",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "",  # no tracing, whatever the caller's environment
     }  # fmt: skip
     python = sys.executable
     backends = {
-        "the least gRPC sale (bench/bare_grpc.py)": ["bench.bare_grpc", str(upstream_port)],
-        "inventory_svc": ["inventory_svc"],
+        "the least gRPC sale (bench/bare_grpc.py), behind Envoy": [
+            "bench.bare_grpc",
+            str(upstream_port),
+        ],
+        "inventory_svc, behind Envoy": ["inventory_svc"],
     }
     fastapi = FastApiBaseline(work, db_url)
     envoy_url = f"http://127.0.0.1:{port}"
-    rows: dict[str, list[dict[str, float]]] = {}
-    envoy.start_until(lambda: answers(f"http://127.0.0.1:{admin_port}/ready"), "ready")
+    rows: dict[str, list[dict[str, float]]] = {FASTAPI: []}
+    servers = [FASTAPI, *backends]
+    envoy.start_until(lambda: http_ok(f"http://127.0.0.1:{admin_port}/ready"), "ready")
     try:
-        for _ in range(args.rounds):
-            fastapi.start()
-            name = "FastAPI + asyncpg"
-            url = f"http://127.0.0.1:{fastapi.port}"
-            rows.setdefault(name, []).append(
-                measured(url, args.seconds, {"server": fastapi.process.pid or 0})
-            )
-            fastapi.stop()
-            for name, argv in backends.items():
-                server = ManagedProcess(
-                    "grpc", [python, "-m", *argv], work / "grpc.log", env=grpc_env, cwd=ROOT
-                )
-                server.start_until(lambda: answers(f"{envoy_url}/inventory/{HOT_PRODUCT}"), "sales")
-                pids = {"server": server.pid or 0, "Envoy": envoy.pid or 0}
-                rows.setdefault(f"{name}, behind Envoy", []).append(
-                    measured(envoy_url, args.seconds, pids)
-                )
-                server.stop()
+        for round_ in range(args.rounds):
+            # Each round in another order: the tables' growth lands on no row alone.
+            for name in servers[round_ % 3 :] + servers[: round_ % 3]:
+                if name == FASTAPI:
+                    fastapi.start()
+                    try:
+                        url = f"http://127.0.0.1:{fastapi.port}"
+                        pids = {"server": fastapi.process.pid or 0}
+                        rows[FASTAPI].append(measured(url, args.seconds, pids))
+                    finally:
+                        fastapi.stop()
+                    continue
+                argv = [python, "-m", *backends[name]]
+                server = ManagedProcess("grpc", argv, work / "grpc.log", env=grpc_env, cwd=ROOT)
+                server.start_until(lambda: http_ok(f"{envoy_url}/inventory/{HOT_PRODUCT}"), "sales")
+                try:
+                    pids = {"server": server.pid or 0, "Envoy": envoy.pid or 0}
+                    rows.setdefault(name, []).append(measured(envoy_url, args.seconds, pids))
+                finally:
+                    server.stop()
     finally:
-        fastapi.stop()
         envoy.stop()
     return render_customer(rows, args)
 
@@ -185,7 +196,7 @@ def render_customer(rows: dict[str, list[dict[str, float]]], args: argparse.Name
     def cpu(runs: list[dict[str, float]], key: str) -> str:
         return "-" if key not in runs[0] else f"{median(runs, key):.0f}"
 
-    fastapi_p50 = median(next(iter(rows.values())), "p50")
+    fastapi_p50 = median(rows[FASTAPI], "p50")
     lines = [
         f"One customer: REST DecreaseStock, 1 client, {args.rounds} alternating rounds of"
         f" {args.seconds} s (medians); the Envoy here only transcodes and routes.",
@@ -215,27 +226,29 @@ def broker(amqp_url: str) -> RabbitBroker:
     )
 
 
-async def publish(amqp_url: str, messages: int) -> float:
-    """The publisher's CPU seconds for ``messages`` ProductSold-sized bodies."""
+async def publish(amqp_url: str, messages: int) -> tuple[float, float]:
+    """CPU seconds of the publisher and of RabbitMQ for ``messages`` ProductSold
+    bodies, counted once the topology is declared."""
     publisher = broker(amqp_url)
     await publisher.start()
-    await declare_topology(publisher)
-    body = product_sold_body(
-        event_id=str(uuid.uuid4()), order_id="ORD-2026-000001", product_id=HOT_PRODUCT,
-        quantity=1, sold_by="user-1",
-    )  # fmt: skip
-    started = own_cpu()
-    for _ in range(0, messages, PUBLISHED_AT_ONCE):
-        await asyncio.gather(*(
-            publisher.publish(
-                body, exchange=EXCHANGE, routing_key=PRODUCT_SOLD, persist=True,
-                mandatory=True, message_id=str(uuid.uuid4()), content_type="application/json",
-            )
-            for _ in range(PUBLISHED_AT_ONCE)
-        ))  # fmt: skip
-    used = own_cpu() - started
-    await publisher.stop()
-    return used
+    try:
+        await declare_topology(publisher)
+        body = product_sold_body(
+            event_id=str(uuid.uuid4()), order_id="ORD-2026-000001", product_id=HOT_PRODUCT,
+            quantity=1, sold_by="user-1",
+        )  # fmt: skip
+        started, rabbit = own_cpu(), rabbitmq_cpu()
+        for first in range(0, messages, PUBLISHED_AT_ONCE):
+            await asyncio.gather(*(
+                publisher.publish(
+                    body, exchange=EXCHANGE, routing_key=PRODUCT_SOLD, persist=True,
+                    mandatory=True, message_id=str(uuid.uuid4()), content_type="application/json",
+                )
+                for _ in range(min(PUBLISHED_AT_ONCE, messages - first))
+            ))  # fmt: skip
+        return own_cpu() - started, rabbitmq_cpu() - rabbit
+    finally:
+        await publisher.stop()
 
 
 async def drain(amqp_url: str, queue_of: str, messages: int) -> float:
@@ -255,26 +268,33 @@ async def drain(amqp_url: str, queue_of: str, messages: int) -> float:
 
     started = own_cpu()
     await consumer.start()
-    await all_in.wait()
-    used = own_cpu() - started
-    await consumer.stop()
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            await all_in.wait()
+    except TimeoutError:
+        raise RuntimeError(
+            f"{received} of {messages} messages arrived in {DRAIN_SECONDS}s"
+        ) from None
+    finally:
+        used = own_cpu() - started
+        await consumer.stop()
     return used
 
 
 def own_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
+    return process_cpu_seconds(os.getpid())
 
 
 def rabbitmq_cpu() -> float:
+    """The whole broker's: other users of a shared broker count too (an upper bound)."""
     return cpu_seconds(command="beam.smp")
 
 
 async def event_path(amqp_url: str, messages: int) -> list[str]:
     cpu: dict[str, float] = {}
-    rabbit = rabbitmq_cpu()
-    cpu["publisher (confirms)"] = await publish(amqp_url, messages)
-    cpu["RabbitMQ, publishing to 2 quorum queues"] = rabbitmq_cpu() - rabbit
+    cpu["publisher (confirms)"], cpu["RabbitMQ, publishing to 2 quorum queues"] = await publish(
+        amqp_url, messages
+    )
     for queue_of in SUBSCRIPTIONS:
         rabbit = rabbitmq_cpu()
         cpu[f"do-nothing subscriber of {SUBSCRIPTIONS[queue_of].queue}"] = await drain(
@@ -286,6 +306,9 @@ async def event_path(amqp_url: str, messages: int) -> list[str]:
         f"The event path: {messages} messages, no handler code (FastStream {version('faststream')},"
         f" aiormq {version('aiormq')}).",
         "",
+        "RabbitMQ: the whole broker's CPU, other users of a shared broker included"
+        " (an upper bound).",
+        "",
         "| process | µs CPU per order |",
         "|---|---:|",
         *(f"| {name} | {used / messages * 1e6:.0f} |" for name, used in cpu.items()),
@@ -294,19 +317,15 @@ async def event_path(amqp_url: str, messages: int) -> list[str]:
 
 
 def version(package: str) -> str:
-    from importlib.metadata import version as installed
-
-    return installed(package)
+    return metadata.version(package)
 
 
 # --- the run ------------------------------------------------------------------------
 
 
-async def prepare_database() -> str:
-    db_url = await sandbox.create_database(sandbox.PG_SERVER_URL, "polyglot_bench_floors")
+async def prepare_database(db_url: str) -> None:
     migrate({"INVENTORY_DATABASE_URL": db_url}, ["inventory_svc"])
     await seed_products(db_url)
-    return db_url
 
 
 def run(args: argparse.Namespace) -> list[str]:
@@ -318,15 +337,17 @@ def run(args: argparse.Namespace) -> list[str]:
         f" load average {load_average()} at the start, on {os.cpu_count()} cores.",
         "",
     ]
-    db_url = asyncio.run(prepare_database())
+    db_url = asyncio.run(sandbox.create_database(PG_SERVER_URL, "polyglot_bench_floors"))
     try:
+        asyncio.run(prepare_database(db_url))
         with tempfile.TemporaryDirectory(prefix="polyglot-floors-") as work:
             customer = one_customer(args, Path(work), db_url)
     finally:
         asyncio.run(sandbox.drop_database(db_url))
     amqp_url = sandbox.create_vhost(AMQP_SERVER_URL, "polyglot_bench_floors")
     try:
-        events = asyncio.run(event_path(amqp_url, args.messages))
+        # On uvloop, as the services run (meshkit.settings: EVENT_LOOP).
+        events = uvloop.run(event_path(amqp_url, args.messages))
     finally:
         sandbox.delete_vhost(amqp_url)
     return [*header, *customer, "", *events]

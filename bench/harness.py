@@ -293,7 +293,7 @@ class FastApiBaseline:
         if self.process.running():
             return
         self.process.start_until(
-            lambda: _http_ok(f"http://127.0.0.1:{self.port}/inventory/{HOT_PRODUCT}"), "HTTP 200"
+            lambda: http_ok(f"http://127.0.0.1:{self.port}/inventory/{HOT_PRODUCT}"), "HTTP 200"
         )
 
     def stop(self) -> None:
@@ -308,7 +308,7 @@ async def max_connections(server_url: str) -> int:
         await conn.close()
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as reply:
             return reply.status == 200
