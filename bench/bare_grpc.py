@@ -19,22 +19,19 @@ import grpc
 import uvloop
 from google.protobuf import message_factory
 
+from bench.fastapi_baseline import POOL_SIZE
 from inventory_svc.domain import SaleRequest
 from inventory_svc.store import RECORD_SALE, record_sale_arguments
+from meshkit.postgres import keep_session
 from meshkit.reflection import mesh_pool
 
 SERVICE = "polyglot.inventory.v1.InventoryService"
-POOL_SIZE = 10  # inventory_svc's DB_POOL_SIZE default, as the FastAPI baseline
 
 
 def message(name: str) -> type:
     return message_factory.GetMessageClass(
         mesh_pool().FindMessageTypeByName(f"polyglot.inventory.v1.{name}")
     )
-
-
-async def keep_session(_: asyncpg.Connection) -> None:
-    pass
 
 
 async def serve(port: int) -> None:
@@ -47,8 +44,7 @@ async def serve(port: int) -> None:
         os.environ["BENCH_DATABASE_URL"],
         min_size=POOL_SIZE,
         max_size=POOL_SIZE,
-        # As meshkit.postgres: no reset query (a round trip) when a connection goes back.
-        reset=keep_session,
+        reset=keep_session,  # as inventory_svc: no reset query (a round trip) per release
     )
 
     async def decrease_stock(raw: bytes, _: grpc.aio.ServicerContext) -> bytes:

@@ -59,7 +59,7 @@ MIGRATIONS_LOCK = 0x1A7E57  # pg_advisory lock id: one migrator at a time
 MIGRATE_WAIT_SECONDS = 120.0  # how long the migrator waits for its database to answer
 
 
-async def _keep_session(_: asyncpg.Connection) -> None:
+async def keep_session(_: asyncpg.Connection) -> None:
     """Release a pooled connection without asyncpg's reset query.
 
     The default reset (unlock advisory locks, CLOSE ALL, UNLISTEN, RESET ALL)
@@ -109,7 +109,7 @@ class PostgresDatabase:
                 max_inactive_connection_lifetime=self._idle_seconds,
                 command_timeout=self._timeout,
                 timeout=self._timeout,
-                reset=_keep_session,
+                reset=keep_session,
                 server_settings=SERVER_SETTINGS,
             )
         async with self.connection() as conn:
