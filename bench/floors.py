@@ -24,6 +24,7 @@ of RabbitMQ (/proc; the whole broker's, an upper bound on a shared broker).
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -69,8 +71,8 @@ SERVICE = "polyglot.inventory.v1.InventoryService"
 PREFETCH = 50  # analytics_svc's default (notify_svc's is 20)
 HTTP_MANAGER = "envoy.filters.network.http_connection_manager"
 ROUTER = "filters.http.router.v3.Router"
-PUBLISHED_AT_ONCE = 100
-DRAIN_SECONDS = 120  # publishes awaited together: the relay's claims are batches
+PUBLISHED_AT_ONCE = 100  # publishes awaited together: the relay's claims are batches
+DRAIN_SECONDS = 120
 
 
 # --- one customer -------------------------------------------------------------------
@@ -150,7 +152,6 @@ def one_customer(args: argparse.Namespace, work: Path, db_url: str) -> list[str]
         "GRPC_PORT": str(upstream_port), "LOG_LEVEL": "WARNING", "WORKERS": "1",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "",  # no tracing, whatever the caller's environment
     }  # fmt: skip
-    python = sys.executable
     backends = {
         "the least gRPC sale (bench/bare_grpc.py), behind Envoy": [
             "bench.bare_grpc",
@@ -160,30 +161,35 @@ def one_customer(args: argparse.Namespace, work: Path, db_url: str) -> list[str]
     }
     fastapi = FastApiBaseline(work, db_url)
     envoy_url = f"http://127.0.0.1:{port}"
-    rows: dict[str, list[dict[str, float]]] = {FASTAPI: []}
+
+    @contextlib.contextmanager
+    def serving(name: str) -> Iterator[tuple[str, dict[str, int]]]:
+        """The server of row ``name`` running: its URL and the processes to measure."""
+        if name == FASTAPI:
+            fastapi.start()
+            try:
+                yield f"http://127.0.0.1:{fastapi.port}", {"server": fastapi.process.pid or 0}
+            finally:
+                fastapi.stop()
+            return
+        argv = [sys.executable, "-m", *backends[name]]
+        server = ManagedProcess("grpc", argv, work / "grpc.log", env=grpc_env, cwd=ROOT)
+        server.start_until(lambda: http_ok(f"{envoy_url}/inventory/{HOT_PRODUCT}"), "sales")
+        try:
+            yield envoy_url, {"server": server.pid or 0, "Envoy": envoy.pid or 0}
+        finally:
+            server.stop()
+
     servers = [FASTAPI, *backends]
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     envoy.start_until(lambda: http_ok(f"http://127.0.0.1:{admin_port}/ready"), "ready")
     try:
         for round_ in range(args.rounds):
             # Each round in another order: the tables' growth lands on no row alone.
-            for name in servers[round_ % 3 :] + servers[: round_ % 3]:
-                if name == FASTAPI:
-                    fastapi.start()
-                    try:
-                        url = f"http://127.0.0.1:{fastapi.port}"
-                        pids = {"server": fastapi.process.pid or 0}
-                        rows[FASTAPI].append(measured(url, args.seconds, pids))
-                    finally:
-                        fastapi.stop()
-                    continue
-                argv = [python, "-m", *backends[name]]
-                server = ManagedProcess("grpc", argv, work / "grpc.log", env=grpc_env, cwd=ROOT)
-                server.start_until(lambda: http_ok(f"{envoy_url}/inventory/{HOT_PRODUCT}"), "sales")
-                try:
-                    pids = {"server": server.pid or 0, "Envoy": envoy.pid or 0}
-                    rows.setdefault(name, []).append(measured(envoy_url, args.seconds, pids))
-                finally:
-                    server.stop()
+            turn = round_ % len(servers)
+            for name in servers[turn:] + servers[:turn]:
+                with serving(name) as (url, pids):
+                    rows[name].append(measured(url, args.seconds, pids))
     finally:
         envoy.stop()
     return render_customer(rows, args)
@@ -198,7 +204,7 @@ def render_customer(rows: dict[str, list[dict[str, float]]], args: argparse.Name
 
     fastapi_p50 = median(rows[FASTAPI], "p50")
     lines = [
-        f"One customer: REST DecreaseStock, 1 client, {args.rounds} alternating rounds of"
+        f"One customer: REST DecreaseStock, 1 client, {args.rounds} rounds in rotating order of"
         f" {args.seconds} s (medians); the Envoy here only transcodes and routes.",
         "",
         "| server | sales/s | p50 ms | p99 ms | p50 x FastAPI | server µs CPU / sale"
@@ -303,8 +309,8 @@ async def event_path(amqp_url: str, messages: int) -> list[str]:
         cpu[f"RabbitMQ, delivering {SUBSCRIPTIONS[queue_of].queue}"] = rabbitmq_cpu() - rabbit
     total = sum(cpu.values())
     return [
-        f"The event path: {messages} messages, no handler code (FastStream {version('faststream')},"
-        f" aiormq {version('aiormq')}).",
+        f"The event path: {messages} messages, no handler code (FastStream"
+        f" {metadata.version('faststream')}, aiormq {metadata.version('aiormq')}).",
         "",
         "RabbitMQ: the whole broker's CPU, other users of a shared broker included"
         " (an upper bound).",
@@ -314,10 +320,6 @@ async def event_path(amqp_url: str, messages: int) -> list[str]:
         *(f"| {name} | {used / messages * 1e6:.0f} |" for name, used in cpu.items()),
         f"| **the event path's floor** | **{total / messages * 1e6:.0f}** |",
     ]
-
-
-def version(package: str) -> str:
-    return metadata.version(package)
 
 
 # --- the run ------------------------------------------------------------------------
